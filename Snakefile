@@ -1,0 +1,25 @@
+# diffattr — which training images made this diffusion model's output, and how good is that answer.
+# The pipeline, stage by stage (each stage is one file under rules/):
+
+
+configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"  # prepare_data, make_subsets
+include: "rules/train.smk"  # train_model (full and subset models)
+include: "rules/generate.smk"  # generate (the "gen" attributed set)
+include: "rules/ground_truth.smk"  # measure_outputs, gather_ground_truth
+include: "rules/score.smk"  # score (every method in the registry)
+include: "rules/evaluate.smk"  # evaluate_lds, lds_table
+
+
+rule all:
+    input:
+        LDS_TABLE,
+        expand(SUBSET_MASKS, pool=POOLS),
+    default_target: True
+
+
+onsuccess:
+    print_table(LDS_MARKDOWN)

@@ -1,0 +1,113 @@
+"""Config validation with one-sentence errors, and the slices of config each job receives.
+
+Torch-free: the Snakefile imports this at DAG-build time. Every job gets only its own slice of the
+config as ``params`` (:func:`train_params` etc.), so Snakemake's params trigger reruns exactly the
+jobs a change touches (DESIGN.md "Config"); scripts never read the global config.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+SOURCES_WITH_PATH = {"cifar10", "image_folder", "npz"}
+
+
+class ConfigError(ValueError):
+    """A config problem, stated in one sentence that names the key."""
+
+
+def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    with open(path) as f:
+        return yaml.safe_load(f) or {}
+
+
+def _key(path: Any) -> str:
+    return ".".join(str(p) for p in path) or "<top level>"
+
+
+def describe(error: jsonschema.ValidationError) -> str:
+    """One sentence naming the offending key for a jsonschema error."""
+    key = _key(error.absolute_path)
+    v = error.validator
+    if v == "additionalProperties":
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        where = f"{key}." if error.absolute_path else ""
+        allowed = ", ".join(sorted(error.schema.get("properties", {}))) or "none"
+        return f"Unknown config key '{where}{extra[0]}' (allowed here: {allowed})."
+    if v == "required":
+        missing = error.message.split("'")[1]
+        where = f"{key}." if error.absolute_path else ""
+        return f"Config key '{where}{missing}' is required but missing."
+    if v == "type":
+        return f"Config key '{key}' must be of type {error.validator_value}, got {error.instance!r}."
+    if v == "enum":
+        return f"Config key '{key}' must be one of {error.validator_value}, got {error.instance!r}."
+    if v in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
+        words = {"minimum": "at least", "exclusiveMinimum": "greater than",
+                 "maximum": "at most", "exclusiveMaximum": "less than"}[v]
+        return f"Config key '{key}' must be {words} {error.validator_value}, got {error.instance!r}."
+    if v in ("minItems", "maxItems", "uniqueItems", "minLength", "pattern", "minProperties"):
+        return f"Config key '{key}' is invalid: {error.message}."
+    return f"Config key '{key}' is invalid: {error.message}."
+
+
+def validate(config: dict[str, Any], schema: dict[str, Any]) -> None:
+    """Raise :class:`ConfigError` with one sentence for the most relevant schema violation."""
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = list(validator.iter_errors(config))
+    if errors:
+        best = jsonschema.exceptions.best_match(errors)
+        while best.context:  # if/then and anyOf wrap the error that names the key
+            best = jsonschema.exceptions.best_match(best.context)
+        raise ConfigError(describe(best))
+
+
+def check_inputs(config: dict[str, Any], base: str | os.PathLike = ".") -> None:
+    """Checks the schema cannot express: input paths exist, model matches the data source."""
+    data = config["data"]
+    if data["source"] in SOURCES_WITH_PATH:
+        if not data.get("path"):
+            raise ConfigError(f"Config key 'data.path' is required for data.source '{data['source']}'.")
+        path = Path(base, data["path"])
+        if not path.exists():
+            raise ConfigError(f"Config key 'data.path' points at '{data['path']}', which does not exist.")
+    if data["source"] == "image_folder" and not data.get("resolution"):
+        raise ConfigError("Config key 'data.resolution' is required for data.source 'image_folder'.")
+    unet = config["model"]["unet"]
+    resolution = {"digits": 8, "cifar10": 32}.get(data["source"], data.get("resolution"))
+    if resolution and unet["sample_size"] != resolution:
+        raise ConfigError(
+            f"Config key 'model.unet.sample_size' is {unet['sample_size']} but the images are {resolution}×{resolution}."
+        )
+    channels = {"digits": 1, "cifar10": 3}.get(data["source"], 1 if data.get("color") == "gray" else None)
+    if channels and unet["in_channels"] != channels:
+        raise ConfigError(f"Config key 'model.unet.in_channels' is {unet['in_channels']} but the images have {channels} channel(s).")
+    for name, method in config.get("methods", {}).items():
+        for spec in method.get("needs_pool", []):
+            if spec not in config["subsets"]["pools"]:
+                raise ConfigError(f"Config key 'methods.{name}' needs subset pool '{spec}', which is not configured.")
+
+
+def train_params(config: dict[str, Any], pool: str, subset: int) -> dict[str, Any]:
+    """What a training job depends on: model, recipe and (for subset pools) its subset's definition."""
+    params: dict[str, Any] = {"unet": config["model"]["unet"], "scheduler": config["model"]["scheduler"],
+                              "train": config["train"], "pool": pool, "subset": int(subset)}
+    if pool != "full":
+        s = config["subsets"]
+        params["subsets"] = {"alpha": s["alpha"], "seed": s["seed"], "stratify": s["stratify"]}
+    return params
+
+
+def pool_params(config: dict[str, Any], pool: str) -> dict[str, Any]:
+    s = config["subsets"]
+    return {"alpha": s["alpha"], "seed": s["seed"], "stratify": s["stratify"], "pool": pool,
+            "count": s["pools"][pool]["count"]}
+
+
+def model_params(config: dict[str, Any]) -> dict[str, Any]:
+    return {"unet": config["model"]["unet"], "scheduler": config["model"]["scheduler"]}

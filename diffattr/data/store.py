@@ -1,0 +1,54 @@
+"""The image store: one zarr group per data set, one subgroup per split (``train``, ``val``,
+``gen``) holding ``images`` (N, H, W, C) uint8 and ``labels`` (N,) int64."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from diffattr.atomic import atomic_path
+from diffattr.data import ImageSet
+
+
+def write_image_store(path: str | os.PathLike, sets: dict[str, ImageSet]) -> None:
+    """Write each split of ``sets`` to a zarr group at ``path`` (atomically)."""
+    with atomic_path(path) as tmp:
+        root = zarr.open_group(str(tmp), mode="w")
+        for split, data in sets.items():
+            group = root.create_group(split)
+            chunk = (min(len(data.images), 4096), *data.images.shape[1:])
+            group.create_array("images", data=data.images, chunks=chunk)
+            group.create_array("labels", data=data.labels, chunks=(min(len(data.labels), 65536),))
+            group.attrs["class_names"] = list(data.class_names)
+
+
+def _group(path: str | os.PathLike, split: str) -> zarr.Group:
+    if not Path(path).exists():
+        raise FileNotFoundError(f"image store {path} does not exist")
+    root = zarr.open_group(str(path), mode="r")
+    if split not in root:
+        raise KeyError(f"image store {path} has no split {split!r} (it has {sorted(root.group_keys())})")
+    return root[split]
+
+
+def read_images(path: str | os.PathLike, split: str) -> np.ndarray:
+    """uint8 images (N, H, W, C) of ``split``."""
+    return np.asarray(_group(path, split)["images"][:])
+
+
+def read_labels(path: str | os.PathLike, split: str) -> np.ndarray:
+    return np.asarray(_group(path, split)["labels"][:])
+
+
+def to_model_range(images: np.ndarray) -> np.ndarray:
+    """uint8 (N, H, W, C) → float32 (N, C, H, W) in [−1, 1] (METHODS.md §0)."""
+    return (images.astype(np.float32) / 127.5 - 1.0).transpose(0, 3, 1, 2).copy()
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """float (N, C, H, W) in [−1, 1] → uint8 (N, H, W, C), rounding like a PNG save (§7.6)."""
+    scaled = np.clip((np.asarray(images, dtype=np.float32) + 1.0) * 127.5, 0, 255)
+    return np.rint(scaled).astype(np.uint8).transpose(0, 2, 3, 1).copy()

@@ -1,0 +1,1 @@
+"""Attribution methods: a registry of kinds (:mod:`diffattr.methods.registry`), one module per family."""

@@ -1,0 +1,73 @@
+"""The method interface (DESIGN.md "One method interface").
+
+A method is a name in the config's ``methods`` block whose ``kind`` names an entry here. The entry
+declares what the method needs (artifact keys the Snakefile turns into input files), the sign its
+scores carry in the LDS (METHODS.md §0, §4.4) and the scorer: a function imported only when the job
+runs (so the registry is torch-free) that maps (inputs, method params, query set) to
+:class:`ScoreBlocks`, an (attributed × train) matrix produced one row block at a time.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+HELPS = -1
+"""Sign of scores where larger means "z helps x" (lowers its loss): TRAK family, similarity, TracIn."""
+LOSS_UNITS = +1
+"""Sign of scores expressed as a change in loss: empirical influence, datamodels."""
+
+
+@dataclass(frozen=True)
+class MethodKind:
+    kind: str
+    sign: int
+    needs: tuple[str, ...]
+    scorer: str
+    description: str
+
+
+@dataclass
+class ScoreBlocks:
+    """A score matrix (n_queries × n_train) computed by row blocks; ``attrs`` are recorded with it."""
+
+    n_queries: int
+    n_train: int
+    block: Callable[[int, int], np.ndarray]
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+
+KINDS: dict[str, MethodKind] = {
+    "pixel": MethodKind("pixel", HELPS, ("data", "generated"), "diffattr.methods.similarity:pixel_scores",
+                        "Raw-pixel similarity: dot, cosine or negative squared L2 (METHODS.md §2.1)"),
+    "random": MethodKind("random", HELPS, ("data", "generated"), "diffattr.methods.similarity:random_scores",
+                         "Seeded −U(0,1) control scores, LDS ≈ 0 (METHODS.md §2.2)"),
+}
+
+
+def method_kind(method_config: dict[str, Any]) -> MethodKind:
+    try:
+        return KINDS[method_config["kind"]]
+    except KeyError:
+        raise ValueError(f"unknown method kind {method_config.get('kind')!r}; known kinds: {sorted(KINDS)}") from None
+
+
+def load_scorer(kind: MethodKind) -> Callable[[dict[str, str], dict[str, Any], str], ScoreBlocks]:
+    module, name = kind.scorer.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def score_method(method_config: dict[str, Any], inputs: dict[str, str], query_set: str, out_path: str,
+                 block_rows: int = 256) -> ScoreBlocks:
+    """score: run a method's scorer for one attributed set and write its scores by row blocks."""
+    from diffattr.scores import write_scores
+
+    kind = method_kind(method_config)
+    blocks = load_scorer(kind)(inputs, method_config, query_set)
+    attrs = {"method": method_config, "kind": kind.kind, "sign": kind.sign, "set": query_set, **blocks.attrs}
+    write_scores(out_path, blocks.n_queries, blocks.n_train, blocks.block, block_rows, attrs)
+    return blocks

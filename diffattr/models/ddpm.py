@@ -1,0 +1,67 @@
+"""Unconditional DDPM: diffusers ``UNet2DModel`` + ``DDPMScheduler`` built from explicit configs.
+
+METHODS.md §0 and §3: ε-prediction, T = 1000, linear β from 1e-4 to 0.02 by default. The UNet's
+keyword arguments are exactly diffusers' (``model.unet`` in the config), so any architecture of the
+D-TRAK benchmark (DDPM-CIFAR, 36 M parameters) is a config change.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import DDPMScheduler, UNet2DModel
+from safetensors.torch import load_file, save_file
+
+from diffattr.atomic import atomic_path
+
+
+def build_unet(unet_config: dict[str, Any]) -> UNet2DModel:
+    """A ``UNet2DModel`` from its diffusers keyword arguments (lists become tuples)."""
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in unet_config.items()}
+    return UNet2DModel(**kwargs)
+
+
+def build_scheduler(scheduler_config: dict[str, Any]) -> DDPMScheduler:
+    """The training/noising scheduler (ε-prediction)."""
+    return DDPMScheduler(prediction_type="epsilon", **scheduler_config)
+
+
+def alphas_cumprod(scheduler_config: dict[str, Any]) -> torch.Tensor:
+    """ᾱ_t for t = 0..T-1 as float32."""
+    return build_scheduler(scheduler_config).alphas_cumprod.to(torch.float32)
+
+
+def add_noise(x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
+    """x_t = sqrt(ᾱ_t)·x₀ + sqrt(1−ᾱ_t)·ε (METHODS.md §0); ``t`` indexes ``abar`` per row."""
+    a = abar.to(x0.device)[t].view(-1, *([1] * (x0.dim() - 1)))
+    return a.sqrt() * x0 + (1 - a).sqrt() * eps
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def save_weights(model: torch.nn.Module, path: str | Path, metadata: dict[str, Any]) -> None:
+    """Write the model's weights as safetensors (atomically), with JSON-able metadata."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={k: json.dumps(v) for k, v in metadata.items()})
+
+
+def load_unet(path: str | Path, unet_config: dict[str, Any], device: str = "cpu") -> UNet2DModel:
+    """Build a UNet from config and load safetensors weights (no pickle), in eval mode."""
+    model = build_unet(unet_config)
+    try:
+        state = load_file(str(path), device=device)
+    except Exception as err:  # safetensors raises its own error types for truncated files
+        raise ValueError(f"checkpoint {path} cannot be read as safetensors ({err})") from err
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"checkpoint {path} does not match model.unet: "
+            f"{len(missing)} missing and {len(unexpected)} unexpected tensors"
+        )
+    return model.to(device).eval()

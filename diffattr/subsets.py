@@ -1,0 +1,68 @@
+"""Seeded α-subsets of the training set in disjoint pools (METHODS.md §4.2).
+
+Subset k of pool p is ``train_test_split(rows, train_size=α, random_state=seed + offset_p + k,
+stratify=labels)``: for the ``lds`` pool (offset 0) and seed 42 this is exactly D-TRAK's recipe.
+Pools have offsets 10 000 apart, so no subset of one pool is drawn with another pool's state:
+``lds`` evaluates, ``select`` tunes hyper-parameters (never the evaluation pool), ``retrain``
+feeds datamodels, empirical influence and ensembles. Each mask is a pure function of
+(labels, α, seed, pool, k), so a training job computes its own and adding subsets adds jobs only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+POOL_OFFSETS = {"lds": 0, "select": 10_000, "retrain": 20_000}
+"""``random_state`` offset per pool; the ``full`` pool is the whole training set."""
+
+
+def subset_random_state(seed: int, pool: str, k: int) -> int:
+    if pool not in POOL_OFFSETS:
+        raise ValueError(f"unknown subset pool {pool!r}; pools are {sorted(POOL_OFFSETS)}")
+    if not 0 <= k < 10_000:
+        raise ValueError(f"subset index {k} is outside 0..9999")
+    return seed + POOL_OFFSETS[pool] + k
+
+
+def subset_mask(labels: np.ndarray, alpha: float, seed: int, pool: str, k: int, stratify: bool = True) -> np.ndarray:
+    """Boolean mask (N,) of subset ``k`` of ``pool``; ``pool == "full"`` keeps everything."""
+    if pool == "full":
+        return np.ones(len(labels), dtype=bool)
+    rows = np.arange(len(labels))
+    chosen, _ = train_test_split(
+        rows,
+        train_size=alpha,
+        random_state=subset_random_state(seed, pool, k),
+        stratify=labels if stratify else None,
+    )
+    mask = np.zeros(len(labels), dtype=bool)
+    mask[chosen] = True
+    return mask
+
+
+def pool_masks(labels: np.ndarray, alpha: float, seed: int, pool: str, count: int, stratify: bool = True) -> np.ndarray:
+    """(count, N) boolean masks of a pool's first ``count`` subsets."""
+    return np.stack([subset_mask(labels, alpha, seed, pool, k, stratify) for k in range(count)]) if count else np.zeros((0, len(labels)), dtype=bool)
+
+
+def write_pool(data_store: str, params: dict, out_path: str) -> np.ndarray:
+    """make_subsets: the masks of one pool (count × N, bool) as a zarr array with its definition."""
+    import zarr
+
+    from diffattr.atomic import atomic_path
+    from diffattr.data.store import read_labels
+
+    labels = read_labels(data_store, "train")
+    masks = pool_masks(labels, params["alpha"], params["seed"], params["pool"], params["count"], params["stratify"])
+    with atomic_path(out_path) as tmp:
+        root = zarr.open_group(str(tmp), mode="w")
+        root.attrs.update(params)
+        root.create_array("masks", data=masks, chunks=(max(1, min(len(masks), 256)), masks.shape[1]))
+    return masks
+
+
+def read_pool(path: str) -> np.ndarray:
+    import zarr
+
+    return np.asarray(zarr.open_group(str(path), mode="r")["masks"][:])

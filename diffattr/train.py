@@ -1,0 +1,229 @@
+"""One training loop for full, subset, ensemble and counterfactual DDPMs; resumable.
+
+METHODS.md §3: uniform t, ε-prediction, loss = mean over pixels and batch of (ε_θ(x_t,t) − ε)²,
+AdamW (β = (0.95, 0.999), weight decay 1e-6), cosine LR with warm-up, gradient-norm clip 1.0,
+optional random horizontal flip, no EMA.
+
+Every random draw of step s — which samples, their timesteps, their noise and flips — is a pure
+function of (seed, s) (:func:`training_draws`), so a job killed at step s and resumed from its last
+saved state produces bit-identical weights, and the timesteps each sample saw can be recomputed
+later (Diffusion-TracIn, §2.5) without having been stored.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import load_file, save_file
+
+from diffattr.atomic import atomic_path
+from diffattr.data.store import to_model_range
+from diffattr.models.ddpm import add_noise, alphas_cumprod, build_unet, save_weights
+from diffattr.schedule import checkpoint_steps, learning_rate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The ``train`` block of the config."""
+
+    steps: int
+    batch_size: int
+    lr: float
+    warmup_fraction: float = 0.1
+    weight_decay: float = 1e-6
+    adam_betas: tuple[float, float] = (0.95, 0.999)
+    adam_eps: float = 1e-8
+    grad_clip: float = 1.0
+    hflip: bool = False
+    checkpoint_fractions: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
+    resume_every: int = 100
+    log_every: int = 50
+
+    @classmethod
+    def from_dict(cls, cfg: dict[str, Any]) -> TrainConfig:
+        cfg = dict(cfg)
+        for key in ("adam_betas", "checkpoint_fractions"):
+            if key in cfg:
+                cfg[key] = tuple(cfg[key])
+        return cls(**cfg)
+
+
+@dataclass(frozen=True)
+class StepDraws:
+    """What step s of training draws: rows of the training subset, timesteps, noise and flips."""
+
+    rows: np.ndarray
+    timesteps: np.ndarray
+    noise: np.ndarray
+    flips: np.ndarray
+
+
+def batch_rows(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
+    """Rows of batch ``step``: consecutive slices of a stream of per-epoch permutations.
+
+    Epoch e's permutation is seeded by (seed, e), so the batch is a pure function of (seed, step).
+    """
+    start = step * batch_size
+    rows = []
+    while len(rows) < batch_size:
+        epoch, offset = divmod(start + len(rows), n)
+        perm = np.random.default_rng([seed, 0, epoch]).permutation(n)
+        rows.extend(perm[offset : offset + batch_size - len(rows)].tolist())
+    return np.asarray(rows, dtype=np.int64)
+
+
+def training_draws(
+    n: int, batch_size: int, seed: int, step: int, num_train_timesteps: int, image_shape: tuple[int, ...]
+) -> StepDraws:
+    """All randomness of optimizer step ``step`` for a training set of ``n`` samples."""
+    rng = np.random.default_rng([seed, 1, step])
+    return StepDraws(
+        rows=batch_rows(n, batch_size, seed, step),
+        timesteps=rng.integers(0, num_train_timesteps, size=batch_size),
+        noise=rng.standard_normal((batch_size, *image_shape), dtype=np.float32),
+        flips=rng.random(batch_size) < 0.5,
+    )
+
+
+def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    return torch.optim.AdamW(
+        model.parameters(), lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps, weight_decay=cfg.weight_decay
+    )
+
+
+def _save_state(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, step: int, key: str) -> None:
+    """Model and AdamW moments as safetensors (no pickle), atomically."""
+    tensors = {f"model.{k}": v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    names = dict(enumerate(n for n, _ in model.named_parameters()))
+    for index, state in opt.state_dict()["state"].items():
+        for field, value in state.items():
+            tensors[f"opt.{names[index]}.{field}"] = torch.as_tensor(value).detach().clone().reshape(-1) if field == "step" else value.detach().clone().contiguous()
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"step": str(step), "key": key})
+
+
+def _load_state(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, key: str) -> int:
+    """Restore a saved state; returns its step, or 0 when absent or written for another config."""
+    if not path.exists():
+        return 0
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    if meta.get("key") != key:
+        log.warning("ignoring resume state %s: it was written for a different configuration", path)
+        return 0
+    tensors = load_file(str(path))
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    index = {n: i for i, (n, _) in enumerate(model.named_parameters())}
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for name, value in tensors.items():
+        if name.startswith("opt."):
+            pname, field = name[4:].rsplit(".", 1)
+            state.setdefault(index[pname], {})[field] = value.reshape(()) if field == "step" else value
+    sd = opt.state_dict()
+    sd["state"] = state
+    opt.load_state_dict(sd)
+    return int(meta["step"])
+
+
+def train(
+    images: np.ndarray,
+    unet_config: dict[str, Any],
+    scheduler_config: dict[str, Any],
+    train_config: dict[str, Any],
+    seed: int,
+    checkpoints: list[str],
+    log_table: str,
+    resume_dir: str,
+) -> pd.DataFrame:
+    """Train a DDPM on uint8 ``images`` (N, H, W, C) and write ``checkpoints`` (one per checkpoint
+    step, in order, the last = final weights) and a training-log table.
+
+    Progress (model state, AdamW moments, checkpoints reached) is kept in ``resume_dir`` every
+    ``resume_every`` steps; a rerun continues from there. ``resume_dir`` is removed on success.
+    """
+    cfg = TrainConfig.from_dict(train_config)
+    steps_to_save = checkpoint_steps(cfg.steps, cfg.checkpoint_fractions)
+    if len(steps_to_save) != len(checkpoints):
+        raise ValueError(f"expected {len(steps_to_save)} checkpoint paths, got {len(checkpoints)}")
+    if len(images) == 0:
+        raise ValueError("the training set is empty")
+    torch.manual_seed(seed)
+    model = build_unet(unet_config).train()
+    opt = _optimizer(model, cfg)
+    abar = alphas_cumprod(scheduler_config)
+    num_t = len(abar)
+    data = torch.from_numpy(to_model_range(images))
+    resume = Path(resume_dir)
+    resume.mkdir(parents=True, exist_ok=True)
+    key = json.dumps([unet_config, scheduler_config, train_config, seed, len(images)], sort_keys=True)
+    state_path = resume / "state.safetensors"
+    start = _load_state(state_path, model, opt, key)
+    if start:
+        log.info("resuming from step %d of %d (%s)", start, cfg.steps, state_path)
+    rows_log: list[dict[str, float]] = []
+    running, t0 = 0.0, time.perf_counter()
+    meta = {"unet": unet_config, "scheduler": scheduler_config, "seed": seed, "n_train": len(images)}
+    for step in range(start, cfg.steps):
+        draws = training_draws(len(data), cfg.batch_size, seed, step, num_t, tuple(data.shape[1:]))
+        x0 = data[draws.rows]
+        if cfg.hflip:
+            x0 = torch.where(torch.from_numpy(draws.flips).view(-1, 1, 1, 1), x0.flip(-1), x0)
+        t = torch.from_numpy(draws.timesteps)
+        eps = torch.from_numpy(draws.noise)
+        pred = model(add_noise(x0, eps, t, abar), t).sample
+        loss = torch.nn.functional.mse_loss(pred, eps)
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(step, cfg.steps, cfg.lr, cfg.warmup_fraction)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        running += loss.item()
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            span = done - (rows_log[-1]["step"] if rows_log else start)
+            rows_log.append({"step": done, "loss": running / span, "lr": opt.param_groups[0]["lr"],
+                             "seconds": time.perf_counter() - t0})
+            log.info("step %d/%d loss %.4f (%.1f steps/s)", done, cfg.steps, running / span,
+                     (done - start) / (time.perf_counter() - t0))
+            running = 0.0
+        if done in steps_to_save:
+            save_weights(model, resume / f"step{done}.safetensors", {**meta, "step": done})
+        if done % cfg.resume_every == 0 and done < cfg.steps:
+            _save_state(state_path, model, opt, done, key)
+    for step, path in zip(steps_to_save, checkpoints):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        (resume / f"step{step}.safetensors").replace(path)
+    table = pd.DataFrame(rows_log, columns=["step", "loss", "lr", "seconds"])
+    with atomic_path(log_table) as tmp:
+        table.to_csv(tmp, index=False)
+    state_path.unlink(missing_ok=True)
+    resume.rmdir()
+    return table
+
+
+def train_model(data_store: str, params: dict[str, Any], seed: int, checkpoints: list[str], log_table: str,
+                resume_dir: str) -> pd.DataFrame:
+    """train_model: the full model (``pool == "full"``) or one subset model of a pool."""
+    from diffattr.data.store import read_images, read_labels
+    from diffattr.subsets import subset_mask
+
+    images = read_images(data_store, "train")
+    if params["pool"] != "full":
+        s = params["subsets"]
+        mask = subset_mask(read_labels(data_store, "train"), s["alpha"], s["seed"], params["pool"], params["subset"], s["stratify"])
+        images = images[mask]
+    log.info("training %s subset %s seed %d on %d images", params["pool"], params["subset"], seed, len(images))
+    return train(images, params["unet"], params["scheduler"], params["train"], seed, checkpoints, log_table, resume_dir)

@@ -1,0 +1,25 @@
+rule generate:
+    input:
+        model=checkpoint("full", 0, config["generate"]["model_seed"]),
+    output:
+        store=directory(GENERATED),
+        table=GENERATED_TABLE,
+    params:
+        cfg={
+            **model_params(config),
+            "generate": {
+                k: v for k, v in config["generate"].items() if k != "model_seed"
+            },
+        },
+    log:
+        f"{OUT}/logs/generate.log",
+    benchmark:
+        f"{OUT}/benchmarks/generate.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow_scripts/generate.py"

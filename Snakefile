@@ -10,15 +10,17 @@ include: "rules/data.smk"  # prepare_data, make_subsets
 include: "rules/train.smk"  # train_model (full and subset models)
 include: "rules/generate.smk"  # generate (the "gen" attributed set)
 include: "rules/ground_truth.smk"  # measure_outputs, gather_ground_truth
+include: "rules/features.smk"  # featurize (sharded), gather_features
+include: "rules/kernel.smk"  # gram_partial, kernel, select_lambda
 include: "rules/score.smk"  # score (every method in the registry)
 include: "rules/evaluate.smk"  # evaluate_lds, lds_table
 
 
 rule all:
+    default_target: True
     input:
         LDS_TABLE,
         expand(SUBSET_MASKS, pool=POOLS),
-    default_target: True
 
 
 onsuccess:

@@ -48,8 +48,8 @@ def job(smk: Any) -> Iterator[logging.Logger]:
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
     logger = logging.getLogger("diffattr")
-    slurm_job = os.environ.get("SLURM_JOB_ID")
-    logger.info("rule %s, threads %d%s", smk.rule, smk.threads, f", SLURM_JOB_ID={slurm_job}" if slurm_job else "")
+    where = [f"{var}={os.environ[var]}" for var in ("SLURM_JOB_ID", "CUDA_VISIBLE_DEVICES") if var in os.environ]
+    logger.info("rule %s, threads %d%s", smk.rule, smk.threads, "".join(", " + w for w in where))
     limit_threads(smk.threads)
     try:
         with contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream):

@@ -1,8 +1,10 @@
 # Config validation and the names of every artifact. Imports nothing heavy: no torch at DAG time.
+import os
 from pathlib import Path
 
 from snakemake.utils import min_version, validate
 
+from diffattr.data.sizes import split_sizes
 from diffattr.config import (
     ConfigError,
     check_inputs,
@@ -14,6 +16,7 @@ from diffattr.config import (
 )
 from diffattr.methods.registry import method_kind
 from diffattr.schedule import checkpoint_steps
+from diffattr.store import shard_ranges, spec_hash
 
 min_version("9.0")
 
@@ -26,6 +29,8 @@ OUT = config["output_dir"]
 POOLS = [p for p, spec in config["subsets"]["pools"].items() if spec["count"] > 0]
 SETS = config["evaluation"]["sets"]
 METHODS = list(config["methods"])
+SPECS = list(config.get("features", {}))
+SIZES = split_sizes(config["data"], config["generate"])
 CKPT_STEPS = checkpoint_steps(
     config["train"]["steps"], config["train"]["checkpoint_fractions"]
 )
@@ -36,6 +41,7 @@ GENERATED = f"{OUT}/data/generated.zarr"
 GENERATED_TABLE = f"{OUT}/data/generated.csv"
 SUBSET_MASKS = f"{OUT}/subsets/{{pool}}.zarr"
 MODEL_DIR = f"{OUT}/models/{{pool}}/{{subset}}/seed{{seed}}"
+CHECKPOINT = f"{MODEL_DIR}/step{{step}}.safetensors"
 MEASUREMENT = f"{OUT}/ground_truth/{{pool}}/{{subset}}/seed{{seed}}.zarr"
 GROUND_TRUTH = f"{OUT}/ground_truth/{{pool}}.zarr"
 RELIABILITY = f"{OUT}/ground_truth/{{pool}}_reliability.csv"
@@ -44,8 +50,31 @@ METHOD_LDS = f"{OUT}/eval/lds/{{method}}.csv"
 LDS_TABLE = f"{OUT}/lds.csv"
 LDS_MARKDOWN = f"{OUT}/lds.md"
 LDS_POOL = config["evaluation"]["lds"]["pool"]
+MODEL_KEY = "{spec}/{pool}/{subset}/seed{seed}"
+FEATURE_SHARD = f"{OUT}/features/{MODEL_KEY}/{{split}}/shard{{shard}}.zarr"
+FEATURES = f"{OUT}/features/{MODEL_KEY}/{{split}}.zarr"
+GRAM_PARTIAL = f"{OUT}/kernels/{MODEL_KEY}/gram/shard{{shard}}.zarr"
+KERNEL = f"{OUT}/kernels/{MODEL_KEY}/kernel.zarr"
+LAMBDA_CURVE = f"{OUT}/lambda/{{method}}/{{pool}}/{{subset}}/seed{{seed}}.csv"
 
 ARTIFACTS = {"data": DATA, "generated": GENERATED}
+
+_RES = config.get("resources", {})
+GPU = {"gpu": _RES.get("gpus", 0)} | (
+    {"gpu_model": _RES["gpu_model"]} if _RES.get("gpu_model") else {}
+)
+"""GPU request of the rules that run the model on a device (gpu=0: none)."""
+SLURM = {
+    key: value
+    for key, value in {
+        "slurm_partition": _RES.get("slurm_partition")
+        or os.environ.get("SNAKEMAKE_SLURM_PARTITION"),
+        "slurm_account": _RES.get("slurm_account")
+        or os.environ.get("SNAKEMAKE_SLURM_ACCOUNT"),
+    }.items()
+    if value
+}
+"""Partition and account from the config, else the environment, else the cluster's defaults."""
 
 
 wildcard_constraints:
@@ -54,11 +83,14 @@ wildcard_constraints:
     seed=r"\d+",
     set="|".join(SETS),
     method="|".join(METHODS) if METHODS else "none",
+    spec="|".join(SPECS) if SPECS else "none",
+    split="train|val|gen",
+    shard=r"\d+",
 
 
 def checkpoint(pool, subset, seed, step=CKPT_STEPS[-1]):
     """A model's checkpoint file (the final one by default)."""
-    return MODEL_DIR.format(pool=pool, subset=subset, seed=seed) + f"/step{step}.safetensors"
+    return CHECKPOINT.format(pool=pool, subset=subset, seed=seed, step=step)
 
 
 def pool_models(pool):
@@ -81,4 +113,88 @@ def data_inputs():
 
 def print_table(path):
     if Path(path).exists():
-        print("\nLDS (" + path + "):\n" + Path(path).read_text())
+        print(f"\nLDS ({path}):\n{Path(path).read_text()}")
+
+
+def feature_step(spec):
+    """The checkpoint step a feature spec uses (its fraction of training)."""
+    fraction = config["features"][spec]["checkpoint"]
+    step = checkpoint_steps(config["train"]["steps"], [fraction])[0]
+    if step not in CKPT_STEPS:
+        raise ConfigError(
+            f"Config key 'features.{spec}.checkpoint' is {fraction}, which is not one of train.checkpoint_fractions."
+        )
+    return step
+
+
+def shard_ranges_of(spec, split):
+    return shard_ranges(SIZES[split], config["features"][spec]["shard_size"])
+
+
+def kernel_form_of(spec):
+    """primal (k × k Gram from per-shard partials) when k ≤ N, else dual (N × N)."""
+    k = config["features"][spec]["projection"]["dim"]
+    return "primal" if k is not None and k <= SIZES["train"] else "dual"
+
+
+def kernel_inputs(w):
+    if kernel_form_of(w.spec) == "primal":
+        n = len(shard_ranges_of(w.spec, "train"))
+        return {
+            "partials": [
+                GRAM_PARTIAL.format(**dict(w.items()), shard=i) for i in range(n)
+            ]
+        }
+    return {"train": FEATURES.format(**dict(w.items()), split="train")}
+
+
+def method_inputs(w):
+    """The artifacts a method's kind declares it needs (the generated set only for "gen");
+    "kernel_models": kernel, train and query features and chosen λ of each of its models.
+    """
+    needs = method_kind(config["methods"][w.method]).needs
+    inputs = {
+        n: ARTIFACTS[n]
+        for n in needs
+        if n in ARTIFACTS and (n != "generated" or w.set == "gen")
+    }
+    if "kernel_models" in needs:
+        spec = method_spec(w.method)
+        for i, (pool, subset, seed) in enumerate(method_models(w.method)):
+            m = {"pool": pool, "subset": subset, "seed": seed}
+            inputs[f"kernel_{i}"] = model_artifact(KERNEL, spec, m)
+            inputs[f"train_{i}"] = model_artifact(FEATURES, spec, m, split="train")
+            inputs[f"query_{i}"] = model_artifact(FEATURES, spec, m, split=w.set)
+            inputs[f"lambda_{i}"] = LAMBDA_CURVE.format(method=w.method, **m)
+    return inputs
+
+
+def method_spec(method):
+    return config["methods"][method]["features"]
+
+
+def method_models(method):
+    """(pool, subset, seed) of the models a method scores with (several: an ensemble)."""
+    models = config["methods"][method]["models"]
+    if models["pool"] == "full":
+        return [
+            ("full", 0, s) for s in config["full_model"]["seeds"][: models["count"]]
+        ]
+    seed = config["subsets"]["pools"][models["pool"]]["seeds"][0]
+    return [(models["pool"], k, seed) for k in range(models["count"])]
+
+
+def model_artifact(pattern, spec, w, **extra):
+    """A per-model artifact path for wildcards (or a dict) holding pool, subset and seed."""
+    get = w.get if isinstance(w, dict) else lambda key: getattr(w, key)
+    return pattern.format(
+        spec=spec, pool=get("pool"), subset=get("subset"), seed=get("seed"), **extra
+    )
+
+
+ORACLE_MODELS = {
+    m: method_models(m)
+    for m in METHODS
+    if config["methods"][m]["kind"] == "trak" and len(method_models(m)) == 1
+}
+"""Single-model kernel methods: their λ tuned on the lds pool is reported as a labelled diagnostic."""

@@ -4,17 +4,18 @@ rule prepare_data:
     output:
         store=directory(DATA),
         table=METADATA,
-    params:
-        data=config["data"],
     log:
         f"{OUT}/logs/prepare_data.log",
     benchmark:
         f"{OUT}/benchmarks/prepare_data.tsv"
-    resources:
-        mem_mb=4000,
-        runtime=30,
     conda:
         "../envs/data.yaml"
+    resources:
+        **SLURM,
+        mem_mb=4000,
+        runtime=30,
+    params:
+        data=config["data"],
     script:
         "../workflow_scripts/prepare_data.py"
 
@@ -24,16 +25,17 @@ rule make_subsets:
         data=DATA,
     output:
         masks=directory(SUBSET_MASKS),
-    params:
-        pool=lambda w: pool_params(config, w.pool),
     log:
         f"{OUT}/logs/make_subsets/{{pool}}.log",
     benchmark:
         f"{OUT}/benchmarks/make_subsets/{{pool}}.tsv"
-    resources:
-        mem_mb=2000,
-        runtime=10,
     conda:
         "../envs/data.yaml"
+    resources:
+        **SLURM,
+        mem_mb=2000,
+        runtime=10,
+    params:
+        pool=lambda w: pool_params(config, w.pool),
     script:
         "../workflow_scripts/make_subsets.py"

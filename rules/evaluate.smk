@@ -5,18 +5,19 @@ rule evaluate_lds:
         truth=GROUND_TRUTH.format(pool=LDS_POOL),
     output:
         table=METHOD_LDS,
-    params:
-        lds={k: v for k, v in config["evaluation"]["lds"].items() if k != "pool"},
-        sets=SETS,
     log:
         f"{OUT}/logs/evaluate_lds/{{method}}.log",
     benchmark:
         f"{OUT}/benchmarks/evaluate_lds/{{method}}.tsv"
-    resources:
-        mem_mb=4000,
-        runtime=30,
     conda:
         "../envs/eval.yaml"
+    resources:
+        **SLURM,
+        mem_mb=4000,
+        runtime=30,
+    params:
+        lds={k: v for k, v in config["evaluation"]["lds"].items() if k != "pool"},
+        sets=SETS,
     script:
         "../workflow_scripts/evaluate_lds.py"
 
@@ -25,15 +26,24 @@ rule lds_table:
     input:
         tables=expand(METHOD_LDS, method=METHODS),
         reliability=RELIABILITY.format(pool=LDS_POOL),
+        oracle=[
+            LAMBDA_CURVE.format(
+                method=m, **dict(zip(("pool", "subset", "seed"), models[0]))
+            )
+            for m, models in ORACLE_MODELS.items()
+        ],
     output:
         csv=LDS_TABLE,
         markdown=LDS_MARKDOWN,
     log:
         f"{OUT}/logs/lds_table.log",
-    resources:
-        mem_mb=1000,
-        runtime=10,
     conda:
         "../envs/eval.yaml"
+    resources:
+        **SLURM,
+        mem_mb=1000,
+        runtime=10,
+    params:
+        oracle_methods=list(ORACLE_MODELS),
     script:
         "../workflow_scripts/lds_table.py"

@@ -4,6 +4,18 @@ rule generate:
     output:
         store=directory(GENERATED),
         table=GENERATED_TABLE,
+    log:
+        f"{OUT}/logs/generate.log",
+    benchmark:
+        f"{OUT}/benchmarks/generate.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: 1
+    resources:
+        **GPU,
+        **SLURM,
+        mem_mb=4000,
+        runtime=60,
     params:
         cfg={
             **model_params(config),
@@ -11,15 +23,5 @@ rule generate:
                 k: v for k, v in config["generate"].items() if k != "model_seed"
             },
         },
-    log:
-        f"{OUT}/logs/generate.log",
-    benchmark:
-        f"{OUT}/benchmarks/generate.tsv"
-    threads: 1
-    resources:
-        mem_mb=4000,
-        runtime=60,
-    conda:
-        "../envs/torch.yaml"
     script:
         "../workflow_scripts/generate.py"

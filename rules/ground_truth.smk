@@ -4,19 +4,23 @@ rule measure_outputs:
         stores=[set_store(s) for s in SETS],
     output:
         measurement=directory(MEASUREMENT),
-    params:
-        cfg={**model_params(config), "ground_truth": config["ground_truth"]},
-        sets=SETS,
     log:
         f"{OUT}/logs/measure_outputs/{{pool}}/{{subset}}/seed{{seed}}.log",
     benchmark:
         f"{OUT}/benchmarks/measure_outputs/{{pool}}/{{subset}}/seed{{seed}}.tsv"
-    threads: 1
-    resources:
-        mem_mb=4000,
-        runtime=60,
+    group:
+        "measure"
     conda:
         "../envs/torch.yaml"
+    threads: 1
+    resources:
+        **GPU,
+        **SLURM,
+        mem_mb=4000,
+        runtime=60,
+    params:
+        cfg={**model_params(config), "ground_truth": config["ground_truth"]},
+        sets=SETS,
     script:
         "../workflow_scripts/measure_outputs.py"
 
@@ -30,17 +34,18 @@ rule gather_ground_truth:
     output:
         truth=directory(GROUND_TRUTH),
         reliability=RELIABILITY,
-    params:
-        models=lambda w: pool_models(w.pool),
-        sets=SETS,
     log:
         f"{OUT}/logs/gather_ground_truth/{{pool}}.log",
     benchmark:
         f"{OUT}/benchmarks/gather_ground_truth/{{pool}}.tsv"
-    resources:
-        mem_mb=4000,
-        runtime=30,
     conda:
         "../envs/eval.yaml"
+    resources:
+        **SLURM,
+        mem_mb=4000,
+        runtime=30,
+    params:
+        models=lambda w: pool_models(w.pool),
+        sets=SETS,
     script:
         "../workflow_scripts/gather_ground_truth.py"

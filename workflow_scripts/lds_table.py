@@ -2,4 +2,6 @@ from diffattr.evaluate.table import assemble
 from diffattr.jobs import job
 
 with job(snakemake):
-    assemble(list(snakemake.input.tables), snakemake.input.reliability, snakemake.output.csv, snakemake.output.markdown)
+    oracle = dict(zip(snakemake.params.oracle_methods, snakemake.input.oracle))
+    assemble(list(snakemake.input.tables), snakemake.input.reliability, oracle, snakemake.output.csv,
+             snakemake.output.markdown)

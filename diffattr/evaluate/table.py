@@ -50,23 +50,45 @@ def ceiling_rows(reliability: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+def oracle_rows(curves: dict[str, str], pool: str = "lds") -> pd.DataFrame:
+    """Diagnostic only: each single-model kernel method's LDS with λ tuned on the evaluation pool
+    itself (D-TRAK's protocol), to compare with the paper; never used to choose anything."""
+    rows = []
+    for method, path in curves.items():
+        curve = pd.read_csv(path)
+        for split, g in curve[curve["pool"] == pool].groupby("set"):
+            best = g.loc[g["lds"].idxmax()]
+            rows.append({"method": f"{method} [oracle λ, tuned on {pool} pool]", "kind": "diagnostic", "set": split,
+                         "lds": best["lds"], "std": np.nan, "ci_low": np.nan, "ci_high": np.nan,
+                         "n_subsets": np.nan, "n_queries": np.nan, "sign": -1, "chosen": f"λ={best['lambda']:g}"})
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
 def markdown(table: pd.DataFrame) -> str:
     """A Markdown table (no extra dependency): LDS ± bootstrap std with the CI."""
     lines = ["| method | set | LDS | ± std | 95% CI | subsets | queries | chosen |", "|---|---|---|---|---|---|---|---|"]
+    def missing(x: object) -> bool:
+        return x is None or (isinstance(x, float) and math.isnan(x))
+
+    def f(x: float) -> str:
+        return "" if missing(x) else f"{x:.3f}"
+
+    def n(x: float) -> str:
+        return "" if missing(x) else str(int(x))
+
     for r in table.itertuples():
-        def f(x: float) -> str:
-            return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
         ci = f"[{f(r.ci_low)}, {f(r.ci_high)}]" if f(r.ci_low) else ""
-        chosen = "" if not isinstance(r.chosen, str) else r.chosen
-        lines.append(f"| {r.method} | {r.set} | {f(r.lds)} | {f(r.std)} | {ci} | {r.n_subsets} | {r.n_queries} | {chosen} |")
+        chosen = r.chosen if isinstance(r.chosen, str) else ""
+        lines.append(f"| {r.method} | {r.set} | {f(r.lds)} | {f(r.std)} | {ci} | {n(r.n_subsets)} | {n(r.n_queries)} | {chosen} |")
     return "\n".join(lines) + "\n"
 
 
-def assemble(method_tables: list[str], reliability_path: str, csv_path: str, md_path: str) -> pd.DataFrame:
-    """lds_table: all methods' rows sorted by set then LDS, the ceiling first."""
+def assemble(method_tables: list[str], reliability_path: str, oracle_curves: dict[str, str], csv_path: str,
+             md_path: str) -> pd.DataFrame:
+    """lds_table: per set, the ceiling first, then methods by LDS, then the oracle diagnostics."""
     methods = pd.concat([pd.read_csv(p, keep_default_na=False, na_values=[""]) for p in method_tables], ignore_index=True)
-    table = pd.concat([ceiling_rows(pd.read_csv(reliability_path)), methods.sort_values(["set", "lds"], ascending=[True, False])],
-                      ignore_index=True)
+    table = pd.concat([ceiling_rows(pd.read_csv(reliability_path)), methods.sort_values(["set", "lds"], ascending=[True, False]),
+                       oracle_rows(oracle_curves)], ignore_index=True)
     table = table.sort_values("set", kind="stable").reset_index(drop=True)
     with atomic_path(csv_path) as tmp:
         table.to_csv(tmp, index=False)

@@ -46,6 +46,8 @@ KINDS: dict[str, MethodKind] = {
                         "Raw-pixel similarity: dot, cosine or negative squared L2 (METHODS.md §2.1)"),
     "random": MethodKind("random", HELPS, ("data", "generated"), "diffattr.methods.similarity:random_scores",
                          "Seeded −U(0,1) control scores, LDS ≈ 0 (METHODS.md §2.2)"),
+    "trak": MethodKind("trak", HELPS, ("kernel_models",), "diffattr.methods.trak:trak_scores",
+                       "TRAK / D-TRAK (feature spec's output: loss / square), single model or ensemble (§2.10, §2.11)"),
 }
 
 

@@ -1,0 +1,154 @@
+"""Per-sample gradient features g(x) = (1/K) Σ_{t∈T_K} (1/S) Σ_s ∇_θ F(x, t, ε_{s,t}), projected.
+
+METHODS.md §0 ("Feature"), §1 (output functions F), §2.10–2.11 (TRAK / D-TRAK): the gradient is
+averaged over the K timesteps (and the noise seeds, one ε per (seed, t)) *before* projection; the
+model is in eval mode; per-sample gradients come from ``torch.func`` (``functional_call`` +
+``vmap(grad)``). diffusers' fused attention (scaled-dot-product) is swapped for the plain
+processor, which vmap can batch. ε and t are pure functions of (seed, split, sample id, t), so a
+sample's feature does not depend on its batch, its shard or the device.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch.func import functional_call, grad, vmap
+
+from diffattr.models.ddpm import add_noise
+from diffattr.noise import gaussian_noise, sample_timesteps
+from diffattr.outputs import elbo_weight, output_function
+from diffattr.projection import ProjectionConfig, Projector
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """A named block of the config's ``features``: how a model's samples become feature vectors."""
+
+    output: str = "loss"
+    timestep_strategy: str = "uniform"
+    timesteps: int = 10
+    noise_seeds: tuple[int, ...] = (0,)
+    checkpoint: float = 1.0
+    projection: ProjectionConfig = field(default_factory=ProjectionConfig)
+    shard_size: int = 2048
+    batch_size: int = 32
+
+    @classmethod
+    def from_dict(cls, cfg: dict[str, Any]) -> FeatureSpec:
+        cfg = dict(cfg)
+        cfg["noise_seeds"] = tuple(cfg.get("noise_seeds", (0,)))
+        cfg["projection"] = ProjectionConfig(**cfg.get("projection", {}))
+        return cls(**cfg)
+
+
+class NonFiniteGradientError(ValueError):
+    """A sample's gradient contains NaN or inf."""
+
+
+def prepare_for_vmap(model: torch.nn.Module) -> torch.nn.Module:
+    """Eval mode, and the plain attention processor instead of fused SDPA (vmap cannot batch it)."""
+    from diffusers.models.attention_processor import Attention, AttnProcessor
+
+    model.eval()
+    for module in model.modules():
+        if isinstance(module, Attention):
+            module.set_processor(AttnProcessor())
+    return model
+
+
+def per_sample_gradients(
+    model: torch.nn.Module,
+    x0: torch.Tensor,
+    timesteps: torch.Tensor,
+    noise: torch.Tensor,
+    output: str,
+    abar: torch.Tensor,
+    betas: torch.Tensor,
+) -> torch.Tensor:
+    """(B, p) gradients of (1/D) Σ_d F(x_b, t_{b,d}, ε_{b,d}) over the D = K·S draws of each sample.
+
+    ``x0`` (B, C, H, W); ``timesteps`` (B, D); ``noise`` (B, D, C, H, W). Parameters are flattened
+    in ``model.named_parameters()`` order (the row order of the projection).
+    """
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    buffers = {n: b.detach() for n, b in model.named_buffers()}
+    f = output_function(output)
+
+    def sample_output(p: dict[str, torch.Tensor], x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        xs = x.unsqueeze(0).expand(t.shape[0], *x.shape)
+        pred = functional_call(model, (p, buffers), (add_noise(xs, eps, t, abar), t)).sample
+        weight = elbo_weight(t, betas, abar) if output == "weighted_mse" else None
+        return f(pred, eps, weight).mean()
+
+    grads = vmap(grad(sample_output), in_dims=(None, 0, 0, 0))(params, x0, timesteps, noise)
+    return torch.cat([grads[n].reshape(x0.shape[0], -1) for n in params], dim=1)
+
+
+def featurize(
+    model: torch.nn.Module,
+    images: np.ndarray,
+    sample_ids: np.ndarray,
+    split: str,
+    spec: FeatureSpec,
+    scheduler: Any,
+    device: str = "cpu",
+    projector: Projector | None = None,
+) -> np.ndarray:
+    """Projected features (n, k) float32 of float images (n, C, H, W) in [−1, 1] with ids ``sample_ids``."""
+    model = prepare_for_vmap(model.to(device))
+    n_params = sum(p.numel() for p in model.parameters())
+    projector = projector or Projector(spec.projection, n_params, device)
+    abar = scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
+    betas = scheduler.betas.to(device=device, dtype=torch.float32)
+    num_t = len(abar)
+    shape = images.shape[1:]
+    out = np.empty((len(images), projector.dim), dtype=np.float32)
+    start_time, done = time.perf_counter(), 0
+    for start in range(0, len(images), spec.batch_size):
+        ids = sample_ids[start : start + spec.batch_size]
+        ts = sample_timesteps(spec.timestep_strategy, spec.timesteps, num_t, spec.noise_seeds[0], split, ids)
+        eps = np.concatenate([gaussian_noise(s, split, ids, ts, shape) for s in spec.noise_seeds], axis=1)
+        ts_all = np.tile(ts, (1, len(spec.noise_seeds)))
+        g = per_sample_gradients(
+            model,
+            torch.from_numpy(images[start : start + spec.batch_size]).to(device),
+            torch.from_numpy(ts_all).to(device),
+            torch.from_numpy(eps).to(device),
+            spec.output,
+            abar,
+            betas,
+        )
+        bad = ~torch.isfinite(g).all(dim=1)
+        if bad.any():
+            first = int(ids[int(torch.nonzero(bad)[0])])
+            raise NonFiniteGradientError(f"the gradient of {split} sample {first} is not finite (NaN or inf)")
+        out[start : start + len(ids)] = projector(g).cpu().numpy()
+        done += len(ids)
+        log.info("featurized %d/%d %s samples (%.1f samples/s)", done, len(images), split,
+                 done / (time.perf_counter() - start_time))
+    return out
+
+
+def featurize_shard(model_path: str, image_store: str, split: str, start: int, stop: int, spec_config: dict[str, Any],
+                    model_config: dict[str, Any], out_path: str, device: str = "cpu") -> np.ndarray:
+    """featurize job: rows [start, stop) of ``split`` → one shard store with its completion marker."""
+    from diffattr.data.store import read_images, to_model_range
+    from diffattr.models.ddpm import build_scheduler, load_unet
+    from diffattr.store import spec_hash, write_shard
+
+    spec = FeatureSpec.from_dict(spec_config)
+    images = to_model_range(read_images(image_store, split)[start:stop])
+    if len(images) != stop - start:
+        raise ValueError(f"{image_store} has {start + len(images)} {split} images, fewer than the shard's end row {stop}")
+    model = load_unet(model_path, model_config["unet"], device)
+    scheduler = build_scheduler(model_config["scheduler"])
+    features = featurize(model, images, np.arange(start, stop), split, spec, scheduler, device)
+    write_shard(out_path, features, start, stop, spec_hash(spec_config), {"split": split, "model": model_path})
+    return features

@@ -1,0 +1,120 @@
+"""Sharded feature store: one zarr store per featurize job, then a validated consolidated store.
+
+A shard covers rows [start, stop) of one split; each job writes only its own shard store (so no two
+jobs ever touch one zarr chunk or shard object — zarr v3 shards are single objects, and concurrent
+writers to one lose rows), under a temporary name renamed when complete. Its completion marker
+``complete.json`` is written last, inside the store, and records the feature spec's hash, the row
+range, the shape and a SHA-256 of the feature bytes. ``gather_features`` checks every shard against
+its expected marker — missing, truncated, corrupted or written for another spec are each named in
+one sentence — and copies them into one store chunked by shard (≈ memory bandwidth).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from diffattr.atomic import atomic_path
+
+MARKER = "complete.json"
+
+
+class ShardError(ValueError):
+    """A feature shard is missing, incomplete, corrupted or stale."""
+
+
+def spec_hash(spec: dict[str, Any]) -> str:
+    """Identity of a feature spec's content (layout knobs — shard and batch size — excluded)."""
+    content = {k: v for k, v in spec.items() if k not in ("shard_size", "batch_size")}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def shard_ranges(n: int, shard_size: int) -> list[tuple[int, int]]:
+    """Row ranges of the shards of a split of ``n`` rows."""
+    return [(a, min(a + shard_size, n)) for a in range(0, n, shard_size)] or [(0, 0)]
+
+
+def _digest(features: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(features, dtype=np.float32).tobytes()).hexdigest()
+
+
+def write_shard(path: str | os.PathLike, features: np.ndarray, start: int, stop: int, spec_id: str,
+                attrs: dict[str, Any] | None = None) -> None:
+    """Write one shard store; the completion marker goes in last, then the store is renamed."""
+    if features.shape[0] != stop - start:
+        raise ShardError(f"feature shard {path} got {features.shape[0]} rows for range [{start}, {stop})")
+    with atomic_path(path) as tmp:
+        root = zarr.open_group(str(tmp), mode="w")
+        root.attrs.update(attrs or {})
+        root.create_array("features", data=np.asarray(features, dtype=np.float32),
+                          chunks=(max(1, features.shape[0]), features.shape[1]))
+        marker = {"spec_hash": spec_id, "row_start": start, "row_stop": stop,
+                  "shape": list(features.shape), "sha256": _digest(features)}
+        (tmp / MARKER).write_text(json.dumps(marker))
+
+
+def read_shard(path: str | os.PathLike, spec_id: str, start: int, stop: int) -> np.ndarray:
+    """A shard's features after checking it is present, complete, uncorrupted and of this spec."""
+    path = Path(path)
+    if not path.exists():
+        raise ShardError(f"feature shard {path} is missing")
+    if not (path / MARKER).exists():
+        raise ShardError(f"feature shard {path} has no completion marker (its job did not finish)")
+    marker = json.loads((path / MARKER).read_text())
+    if marker["spec_hash"] != spec_id:
+        raise ShardError(f"feature shard {path} was written for another feature spec ({marker['spec_hash']}, expected {spec_id})")
+    if (marker["row_start"], marker["row_stop"]) != (start, stop):
+        raise ShardError(f"feature shard {path} covers rows [{marker['row_start']}, {marker['row_stop']}), expected [{start}, {stop})")
+    try:
+        features = np.asarray(zarr.open_group(str(path), mode="r")["features"][:])
+    except Exception as err:  # zarr/codec errors on truncated or missing chunks
+        raise ShardError(f"feature shard {path} is truncated or corrupted ({type(err).__name__})") from err
+    if list(features.shape) != marker["shape"] or _digest(features) != marker["sha256"]:
+        raise ShardError(f"feature shard {path} is truncated or corrupted (content differs from its marker)")
+    return features
+
+
+def gather_features(shards: Sequence[str], ranges: Sequence[tuple[int, int]], spec_id: str,
+                    out_path: str | os.PathLike, attrs: dict[str, Any] | None = None) -> tuple[int, int]:
+    """Validate every shard and consolidate them into ``out_path`` (chunked by shard)."""
+    first = read_shard(shards[0], spec_id, *ranges[0])
+    n, k = ranges[-1][1], first.shape[1]
+    with atomic_path(out_path) as tmp:
+        root = zarr.open_group(str(tmp), mode="w")
+        root.attrs.update({**(attrs or {}), "spec_hash": spec_id, "shards": [list(r) for r in ranges]})
+        chunk = max(1, ranges[0][1] - ranges[0][0])
+        arr = root.create_array("features", shape=(n, k), dtype="float32", chunks=(chunk, k))
+        for path, (start, stop) in zip(shards, ranges):
+            block = first if start == ranges[0][0] else read_shard(path, spec_id, start, stop)
+            if block.shape[1] != k:
+                raise ShardError(f"feature shard {path} has {block.shape[1]} columns, expected {k}")
+            arr[start:stop] = block
+    return n, k
+
+
+class FeatureStore:
+    """Read access to a consolidated feature store, by row blocks."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        if not Path(path).exists():
+            raise ShardError(f"feature store {path} does not exist")
+        self.path = str(path)
+        self.array = zarr.open_group(self.path, mode="r")["features"]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.array.shape)
+
+    def blocks(self, rows: int = 4096) -> Iterator[tuple[int, np.ndarray]]:
+        for start in range(0, self.shape[0], rows):
+            yield start, np.asarray(self.array[start : start + rows], dtype=np.float64)
+
+    def read(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        return np.asarray(self.array[start:stop], dtype=np.float64)

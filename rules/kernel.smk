@@ -1,0 +1,75 @@
+rule gram_partial:
+    input:
+        shard=FEATURE_SHARD.replace("{split}", "train"),
+    output:
+        gram=directory(GRAM_PARTIAL),
+    log:
+        f"{OUT}/logs/gram_partial/{{spec}}/{{pool}}/{{subset}}/seed{{seed}}/shard{{shard}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/gram_partial/{{spec}}/{{pool}}/{{subset}}/seed{{seed}}/shard{{shard}}.tsv"
+    conda:
+        "../envs/eval.yaml"
+    resources:
+        **SLURM,
+        mem_mb=8000,
+        runtime=60,
+    params:
+        spec_hash=lambda w: spec_hash(config["features"][w.spec]),
+        rows=lambda w: shard_ranges_of(w.spec, "train")[int(w.shard)],
+        n_train=SIZES["train"],
+    script:
+        "../workflow_scripts/gram_partial.py"
+
+
+rule kernel:
+    input:
+        unpack(kernel_inputs),
+    output:
+        kernel=directory(KERNEL),
+    log:
+        f"{OUT}/logs/kernel/{{spec}}/{{pool}}/{{subset}}/seed{{seed}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/kernel/{{spec}}/{{pool}}/{{subset}}/seed{{seed}}.tsv"
+    conda:
+        "../envs/eval.yaml"
+    resources:
+        **SLURM,
+        mem_mb=16000,
+        runtime=60,
+    params:
+        form=lambda w: kernel_form_of(w.spec),
+    script:
+        "../workflow_scripts/kernel.py"
+
+
+rule select_lambda:
+    input:
+        kernel=lambda w: model_artifact(KERNEL, method_spec(w.method), w),
+        train=lambda w: model_artifact(
+            FEATURES, method_spec(w.method), w, split="train"
+        ),
+        queries=lambda w: [
+            model_artifact(FEATURES, method_spec(w.method), w, split=s) for s in SETS
+        ],
+        masks=[SUBSET_MASKS.format(pool=p) for p in ("select", LDS_POOL)],
+        truths=[GROUND_TRUTH.format(pool=p) for p in ("select", LDS_POOL)],
+    output:
+        curve=LAMBDA_CURVE,
+    log:
+        f"{OUT}/logs/select_lambda/{{method}}/{{pool}}/{{subset}}/seed{{seed}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/select_lambda/{{method}}/{{pool}}/{{subset}}/seed{{seed}}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: 1
+    resources:
+        **GPU,
+        **SLURM,
+        mem_mb=8000,
+        runtime=60,
+    params:
+        grid=lambda w: config["methods"][w.method]["lambdas"],
+        sets=SETS,
+        pools=["select", LDS_POOL],
+    script:
+        "../workflow_scripts/select_lambda.py"

@@ -1,0 +1,52 @@
+"""Bad input is refused before any job runs, in one sentence that names the key."""
+
+import pytest
+
+from conftest import REPO
+from diffattr.config import ConfigError, check_inputs, load_yaml, validate
+from workflow import overlay, snakemake
+
+SCHEMA = load_yaml(REPO / "schemas" / "config.schema.yaml")
+BASE = load_yaml(REPO / "config.yaml")
+
+BAD = [
+    ("unknown_key", {"train": {"stepz": 5}}, "Unknown config key 'train.stepz'"),
+    ("wrong_type", {"train": {"steps": "many"}}, "Config key 'train.steps' must be of type integer, got 'many'."),
+    ("alpha_high", {"subsets": {"alpha": 1.5}}, "Config key 'subsets.alpha' must be less than 1, got 1.5."),
+    ("alpha_zero", {"subsets": {"alpha": 0}}, "Config key 'subsets.alpha' must be greater than 0, got 0."),
+    ("missing_path", {"data": {"source": "cifar10", "path": "/no/such/cifar"}},
+     "Config key 'data.path' points at '/no/such/cifar', which does not exist."),
+    ("bad_method", {"methods": {"pix": {"kind": "pixel", "similarity": "manhattan"}}},
+     "Config key 'methods.pix.similarity' must be one of ['dot', 'cosine', 'l2'], got 'manhattan'."),
+]
+
+
+def merged(update: dict) -> dict:
+    config = {k: (dict(v) if isinstance(v, dict) else v) for k, v in BASE.items()}
+    for key, value in update.items():
+        config[key] = {**config[key], **value} if isinstance(value, dict) and key != "methods" else value
+    return config
+
+
+def test_shipped_configs_are_valid():
+    for name in ["config.yaml", "config/smoke.yaml", "config/cifar2.yaml"]:
+        validate(merged(load_yaml(REPO / name)), SCHEMA)
+
+
+@pytest.mark.parametrize("name,update,sentence", BAD, ids=[b[0] for b in BAD])
+def test_bad_config_sentence(name, update, sentence):
+    config = merged(update)
+    with pytest.raises(ConfigError) as err:
+        validate(config, SCHEMA)
+        check_inputs(config)
+    assert sentence in str(err.value)
+    assert str(err.value).count(". ") == 0  # one sentence
+
+
+@pytest.mark.workflow
+@pytest.mark.parametrize("name,update,sentence", BAD[:5], ids=[b[0] for b in BAD[:5]])
+def test_snakemake_refuses_bad_config_before_any_job(tmp_path, name, update, sentence):
+    result = snakemake("-n", "--configfile", overlay(tmp_path, name, update))
+    assert result.returncode != 0
+    assert sentence in result.stdout + result.stderr
+    assert "rule prepare_data" not in result.stdout

@@ -1,0 +1,180 @@
+"""The real Snakemake workflow: dry-run job lists, the smoke run end to end, partial re-execution
+driven by params, and restart after jobs killed mid-way. These tests share the session's smoke run
+(conftest.py); the re-execution and restart tests change it and put it back as it was."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+import zarr
+
+from conftest import REPO, Smoke
+from diffattr.scores import read_scores
+from workflow import SNAKEMAKE, job_counts, overlay, planned_jobs, snakemake
+
+pytestmark = pytest.mark.workflow
+
+
+def torch_blocker(tmp_path: Path) -> dict:
+    """PYTHONPATH entry whose 'torch' fails to import: proves the DAG is built without torch."""
+    (tmp_path / "torch").mkdir()
+    (tmp_path / "torch" / "__init__.py").write_text("raise ImportError('torch imported while building the DAG')\n")
+    return {"PYTHONPATH": str(tmp_path)}
+
+
+def test_default_dry_run_lists_the_expected_jobs_without_torch(tmp_path):
+    result = snakemake("-n", "--configfile", overlay(tmp_path, "out", {"output_dir": str(tmp_path / "out")}),
+                       env=torch_blocker(tmp_path), timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert job_counts(result.stdout) == {
+        "prepare_data": 1,
+        "make_subsets": 3,  # lds, select, retrain
+        "train_model": 45,  # full model + 32 lds + 8 select + 4 retrain (ensemble) models
+        "generate": 1,
+        "measure_outputs": 40,  # lds and select pools
+        "gather_ground_truth": 2,
+        # 2 feature specs (loss, square) × 5 models (full + 4 ensemble) × 4 shards (train 2, val, gen):
+        # trak and trak_ens share the loss features, dtrak and dtrak_ens the square ones
+        "featurize": 40,
+        "gather_features": 30,  # 2 specs × 5 models × 3 splits
+        "kernel": 10,  # k = 2048 > N = 1597: dual form, no partial Grams
+        "select_lambda": 10,  # (trak, dtrak) × 1 model + (trak_ens, dtrak_ens) × 4 models
+        "score": 16,  # 8 methods × {val, gen}
+        "evaluate_lds": 8,
+        "lds_table": 1,
+        "all": 1,
+    }
+
+
+@pytest.mark.parametrize("profile,configs", [(None, ["config/smoke.yaml"]), (None, ["config/cifar2.yaml"]),
+                                             ("profiles/slurm", []), ("profiles/local", [])],
+                         ids=["smoke", "cifar2", "slurm-profile", "local-profile"])
+def test_every_shipped_config_dry_runs_in_seconds_without_torch_or_data(profile, configs, tmp_path):
+    cifar = tmp_path / "cifar-10-batches-py"
+    cifar.mkdir()  # an empty folder: the dry-run must not read it
+    paths = overlay(tmp_path, "paths", {"output_dir": str(tmp_path / "out"), "data": {"path": str(cifar)}}
+                    if configs == ["config/cifar2.yaml"] else {"output_dir": str(tmp_path / "out")})
+    args = (["--profile", profile] if profile else []) + ["--configfile", *configs, paths]
+    start = time.perf_counter()
+    result = snakemake("-n", *args, env=torch_blocker(tmp_path), timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert time.perf_counter() - start < 30
+    assert job_counts(result.stdout)["train_model"] > 0
+
+
+def test_smoke_run_end_to_end(smoke):
+    table = pd.read_csv(smoke.out / "lds.csv")
+    assert {"pixel_dot", "pixel_cosine", "pixel_l2", "random", "ground_truth_split_half", "trak", "dtrak",
+            "trak_ens", "dtrak_ens", "trak [oracle λ, tuned on lds pool]"} <= set(table["method"])
+    assert set(table["set"]) == {"val", "gen"}
+    lds = table.set_index(["method", "set"])["lds"]
+    for split in ("val", "gen"):
+        assert abs(lds[("random", split)]) < 0.15
+        assert lds[("pixel_l2", split)] > lds[("random", split)]
+        assert 0 < lds[("ground_truth_split_half", split)] <= 1
+        assert lds[("dtrak", split)] > lds[("trak", split)] > lds[("random", split)]  # METHODS.md §5.1
+    assert table.loc[table["method"] == "trak", "chosen"].str.contains("(select pool)", regex=False).all()
+    assert "| pixel_l2 | val |" in smoke.result.stdout  # the Markdown copy is printed at the end
+    assert (smoke.out / "benchmarks" / "train_model" / "full" / "0" / "seed0.tsv").exists()
+    # primal kernel path (k = 256 ≤ N = 300): two partial Grams per model were summed
+    assert len(list((smoke.out / "kernels" / "loss" / "full" / "0" / "seed0" / "gram").iterdir())) == 2
+
+
+def changed_jobs(smoke: Smoke, tmp: Path, name: str, change: dict) -> list[tuple[str, dict]]:
+    result = snakemake("-n", *smoke.args(overlay(tmp, name, change)), timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return [(rule, w) for rule, w in planned_jobs(result.stdout) if rule != "all"]
+
+
+def test_a_changed_knob_reruns_only_what_it_touches(smoke, tmp_path):
+    # (a) one method's λ grid: its λ selection, scores and evaluation only
+    jobs = changed_jobs(smoke, tmp_path, "a", {"methods": {"trak": {"lambdas": [0.01, 1.0]}}})
+    assert {r for r, _ in jobs} == {"select_lambda", "score", "evaluate_lds", "lds_table"}
+    assert {w.get("method") for r, w in jobs if r != "lds_table"} == {"trak"}
+    # (b) one feature spec's projection dim: that spec's features, kernels and its methods only
+    jobs = changed_jobs(smoke, tmp_path, "b", {"features": {"loss": {"projection": {"dim": 128}}}})
+    assert {r for r, _ in jobs} == {"featurize", "gather_features", "gram_partial", "kernel", "select_lambda",
+                                    "score", "evaluate_lds", "lds_table"}
+    assert {w["spec"] for r, w in jobs if "spec" in w} == {"loss"}
+    assert {w["method"] for r, w in jobs if "method" in w} == {"trak", "trak_ens"}
+    # (c) the LDS bootstrap count: evaluation only
+    jobs = changed_jobs(smoke, tmp_path, "c", {"evaluation": {"lds": {"bootstrap_resamples": 32}}})
+    assert {r for r, _ in jobs} == {"evaluate_lds", "lds_table"}
+    never = {"train_model", "measure_outputs", "prepare_data", "generate"}
+    # (a) for real: outputs it does not touch keep their mtimes
+    untouched = [smoke.out / "scores" / "dtrak" / "val.zarr" / "zarr.json",
+                 smoke.out / "models" / "full" / "0" / "seed0" / "step120.safetensors",
+                 smoke.out / "eval" / "lds" / "pixel_l2.csv"]
+    before = {p: p.stat().st_mtime_ns for p in untouched}
+    trak_before = (smoke.out / "eval" / "lds" / "trak.csv").stat().st_mtime_ns
+    run = snakemake("--cores", "2", *smoke.args(overlay(tmp_path, "a", {"methods": {"trak": {"lambdas": [0.01, 1.0]}}})))
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert not never & set(job_counts(run.stderr + run.stdout))
+    assert {p: p.stat().st_mtime_ns for p in untouched} == before
+    assert (smoke.out / "eval" / "lds" / "trak.csv").stat().st_mtime_ns > trak_before
+    # back to the smoke config: only trak's jobs again
+    back = snakemake("--cores", "2", *smoke.args())
+    assert back.returncode == 0
+    assert {p: p.stat().st_mtime_ns for p in untouched} == before
+
+
+def kill_when(pattern: str, ready, proc: subprocess.Popen, timeout: float = 300) -> None:
+    """SIGKILL the job process whose command line contains ``pattern`` once ``ready()`` holds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if ready():
+            ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+            pids = [int(line.split()[0]) for line in ps.splitlines() if pattern in line and "python" in line]
+            if pids:
+                for pid in pids:
+                    subprocess.run(["kill", f"-{signal.SIGKILL.value}", str(pid)])
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"never saw a running job matching {pattern!r}")
+
+
+def test_killed_jobs_restart_and_reproduce_the_uninterrupted_run(smoke, tmp_path):
+    out = smoke.out
+    reference = {s: read_scores(out / "scores" / "dtrak" / f"{s}.zarr") for s in ("val", "gen")}
+    truth = (out / "ground_truth" / "lds" / "3" / "seed0.zarr")
+    ref_truth = np.asarray(zarr.open_group(str(truth), mode="r")["val/losses"][:])
+    model_dir = out / "models" / "lds" / "3" / "seed0"
+    shutil.rmtree(model_dir)
+    shard = out / "features" / "square" / "full" / "0" / "seed0" / "train" / "shard0.zarr"
+    shutil.rmtree(shard)
+    resume_state = out / "resume" / "lds" / "3" / "seed0" / "state.safetensors"
+
+    # kill the subset training once it has saved its first resume state
+    target = str(out / "ground_truth" / "lds" / "3" / "seed0.zarr")
+    proc = subprocess.Popen([*SNAKEMAKE, "--cores", "1", *smoke.args(), target], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    kill_when("train_model.py", resume_state.exists, proc)
+    assert proc.wait(timeout=120) != 0
+    assert not model_dir.exists() or not any(model_dir.glob("step*.safetensors"))
+
+    # kill featurization mid-shard: no shard (so no completion marker) may appear
+    log = out / "logs" / "featurize" / "square" / "full" / "0" / "seed0" / "train" / "shard0.log"
+    log.unlink(missing_ok=True)
+    proc = subprocess.Popen([*SNAKEMAKE, "--cores", "1", *smoke.args(), str(shard)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    kill_when("featurize.py", lambda: log.exists() and "featurized 32/" in log.read_text(), proc)
+    assert proc.wait(timeout=120) != 0
+    assert not (shard / "complete.json").exists()
+
+    rerun = snakemake("--cores", "2", "--rerun-incomplete", *smoke.args())
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    train = yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())["train"]
+    train_log = (out / "logs" / "train_model" / "lds" / "3" / "seed0.log").read_text()
+    assert f"resuming from step {train['resume_every']} of {train['steps']}" in train_log
+    assert not resume_state.exists()
+    for s in ("val", "gen"):
+        np.testing.assert_array_equal(read_scores(out / "scores" / "dtrak" / f"{s}.zarr"), reference[s])
+    np.testing.assert_array_equal(np.asarray(zarr.open_group(str(truth), mode="r")["val/losses"][:]), ref_truth)

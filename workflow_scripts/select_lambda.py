@@ -1,0 +1,7 @@
+from diffattr.jobs import device, job
+from diffattr.methods.trak import select_lambda
+
+with job(snakemake):
+    pools = {p: (m, t) for p, m, t in zip(snakemake.params.pools, snakemake.input.masks, snakemake.input.truths)}
+    select_lambda(snakemake.input.kernel, snakemake.input.train, dict(zip(snakemake.params.sets, snakemake.input.queries)),
+                  pools, snakemake.params.grid, snakemake.output.curve, device())

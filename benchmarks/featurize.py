@@ -47,7 +47,7 @@ def batch(unet: dict, n: int, timesteps: int, seed: int = 0):
     return x0, torch.from_numpy(ts), eps
 
 
-def run_diffattr(name: str, n: int, k: int, timesteps: int, batch_size: int, device: str) -> dict:
+def run_diffattr(name: str, n: int, k: int, timesteps: int, batch_size: int, device: str, dtype: str) -> dict:
     import torch
 
     from diffattr.featurize import per_sample_gradients, prepare_for_vmap
@@ -62,7 +62,7 @@ def run_diffattr(name: str, n: int, k: int, timesteps: int, batch_size: int, dev
     x0, ts, eps = (t.to(device) for t in batch(unet, n, timesteps))
     p = sum(q.numel() for q in model.parameters())
     t0 = time.perf_counter()
-    projector = Projector(ProjectionConfig(type="gaussian", dim=k, seed=0), p, device)
+    projector = Projector(ProjectionConfig(type="gaussian", dim=k, seed=0, dtype=dtype), p, device)
     setup = time.perf_counter() - t0
     grad_s = proj_s = 0.0
     for a in range(0, n, batch_size):
@@ -77,7 +77,7 @@ def run_diffattr(name: str, n: int, k: int, timesteps: int, batch_size: int, dev
     return {"params": p, "grad_s": grad_s, "project_s": proj_s, "setup_s": setup}
 
 
-def run_traker(name: str, n: int, k: int, timesteps: int, batch_size: int, device: str) -> dict:
+def run_traker(name: str, n: int, k: int, timesteps: int, batch_size: int, device: str, dtype: str) -> dict:
     import torch
     from trak import TRAKer
     from trak.modelout_functions import AbstractModelOutput
@@ -137,7 +137,7 @@ def child(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     run = run_diffattr if args.library == "diffattr" else run_traker
-    result = run(args.model, args.samples, args.k, args.timesteps, args.batch_size, device)
+    result = run(args.model, args.samples, args.k, args.timesteps, args.batch_size, device, args.dtype)
     result.update({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "device": device})
     print(json.dumps(result))
 
@@ -150,6 +150,8 @@ def main() -> None:
     ap.add_argument("--timesteps", type=int, default=None, help="K (default: 10 digits, 1 cifar on CPU)")
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"],
+                    help="diffattr's projection compute dtype (traker: float32 on CPU, where its fp16 path is not used)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--library", choices=["diffattr", "traker"], help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
@@ -160,7 +162,7 @@ def main() -> None:
     import torch
 
     gpu = torch.cuda.is_available()
-    print(f"device: {'cuda' if gpu else 'cpu'}, torch threads per run: {args.threads}")
+    print(f"device: {'cuda' if gpu else 'cpu'}, torch threads per run: {args.threads}, diffattr projection dtype: {args.dtype}")
     header = f"{'model':8} {'params':>10} {'library':9} {'K':>3} {'k':>5} {'grad/s':>9} {'proj/s':>9} {'featurize/s':>11} {'setup s':>8} {'peak MB':>8}"
     print(header)
     for name in args.models:
@@ -172,7 +174,8 @@ def main() -> None:
         rows = {}
         for library in ("diffattr", "traker"):
             cmd = [sys.executable, __file__, "--child", "--library", library, "--model", name, "--samples", str(n),
-                   "--k", str(k), "--timesteps", str(timesteps), "--batch-size", str(bs), "--threads", str(args.threads)]
+                   "--k", str(k), "--timesteps", str(timesteps), "--batch-size", str(bs), "--threads", str(args.threads),
+                   "--dtype", args.dtype]
             out = subprocess.run(cmd, capture_output=True, text=True)
             if out.returncode != 0:
                 print(f"{name:8} {library}: failed: {out.stderr.strip().splitlines()[-1]}")

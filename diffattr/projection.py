@@ -150,7 +150,9 @@ class Projector:
         self.dtype = getattr(torch, config.dtype)
         self.matrix: torch.Tensor | None = None
         if config.dim is not None and n_params * config.dim * self.dtype.itemsize <= max_cached_bytes:
-            self.matrix = torch.cat([self._block(a, b).to(self.dtype) for a, b in self._blocks()])
+            self.matrix = torch.empty(n_params, config.dim, dtype=self.dtype, device=self.device)
+            for start, stop in self._blocks():
+                self.matrix[start:stop] = self._block(start, stop)
 
     def _blocks(self) -> list[tuple[int, int]]:
         step = self.config.block_rows

@@ -16,6 +16,16 @@ include: "rules/score.smk"  # score (every method in the registry)
 include: "rules/evaluate.smk"  # evaluate_lds, lds_table
 
 
+# Light bookkeeping runs on the submitting node; everything else is a cluster job.
+localrules:
+    all,
+    make_subsets,
+    gather_features,
+    gather_ground_truth,
+    evaluate_lds,
+    lds_table,
+
+
 rule all:
     default_target: True
     input:

@@ -51,8 +51,9 @@ def dual_gram(store: FeatureStore, rows: int = 4096) -> np.ndarray:
     for i, a in store.blocks(rows):
         for j, b in store.blocks(rows):
             if j >= i:
-                gram[i : i + len(a), j : j + len(b)] = a @ b.T
-                gram[j : j + len(b), i : i + len(a)] = (a @ b.T).T
+                block = a @ b.T
+                gram[i : i + len(a), j : j + len(b)] = block
+                gram[j : j + len(b), i : i + len(a)] = block.T
     return gram
 
 
@@ -99,25 +100,37 @@ class Kernel:
         return factor
 
 
-def primal_solve(factor: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+def query_rhs(kernel: Kernel, train: FeatureStore, queries: np.ndarray, rows: int = 4096) -> torch.Tensor:
+    """Right-hand side for a block of query features (m × k): φ(x) itself (primal, k × m) or
+    Φ φ(x) (dual, N × m, one pass over the training features)."""
+    device = kernel.gram.device
+    q = torch.from_numpy(np.asarray(queries, dtype=np.float64)).to(device).T
+    if kernel.form == "primal":
+        return q
+    rhs = torch.empty(kernel.n_train, q.shape[1], dtype=torch.float64, device=device)
+    for start, block in train.blocks(rows):
+        rhs[start : start + len(block)] = torch.from_numpy(block).to(device) @ q
+    return rhs
+
+
+def solve(factor: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """(Gram + λI)⁻¹ rhs: K_λ⁻¹ φ(x) (primal) or τᵀ = (G + λI)⁻¹ Φ φ(x) (dual)."""
     return torch.cholesky_solve(rhs, factor)
 
 
-def scores_block(kernel: Kernel, factor: torch.Tensor, train: FeatureStore, queries: np.ndarray,
-                 rows: int = 4096) -> np.ndarray:
-    """τ = φ(x)ᵀ K_λ⁻¹ Φᵀ for a block of query features (m × k) → (m × N), streaming Φ."""
-    device = kernel.gram.device
-    q = torch.from_numpy(np.asarray(queries, dtype=np.float64)).to(device)
-    out = np.empty((len(queries), kernel.n_train))
-    if kernel.form == "primal":
-        w = primal_solve(factor, q.T)  # K_λ⁻¹ φ(x), (k × m)
-        for start, block in train.blocks(rows):
-            out[:, start : start + len(block)] = (torch.from_numpy(block).to(device) @ w).T.cpu().numpy()
-        return out
-    gq = torch.empty(kernel.n_train, len(queries), dtype=torch.float64, device=device)  # Φ φ(x)
+def scores_from_solution(kernel: Kernel, solution: torch.Tensor, train: FeatureStore, rows: int = 4096) -> np.ndarray:
+    """τ (m × N) from :func:`solve`'s result, streaming Φ in the primal form."""
+    if kernel.form == "dual":
+        return solution.T.cpu().numpy()
+    out = np.empty((solution.shape[1], kernel.n_train))
     for start, block in train.blocks(rows):
-        gq[start : start + len(block)] = torch.from_numpy(block).to(device) @ q.T
-    return primal_solve(factor, gq).T.cpu().numpy()
+        out[:, start : start + len(block)] = (torch.from_numpy(block).to(solution.device) @ solution).T.cpu().numpy()
+    return out
+
+
+def scores_block(kernel: Kernel, factor: torch.Tensor, train: FeatureStore, queries: np.ndarray) -> np.ndarray:
+    """τ = φ(x)ᵀ K_λ⁻¹ Φᵀ for a block of query features (m × k) → (m × N)."""
+    return scores_from_solution(kernel, solve(factor, query_rhs(kernel, train, queries)), train)
 
 
 def masked_train_sums(train: FeatureStore, masks: np.ndarray, rows: int = 4096) -> np.ndarray:
@@ -128,15 +141,12 @@ def masked_train_sums(train: FeatureStore, masks: np.ndarray, rows: int = 4096) 
     return out
 
 
-def subset_predictions(kernel: Kernel, factor: torch.Tensor, train: FeatureStore, queries: np.ndarray,
-                       masks: np.ndarray, masked_sums: np.ndarray | None = None) -> np.ndarray:
-    """A·τᵀ (M × m): each subset's summed score for every query, without forming τ in the primal
-    form (A·Φ·K_λ⁻¹·Φ_qᵀ), so a λ sweep costs one solve per λ."""
+def subset_predictions(kernel: Kernel, solution: torch.Tensor, masks: np.ndarray, masked_sums: np.ndarray) -> np.ndarray:
+    """A·τᵀ (M × m): each subset's summed score per query, without forming τ in the primal form
+    (A·Φ·K_λ⁻¹·φ(x)), so a λ sweep costs one Cholesky solve per λ. ``masked_sums`` = A·Φ (primal)."""
     if kernel.form == "primal":
-        sums = masked_train_sums(train, masks) if masked_sums is None else masked_sums
-        q = torch.from_numpy(np.asarray(queries, dtype=np.float64)).to(kernel.gram.device)
-        return (torch.from_numpy(sums).to(q.device) @ primal_solve(factor, q.T)).cpu().numpy()
-    return masks.astype(np.float64) @ scores_block(kernel, factor, train, queries).T
+        return (torch.from_numpy(masked_sums).to(solution.device) @ solution).cpu().numpy()
+    return masks.astype(np.float64) @ solution.cpu().numpy()
 
 
 def build_kernel(form: str, out_path: str, partials: list[str] | None = None, train_path: str | None = None) -> None:

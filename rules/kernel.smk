@@ -30,6 +30,8 @@ rule kernel:
         f"{OUT}/logs/kernel/{{spec}}/{{pool}}/{{subset}}/seed{{seed}}.log",
     benchmark:
         f"{OUT}/benchmarks/kernel/{{spec}}/{{pool}}/{{subset}}/seed{{seed}}.tsv"
+    group:
+        "solve"
     conda:
         "../envs/eval.yaml"
     resources:
@@ -59,6 +61,8 @@ rule select_lambda:
         f"{OUT}/logs/select_lambda/{{method}}/{{pool}}/{{subset}}/seed{{seed}}.log",
     benchmark:
         f"{OUT}/benchmarks/select_lambda/{{method}}/{{pool}}/{{subset}}/seed{{seed}}.tsv"
+    group:
+        "solve"
     conda:
         "../envs/torch.yaml"
     threads: 1

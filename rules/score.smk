@@ -7,6 +7,8 @@ rule score:
         f"{OUT}/logs/score/{{method}}/{{set}}.log",
     benchmark:
         f"{OUT}/benchmarks/score/{{method}}/{{set}}.tsv"
+    group:
+        "score"
     conda:
         "../envs/torch.yaml"
     threads: 1

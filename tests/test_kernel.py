@@ -5,7 +5,8 @@ import pytest
 import torch
 from sklearn.linear_model import Ridge
 
-from diffattr.kernel import Kernel, SingularKernelError, build_kernel, scores_block, subset_predictions, write_partial
+from diffattr.kernel import (Kernel, SingularKernelError, build_kernel, masked_train_sums, query_rhs, scores_block, solve,
+                             subset_predictions, write_partial)
 from diffattr.store import FeatureStore, gather_features, shard_ranges, spec_hash, write_shard
 
 SPEC = {"output": "loss", "projection": {"dim": 5}}
@@ -38,8 +39,10 @@ def test_scores_equal_the_dense_closed_form_in_both_forms(tmp_path):
         got = scores_block(kernel, kernel.factor(lam_rel), train, queries)
         np.testing.assert_allclose(got, dense, rtol=1e-10, atol=1e-12)
     masks = rng.random((6, 11)) < 0.5
-    np.testing.assert_allclose(subset_predictions(primal, primal.factor(lam_rel), train, queries, masks),
-                               masks @ dense.T, rtol=1e-10)
+    for kernel in (primal, dual):
+        solution = solve(kernel.factor(lam_rel), query_rhs(kernel, train, queries))
+        got = subset_predictions(kernel, solution, masks, masked_train_sums(train, masks))
+        np.testing.assert_allclose(got, masks @ dense.T, rtol=1e-10)
 
 
 def test_woodbury_dual_form_matches_primal_when_k_exceeds_n(tmp_path):

@@ -18,7 +18,7 @@ import pandas as pd
 from diffattr.atomic import atomic_path
 from diffattr.evaluate.lds import lds_from_predictions
 from diffattr.ground_truth import read_ground_truth
-from diffattr.kernel import Kernel, masked_train_sums, scores_block, subset_predictions
+from diffattr.kernel import Kernel, masked_train_sums, query_rhs, scores_block, solve, subset_predictions
 from diffattr.methods.registry import HELPS, ScoreBlocks
 from diffattr.store import FeatureStore
 from diffattr.subsets import read_pool
@@ -30,14 +30,15 @@ def lambda_curve(kernel_path: str, train_path: str, query_paths: dict[str, str],
     kernel = Kernel.load(kernel_path, device)
     train = FeatureStore(train_path)
     masks = {name: read_pool(m) for name, (m, _) in pools.items()}
-    sums = {name: masked_train_sums(train, m) for name, m in masks.items()} if kernel.form == "primal" else {}
-    queries = {s: FeatureStore(p).read() for s, p in query_paths.items()}
+    sums = {name: masked_train_sums(train, m) if kernel.form == "primal" else None for name, m in masks.items()}
+    rhs = {s: query_rhs(kernel, train, FeatureStore(p).read()) for s, p in query_paths.items()}
     rows = []
     for lam in grid:
         factor = kernel.factor(lam)
-        for split, q in queries.items():
+        for split, b in rhs.items():
+            solution = solve(factor, b)
             for name, (_, truth_path) in pools.items():
-                pred = HELPS * subset_predictions(kernel, factor, train, q, masks[name], sums.get(name))
+                pred = HELPS * subset_predictions(kernel, solution, masks[name], sums[name])
                 rows.append({"set": split, "pool": name, "lambda": lam, "lambda_abs": kernel.absolute(lam),
                              "lds": lds_from_predictions(pred, read_ground_truth(truth_path, split))})
     return pd.DataFrame(rows)

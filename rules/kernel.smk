@@ -11,7 +11,7 @@ rule gram_partial:
         "../envs/eval.yaml"
     resources:
         **SLURM,
-        mem_mb=8000,
+        mem_mb=4000,
         runtime=60,
     params:
         spec_hash=lambda w: spec_hash(config["features"][w.spec]),
@@ -36,7 +36,7 @@ rule kernel:
         "../envs/eval.yaml"
     resources:
         **SLURM,
-        mem_mb=16000,
+        mem_mb=4000,
         runtime=60,
     params:
         form=lambda w: kernel_form_of(w.spec),
@@ -69,7 +69,7 @@ rule select_lambda:
     resources:
         **GPU,
         **SLURM,
-        mem_mb=8000,
+        mem_mb=4000,
         runtime=60,
     params:
         grid=lambda w: config["methods"][w.method]["lambdas"],

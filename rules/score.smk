@@ -15,7 +15,7 @@ rule score:
     resources:
         **GPU,
         **SLURM,
-        mem_mb=8000,
+        mem_mb=4000,
         runtime=60,
     params:
         method=lambda w: config["methods"][w.method],

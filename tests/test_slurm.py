@@ -30,8 +30,8 @@ def cluster():
 def test_smoke_through_slurm_equals_local(cluster, smoke, tmp_path):
     out = tmp_path / "slurm"
     cfg = overlay(tmp_path, "slurm", {"output_dir": str(out), "resources": {"gpus": 1, "gpu_model": "fake"}})
-    # Wrapped in timeout -s INT: after SIGINT Snakemake may keep polling for a while (SLURM-NOTES.md).
     result = snakemake("--profile", "profiles/slurm", "--configfile", "config/smoke.yaml", cfg, "--jobs", "8",
+                       "--slurm-init-seconds-before-status-checks", "2",
                        env={"SNAKEMAKE_SLURM_PARTITION": "debug"}, timeout=1500)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     local = ("make_subsets", "gather_features", "gather_ground_truth", "evaluate_lds", "lds_table")

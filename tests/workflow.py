@@ -40,9 +40,9 @@ def job_counts(output: str) -> dict[str, int]:
 
 
 def planned_jobs(output: str) -> list[tuple[str, dict[str, str]]]:
-    """(rule, wildcards) of every job a dry-run would run."""
+    """(rule, wildcards) of every job a dry-run would run (group members are listed indented)."""
     jobs = []
-    for block in re.split(r"\n(?=(?:local)?rule \w+:)", output):
+    for block in re.split(r"\n(?=[ \t]*(?:local)?rule \w+:)", output):
         m = re.match(r"(?:local)?rule (\w+):", block.strip())
         if not m:
             continue

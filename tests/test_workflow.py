@@ -1,24 +1,17 @@
 """The real Snakemake workflow: dry-run job lists, the smoke run end to end, partial re-execution
-driven by params, and restart after jobs killed mid-way. These tests share the session's smoke run
-(conftest.py); the re-execution and restart tests change it and put it back as it was."""
+driven by params. These tests share the session's smoke run (conftest.py); the re-execution test
+changes it and puts it back as it was."""
 
 from __future__ import annotations
 
-import shutil
-import signal
-import subprocess
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
-import yaml
-import zarr
 
-from conftest import REPO, Smoke
-from diffattr.scores import read_scores
-from workflow import SNAKEMAKE, job_counts, overlay, planned_jobs, snakemake
+from conftest import Smoke
+from workflow import job_counts, overlay, planned_jobs, snakemake
 
 pytestmark = pytest.mark.workflow
 
@@ -127,57 +120,3 @@ def test_a_changed_knob_reruns_only_what_it_touches(smoke, tmp_path):
     back = snakemake("--cores", "2", *smoke.args())
     assert back.returncode == 0
     assert {p: p.stat().st_mtime_ns for p in untouched} == before
-
-
-def kill_when(pattern: str, ready, proc: subprocess.Popen, timeout: float = 300) -> None:
-    """SIGKILL the job process whose command line contains ``pattern`` once ``ready()`` holds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and proc.poll() is None:
-        if ready():
-            ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-            pids = [int(line.split()[0]) for line in ps.splitlines() if pattern in line and "python" in line]
-            if pids:
-                for pid in pids:
-                    subprocess.run(["kill", f"-{signal.SIGKILL.value}", str(pid)])
-                return
-        time.sleep(0.05)
-    raise AssertionError(f"never saw a running job matching {pattern!r}")
-
-
-def test_killed_jobs_restart_and_reproduce_the_uninterrupted_run(smoke, tmp_path):
-    out = smoke.out
-    reference = {s: read_scores(out / "scores" / "dtrak" / f"{s}.zarr") for s in ("val", "gen")}
-    truth = (out / "ground_truth" / "lds" / "3" / "seed0.zarr")
-    ref_truth = np.asarray(zarr.open_group(str(truth), mode="r")["val/losses"][:])
-    model_dir = out / "models" / "lds" / "3" / "seed0"
-    shutil.rmtree(model_dir)
-    shard = out / "features" / "square" / "full" / "0" / "seed0" / "train" / "shard0.zarr"
-    shutil.rmtree(shard)
-    resume_state = out / "resume" / "lds" / "3" / "seed0" / "state.safetensors"
-
-    # kill the subset training once it has saved its first resume state
-    target = str(out / "ground_truth" / "lds" / "3" / "seed0.zarr")
-    proc = subprocess.Popen([*SNAKEMAKE, "--cores", "1", *smoke.args(), target], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    kill_when("train_model.py", resume_state.exists, proc)
-    assert proc.wait(timeout=120) != 0
-    assert not model_dir.exists() or not any(model_dir.glob("step*.safetensors"))
-
-    # kill featurization mid-shard: no shard (so no completion marker) may appear
-    log = out / "logs" / "featurize" / "square" / "full" / "0" / "seed0" / "train" / "shard0.log"
-    log.unlink(missing_ok=True)
-    proc = subprocess.Popen([*SNAKEMAKE, "--cores", "1", *smoke.args(), str(shard)], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    kill_when("featurize.py", lambda: log.exists() and "featurized 32/" in log.read_text(), proc)
-    assert proc.wait(timeout=120) != 0
-    assert not (shard / "complete.json").exists()
-
-    rerun = snakemake("--cores", "2", "--rerun-incomplete", *smoke.args())
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    train = yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())["train"]
-    train_log = (out / "logs" / "train_model" / "lds" / "3" / "seed0.log").read_text()
-    assert f"resuming from step {train['resume_every']} of {train['steps']}" in train_log
-    assert not resume_state.exists()
-    for s in ("val", "gen"):
-        np.testing.assert_array_equal(read_scores(out / "scores" / "dtrak" / f"{s}.zarr"), reference[s])
-    np.testing.assert_array_equal(np.asarray(zarr.open_group(str(truth), mode="r")["val/losses"][:]), ref_truth)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.func import functional_call, grad, vmap
 
-from diffattr.models.ddpm import add_noise
+from diffattr.models.ddpm import add_noise, count_parameters
 from diffattr.noise import gaussian_noise, sample_timesteps
 from diffattr.outputs import elbo_weight, output_function
 from diffattr.projection import ProjectionConfig, Projector
@@ -103,8 +103,7 @@ def featurize(
 ) -> np.ndarray:
     """Projected features (n, k) float32 of float images (n, C, H, W) in [−1, 1] with ids ``sample_ids``."""
     model = prepare_for_vmap(model.to(device))
-    n_params = sum(p.numel() for p in model.parameters())
-    projector = projector or Projector(spec.projection, n_params, device)
+    projector = projector or Projector(spec.projection, count_parameters(model), device)
     abar = scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
     betas = scheduler.betas.to(device=device, dtype=torch.float32)
     num_t = len(abar)

@@ -33,11 +33,6 @@ class SingularKernelError(ValueError):
     """ΦᵀΦ + λI cannot be factorised."""
 
 
-def kernel_form(n_train: int, k: int) -> str:
-    """``primal`` (k × k) when k ≤ N, else ``dual`` (N × N)."""
-    return "primal" if k <= n_train else "dual"
-
-
 def gram_partial(features: np.ndarray) -> np.ndarray:
     """ΦᵢᵀΦᵢ of one shard, fp64."""
     phi = np.asarray(features, dtype=np.float64)

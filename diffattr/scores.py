@@ -49,8 +49,3 @@ def iter_score_blocks(path: str | os.PathLike, block_rows: int = 1024) -> Iterat
     arr = zarr.open_group(str(path), mode="r")["scores"]
     for start in range(0, arr.shape[0], block_rows):
         yield start, np.asarray(arr[start : start + block_rows])
-
-
-def read_scores(path: str | os.PathLike) -> np.ndarray:
-    """The whole matrix: for tests and small reports only."""
-    return np.asarray(zarr.open_group(str(path), mode="r")["scores"][:])

@@ -41,6 +41,12 @@ def shard_ranges(n: int, shard_size: int) -> list[tuple[int, int]]:
     return [(a, min(a + shard_size, n)) for a in range(0, n, shard_size)] or [(0, 0)]
 
 
+def kernel_form(n_train: int, k: int | None) -> str:
+    """Which Gram the kernel uses (METHODS.md §7.4): ``primal`` (k × k, summed from per-shard
+    partials) when k ≤ N, else ``dual`` (N × N, Woodbury). Torch-free: the DAG decides with it."""
+    return "primal" if k is not None and k <= n_train else "dual"
+
+
 def _digest(features: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(features, dtype=np.float32).tobytes()).hexdigest()
 

@@ -16,7 +16,7 @@ from diffattr.config import (
 )
 from diffattr.methods.registry import method_kind
 from diffattr.schedule import checkpoint_steps
-from diffattr.store import shard_ranges, spec_hash
+from diffattr.store import kernel_form, shard_ranges, spec_hash
 
 min_version("9.0")
 
@@ -132,9 +132,7 @@ def shard_ranges_of(spec, split):
 
 
 def kernel_form_of(spec):
-    """primal (k × k Gram from per-shard partials) when k ≤ N, else dual (N × N)."""
-    k = config["features"][spec]["projection"]["dim"]
-    return "primal" if k is not None and k <= SIZES["train"] else "dual"
+    return kernel_form(SIZES["train"], config["features"][spec]["projection"]["dim"])
 
 
 def kernel_inputs(w):

@@ -13,7 +13,7 @@ include: "rules/ground_truth.smk"  # measure_outputs, gather_ground_truth
 include: "rules/features.smk"  # featurize (sharded), gather_features
 include: "rules/kernel.smk"  # gram_partial, kernel, select_lambda
 include: "rules/score.smk"  # score (every method in the registry)
-include: "rules/evaluate.smk"  # evaluate_lds, lds_table
+include: "rules/evaluate.smk"  # evaluate_lds, lds_table, retraining_curve
 
 
 # Light bookkeeping runs on the submitting node; everything else is a cluster job.
@@ -24,6 +24,7 @@ localrules:
     gather_ground_truth,
     evaluate_lds,
     lds_table,
+    retraining_curve,
 
 
 rule all:
@@ -31,6 +32,7 @@ rule all:
     input:
         LDS_TABLE,
         expand(SUBSET_MASKS, pool=POOLS),
+        expand(RETRAINING_CURVE, method=RETRAINING_METHODS),
 
 
 onsuccess:

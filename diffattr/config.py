@@ -67,6 +67,14 @@ def validate(config: dict[str, Any], schema: dict[str, Any]) -> None:
         raise ConfigError(describe(best))
 
 
+def _retrain_models_needed(method: dict[str, Any]) -> int:
+    """How many retrain-pool models a method reads (datamodels, EI, ensembles)."""
+    if method["kind"] == "retraining":
+        return method["models"]
+    models = method.get("models", {})
+    return models.get("count", 0) if models.get("pool") == "retrain" else 0
+
+
 def check_inputs(config: dict[str, Any], base: str | os.PathLike = ".") -> None:
     """Checks the schema cannot express: input paths exist, model matches the data source."""
     data = config["data"]
@@ -87,10 +95,21 @@ def check_inputs(config: dict[str, Any], base: str | os.PathLike = ".") -> None:
     channels = {"digits": 1, "cifar10": 3}.get(data["source"], 1 if data.get("color") == "gray" else None)
     if channels and unet["in_channels"] != channels:
         raise ConfigError(f"Config key 'model.unet.in_channels' is {unet['in_channels']} but the images have {channels} channel(s).")
-    for name, method in config.get("methods", {}).items():
-        for spec in method.get("needs_pool", []):
-            if spec not in config["subsets"]["pools"]:
-                raise ConfigError(f"Config key 'methods.{name}' needs subset pool '{spec}', which is not configured.")
+    methods = config.get("methods", {})
+    for name in config["evaluation"].get("methods") or []:
+        if name not in methods:
+            raise ConfigError(f"Config key 'evaluation.methods' names '{name}', which is not a block under 'methods'.")
+    retrain = config["subsets"]["pools"].get("retrain", {"count": 0})["count"]
+    for name in config["evaluation"].get("methods") or methods:
+        method = methods[name]
+        specs = method.get("features", [])
+        for spec in [specs] if isinstance(specs, str) else specs:
+            if spec not in config.get("features", {}):
+                raise ConfigError(f"Config key 'methods.{name}.features' names '{spec}', which is not a block under 'features'.")
+        wanted = _retrain_models_needed(method)
+        if wanted > retrain:
+            raise ConfigError(f"Config key 'methods.{name}' needs {wanted} retrain-pool models but "
+                              f"'subsets.pools.retrain.count' is {retrain}.")
 
 
 def train_params(config: dict[str, Any], pool: str, subset: int) -> dict[str, Any]:

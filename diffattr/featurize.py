@@ -39,6 +39,7 @@ class FeatureSpec:
     projection: ProjectionConfig = field(default_factory=ProjectionConfig)
     shard_size: int = 2048
     batch_size: int = 32
+    normalize_timesteps: bool = False
 
     @classmethod
     def from_dict(cls, cfg: dict[str, Any]) -> FeatureSpec:
@@ -71,11 +72,14 @@ def per_sample_gradients(
     output: str,
     abar: torch.Tensor,
     betas: torch.Tensor,
+    normalize: bool = False,
 ) -> torch.Tensor:
     """(B, p) gradients of (1/D) Σ_d F(x_b, t_{b,d}, ε_{b,d}) over the D = K·S draws of each sample.
 
     ``x0`` (B, C, H, W); ``timesteps`` (B, D); ``noise`` (B, D, C, H, W). Parameters are flattened
-    in ``model.named_parameters()`` order (the row order of the projection).
+    in ``model.named_parameters()`` order (the row order of the projection). ``normalize``: DAS's
+    per-timestep normalisation (METHODS.md §2.13 step 2), (1/D) Σ_d ∇F_d / ‖∇F_d‖ — each draw's
+    gradient is scaled to unit norm before the average (with one noise seed, one draw per t).
     """
     params = {n: p.detach() for n, p in model.named_parameters()}
     buffers = {n: b.detach() for n, b in model.named_buffers()}
@@ -87,8 +91,17 @@ def per_sample_gradients(
         weight = elbo_weight(t, betas, abar) if output == "weighted_mse" else None
         return f(pred, eps, weight).mean()
 
-    grads = vmap(grad(sample_output), in_dims=(None, 0, 0, 0))(params, x0, timesteps, noise)
-    return torch.cat([grads[n].reshape(x0.shape[0], -1) for n in params], dim=1)
+    if not normalize:
+        grads = vmap(grad(sample_output), in_dims=(None, 0, 0, 0))(params, x0, timesteps, noise)
+        return torch.cat([grads[n].reshape(x0.shape[0], -1) for n in params], dim=1)
+
+    def draw_gradients(p: dict[str, torch.Tensor], x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> dict:
+        one_draw = grad(lambda q, t1, e1: sample_output(q, x, t1[None], e1[None]))
+        return vmap(one_draw, in_dims=(None, 0, 0))(p, t, eps)
+
+    grads = vmap(draw_gradients, in_dims=(None, 0, 0, 0))(params, x0, timesteps, noise)
+    flat = torch.cat([grads[n].reshape(*timesteps.shape, -1) for n in params], dim=2)
+    return (flat / flat.norm(dim=2, keepdim=True).clamp_min(1e-30)).mean(dim=1)
 
 
 def featurize(
@@ -100,8 +113,14 @@ def featurize(
     scheduler: Any,
     device: str = "cpu",
     projector: Projector | None = None,
+    trained: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Projected features (n, k) float32 of float images (n, C, H, W) in [−1, 1] with ids ``sample_ids``."""
+    """Projected features (n, k) float32 of float images (n, C, H, W) in [−1, 1] with ids ``sample_ids``.
+
+    ``timestep_strategy: trained`` (Diffusion-TracIn, METHODS.md §2.5): a training sample's gradient
+    is taken at the timestep it was last trained at (``trained``, indexed by sample id), with fresh
+    noise; attributed samples, never trained on, use the ``uniform`` set of K timesteps.
+    """
     model = prepare_for_vmap(model.to(device))
     projector = projector or Projector(spec.projection, count_parameters(model), device)
     abar = scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
@@ -112,7 +131,11 @@ def featurize(
     start_time, done = time.perf_counter(), 0
     for start in range(0, len(images), spec.batch_size):
         ids = sample_ids[start : start + spec.batch_size]
-        ts = sample_timesteps(spec.timestep_strategy, spec.timesteps, num_t, spec.noise_seeds[0], split, ids)
+        if spec.timestep_strategy == "trained" and split == "train":
+            ts = trained[ids][:, None]
+        else:
+            strategy = "uniform" if spec.timestep_strategy == "trained" else spec.timestep_strategy
+            ts = sample_timesteps(strategy, spec.timesteps, num_t, spec.noise_seeds[0], split, ids)
         eps = np.concatenate([gaussian_noise(s, split, ids, ts, shape) for s in spec.noise_seeds], axis=1)
         ts_all = np.tile(ts, (1, len(spec.noise_seeds)))
         g = per_sample_gradients(
@@ -123,6 +146,7 @@ def featurize(
             spec.output,
             abar,
             betas,
+            spec.normalize_timesteps,
         )
         bad = ~torch.isfinite(g).all(dim=1)
         if bad.any():
@@ -142,12 +166,23 @@ def featurize_shard(model_path: str, image_store: str, split: str, start: int, s
     from diffattr.models.ddpm import build_scheduler, load_unet
     from diffattr.store import spec_hash, write_shard
 
-    spec = FeatureSpec.from_dict(spec_config)
-    images = to_model_range(read_images(image_store, split)[start:stop])
+    spec = FeatureSpec.from_dict({k: v for k, v in spec_config.items() if k != "trained"})
+    all_images = read_images(image_store, split)
+    images = to_model_range(all_images[start:stop])
     if len(images) != stop - start:
         raise ValueError(f"{image_store} has {start + len(images)} {split} images, fewer than the shard's end row {stop}")
     model = load_unet(model_path, model_config["unet"], device)
     scheduler = build_scheduler(model_config["scheduler"])
-    features = featurize(model, images, np.arange(start, stop), split, spec, scheduler, device)
+    trained = None
+    if spec.timestep_strategy == "trained" and split == "train":
+        from diffattr.train import trained_timesteps
+
+        run = spec_config["trained"]
+        trained = trained_timesteps(len(all_images), run["batch_size"], run["seed"], run["step"],
+                                    model_config["scheduler"]["num_train_timesteps"])
+        if (trained < 0).any():
+            raise ValueError(f"train sample {int(np.argmax(trained < 0))} was never trained on before step "
+                             f"{run['step']}, so it has no trained timestep")
+    features = featurize(model, images, np.arange(start, stop), split, spec, scheduler, device, trained=trained)
     write_shard(out_path, features, start, stop, spec_hash(spec_config), {"split": split, "model": model_path})
     return features

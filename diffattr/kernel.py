@@ -128,6 +128,22 @@ def scores_block(kernel: Kernel, factor: torch.Tensor, train: FeatureStore, quer
     return scores_from_solution(kernel, solve(factor, query_rhs(kernel, train, queries)), train)
 
 
+def train_solution_norms(kernel: Kernel, factor: torch.Tensor, train: FeatureStore, rows: int = 4096) -> np.ndarray:
+    """‖K_λ⁻¹ φ(z_i)‖₂ for every training sample (RelatIF's denominator, METHODS.md §2.6).
+
+    Primal: solve block by block. Dual: K_λ⁻¹Φᵀ = Φᵀ(G + λI)⁻¹, so with S = (G + λI)⁻¹ the squared
+    norms are diag(S G S).
+    """
+    if kernel.form == "dual":
+        inverse = torch.cholesky_inverse(factor)
+        return torch.sqrt(((inverse @ kernel.gram) * inverse).sum(dim=1)).cpu().numpy()
+    out = np.empty(kernel.n_train)
+    for start, block in train.blocks(rows):
+        solved = solve(factor, torch.from_numpy(block).to(factor.device).T)
+        out[start : start + len(block)] = torch.linalg.vector_norm(solved, dim=0).cpu().numpy()
+    return out
+
+
 def masked_train_sums(train: FeatureStore, masks: np.ndarray, rows: int = 4096) -> np.ndarray:
     """A·Φ (M × k): per subset, the sum of its training features (for LDS without full scores)."""
     out = np.zeros((masks.shape[0], train.shape[1]))

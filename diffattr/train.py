@@ -95,6 +95,17 @@ def training_draws(
     )
 
 
+def trained_timesteps(n: int, batch_size: int, seed: int, until_step: int, num_train_timesteps: int) -> np.ndarray:
+    """t_z^c (n,): the timestep each sample was last trained at before optimizer step ``until_step``
+    (−1 if never): Diffusion-TracIn's record (METHODS.md §2.5). Training's draws are pure functions
+    of (seed, step) (:func:`training_draws`), so the record is replayed exactly rather than stored."""
+    last = np.full(n, -1, dtype=np.int64)
+    for step in range(until_step):
+        rng = np.random.default_rng([seed, 1, step])
+        last[batch_rows(n, batch_size, seed, step)] = rng.integers(0, num_train_timesteps, size=batch_size)
+    return last
+
+
 def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(
         model.parameters(), lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps, weight_decay=cfg.weight_decay

@@ -14,6 +14,7 @@ from diffattr.config import (
     train_params,
     validate as validate_config,
 )
+from diffattr.methods.gradient import checkpoint_weights
 from diffattr.methods.registry import method_kind
 from diffattr.schedule import checkpoint_steps
 from diffattr.store import kernel_form, shard_ranges, spec_hash
@@ -28,7 +29,7 @@ check_inputs(config)
 OUT = config["output_dir"]
 POOLS = [p for p, spec in config["subsets"]["pools"].items() if spec["count"] > 0]
 SETS = config["evaluation"]["sets"]
-METHODS = list(config["methods"])
+METHODS = config["evaluation"].get("methods") or list(config["methods"])
 SPECS = list(config.get("features", {}))
 SIZES = split_sizes(config["data"], config["generate"])
 CKPT_STEPS = checkpoint_steps(
@@ -47,6 +48,7 @@ GROUND_TRUTH = f"{OUT}/ground_truth/{{pool}}.zarr"
 RELIABILITY = f"{OUT}/ground_truth/{{pool}}_reliability.csv"
 SCORES = f"{OUT}/scores/{{method}}/{{set}}.zarr"
 METHOD_LDS = f"{OUT}/eval/lds/{{method}}.csv"
+RETRAINING_CURVE = f"{OUT}/eval/retraining/{{method}}.csv"
 LDS_TABLE = f"{OUT}/lds.csv"
 LDS_MARKDOWN = f"{OUT}/lds.md"
 LDS_POOL = config["evaluation"]["lds"]["pool"]
@@ -56,6 +58,7 @@ FEATURES = f"{OUT}/features/{MODEL_KEY}/{{split}}.zarr"
 GRAM_PARTIAL = f"{OUT}/kernels/{MODEL_KEY}/gram/shard{{shard}}.zarr"
 KERNEL = f"{OUT}/kernels/{MODEL_KEY}/kernel.zarr"
 LAMBDA_CURVE = f"{OUT}/lambda/{{method}}/{{pool}}/{{subset}}/seed{{seed}}.csv"
+RESIDUAL = f"{OUT}/residuals/{{method}}/{{pool}}/{{subset}}/seed{{seed}}.zarr"
 
 ARTIFACTS = {"data": DATA, "generated": GENERATED}
 
@@ -127,6 +130,24 @@ def feature_step(spec):
     return step
 
 
+def feature_spec_params(w):
+    """A feature spec as its jobs' params; a "trained"-timestep spec (Diffusion-TracIn) also names
+    the training run whose draws it replays."""
+    spec = config["features"][w.spec]
+    if spec.get("timestep_strategy") != "trained":
+        return spec
+    if w.pool != "full":
+        raise ConfigError(
+            f"Feature spec '{w.spec}' uses trained timesteps, which only the full-data models have."
+        )
+    run = {
+        "batch_size": config["train"]["batch_size"],
+        "seed": int(w.seed),
+        "step": feature_step(w.spec),
+    }
+    return spec | {"trained": run}
+
+
 def shard_ranges_of(spec, split):
     return shard_ranges(SIZES[split], config["features"][spec]["shard_size"])
 
@@ -148,9 +169,12 @@ def kernel_inputs(w):
 
 def method_inputs(w):
     """The artifacts a method's kind declares it needs (the generated set only for "gen");
-    "kernel_models": kernel, train and query features and chosen λ of each of its models.
+    "kernel_models": kernel, train and query features and chosen λ of each of its models (and DAS's
+    residual weights); "feature_models": train and query features of each of its checkpoint specs;
+    "full_model": the full model's final checkpoint (for an embedding method: with the DDPM encoder).
     """
-    needs = method_kind(config["methods"][w.method]).needs
+    method = config["methods"][w.method]
+    needs = method_kind(method).needs
     inputs = {
         n: ARTIFACTS[n]
         for n in needs
@@ -164,11 +188,63 @@ def method_inputs(w):
             inputs[f"train_{i}"] = model_artifact(FEATURES, spec, m, split="train")
             inputs[f"query_{i}"] = model_artifact(FEATURES, spec, m, split=w.set)
             inputs[f"lambda_{i}"] = LAMBDA_CURVE.format(method=w.method, **m)
+            if method.get("residual"):
+                inputs[f"residual_{i}"] = RESIDUAL.format(method=w.method, **m)
+    if "feature_models" in needs:
+        m = {"pool": "full", "subset": 0, "seed": config["full_model"]["seeds"][0]}
+        for c, spec in enumerate(method_specs(w.method)):
+            inputs[f"train_{c}"] = model_artifact(FEATURES, spec, m, split="train")
+            inputs[f"query_{c}"] = model_artifact(FEATURES, spec, m, split=w.set)
+    if "retrain_truth" in needs:
+        inputs["masks"] = SUBSET_MASKS.format(pool="retrain")
+        inputs["truth"] = GROUND_TRUTH.format(pool="retrain")
+    if "full_model" in needs and method.get("encoder", "ddpm") == "ddpm":
+        inputs["checkpoint"] = checkpoint("full", 0, config["full_model"]["seeds"][0])
     return inputs
+
+
+def method_benchmarks(w):
+    """Benchmark files of a method's own jobs: scoring, λ selection and residuals of its models."""
+    files = [f"{OUT}/benchmarks/score/{w.method}/{s}.tsv" for s in SETS]
+    if config["methods"][w.method]["kind"] == "trak":
+        for pool, subset, seed in method_models(w.method):
+            key = f"{w.method}/{pool}/{subset}/seed{seed}"
+            files.append(f"{OUT}/benchmarks/select_lambda/{key}.tsv")
+            if config["methods"][w.method].get("residual"):
+                files.append(f"{OUT}/benchmarks/residuals/{key}.tsv")
+    return files
+
+
+def method_params(method):
+    """A method's config block as its jobs' params, with what the DAG derives for it: TracIn's
+    checkpoint weights, the model config of methods that run the full model."""
+    params = dict(config["methods"][method])
+    if params["kind"] == "gradient":
+        train = config["train"]
+        steps = [feature_step(spec) for spec in method_specs(method)]
+        params["weights"] = checkpoint_weights(
+            steps,
+            params["weighting"],
+            train["steps"],
+            train["lr"],
+            train["warmup_fraction"],
+        )
+    if params["kind"] == "embedding" and params["encoder"] == "ddpm":
+        params |= {
+            "unet": config["model"]["unet"],
+            "scheduler": config["model"]["scheduler"],
+        }
+    return params
 
 
 def method_spec(method):
     return config["methods"][method]["features"]
+
+
+def method_specs(method):
+    """The feature specs a gradient method reads, one per checkpoint."""
+    specs = config["methods"][method]["features"]
+    return specs if isinstance(specs, list) else [specs]
 
 
 def method_models(method):
@@ -189,6 +265,11 @@ def model_artifact(pattern, spec, w, **extra):
         spec=spec, pool=get("pool"), subset=get("subset"), seed=get("seed"), **extra
     )
 
+
+RETRAINING_METHODS = [
+    m for m in METHODS if config["methods"][m]["kind"] == "retraining"
+]
+"""Methods fitted on retrain-pool models: each also gets its LDS-vs-number-of-models table."""
 
 ORACLE_MODELS = {
     m: method_models(m)

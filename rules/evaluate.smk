@@ -3,6 +3,7 @@ rule evaluate_lds:
         scores=expand(SCORES, set=SETS, allow_missing=True),
         masks=SUBSET_MASKS.format(pool=LDS_POOL),
         truth=GROUND_TRUTH.format(pool=LDS_POOL),
+        benchmarks=method_benchmarks,
     output:
         table=METHOD_LDS,
     log:
@@ -47,3 +48,27 @@ rule lds_table:
         oracle_methods=list(ORACLE_MODELS),
     script:
         "../workflow_scripts/lds_table.py"
+
+
+rule retraining_curve:
+    input:
+        masks=SUBSET_MASKS.format(pool="retrain"),
+        truth=GROUND_TRUTH.format(pool="retrain"),
+        eval_masks=SUBSET_MASKS.format(pool=LDS_POOL),
+        eval_truth=GROUND_TRUTH.format(pool=LDS_POOL),
+    output:
+        table=RETRAINING_CURVE,
+    log:
+        f"{OUT}/logs/retraining_curve/{{method}}.log",
+    conda:
+        "../envs/eval.yaml"
+    resources:
+        **SLURM,
+        mem_mb=4000,
+        runtime=30,
+    params:
+        method=lambda w: config["methods"][w.method],
+        sets=SETS,
+        lds=config["evaluation"]["lds"],
+    script:
+        "../workflow_scripts/retraining_curve.py"

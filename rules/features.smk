@@ -19,7 +19,7 @@ rule featurize:
         mem_mb=6000,
         runtime=120,
     params:
-        spec=lambda w: config["features"][w.spec],
+        spec=feature_spec_params,
         model=model_params(config),
         rows=lambda w: shard_ranges_of(w.spec, w.split)[int(w.shard)],
     script:
@@ -45,7 +45,7 @@ rule gather_features:
         mem_mb=4000,
         runtime=30,
     params:
-        spec_hash=lambda w: spec_hash(config["features"][w.spec]),
+        spec_hash=lambda w: spec_hash(feature_spec_params(w)),
         ranges=lambda w: shard_ranges_of(w.spec, w.split),
     script:
         "../workflow_scripts/gather_features.py"

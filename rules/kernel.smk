@@ -14,7 +14,7 @@ rule gram_partial:
         mem_mb=4000,
         runtime=60,
     params:
-        spec_hash=lambda w: spec_hash(config["features"][w.spec]),
+        spec_hash=lambda w: spec_hash(feature_spec_params(w)),
         rows=lambda w: shard_ranges_of(w.spec, "train")[int(w.shard)],
         n_train=SIZES["train"],
     script:
@@ -55,6 +55,11 @@ rule select_lambda:
         ],
         masks=[SUBSET_MASKS.format(pool=p) for p in ("select", LDS_POOL)],
         truths=[GROUND_TRUTH.format(pool=p) for p in ("select", LDS_POOL)],
+        residuals=lambda w: (
+            [RESIDUAL.format(**dict(w.items()))]
+            if config["methods"][w.method].get("residual")
+            else []
+        ),
     output:
         curve=LAMBDA_CURVE,
     log:
@@ -73,6 +78,7 @@ rule select_lambda:
         runtime=60,
     params:
         grid=lambda w: config["methods"][w.method]["lambdas"],
+        normalize=lambda w: config["methods"][w.method].get("normalize", "none"),
         sets=SETS,
         pools=["select", LDS_POOL],
     script:

@@ -18,6 +18,33 @@ rule score:
         mem_mb=4000,
         runtime=60,
     params:
-        method=lambda w: config["methods"][w.method],
+        method=lambda w: method_params(w.method),
     script:
         "../workflow_scripts/score.py"
+
+
+rule residuals:
+    input:
+        model=lambda w: checkpoint(w.pool, w.subset, w.seed),
+        data=DATA,
+    output:
+        residuals=directory(RESIDUAL),
+    log:
+        f"{OUT}/logs/residuals/{{method}}/{{pool}}/{{subset}}/seed{{seed}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/residuals/{{method}}/{{pool}}/{{subset}}/seed{{seed}}.tsv"
+    group:
+        "solve"
+    conda:
+        "../envs/torch.yaml"
+    threads: 1
+    resources:
+        **GPU,
+        **SLURM,
+        mem_mb=4000,
+        runtime=60,
+    params:
+        residual=lambda w: config["methods"][w.method]["residual"]
+        | model_params(config),
+    script:
+        "../workflow_scripts/residuals.py"

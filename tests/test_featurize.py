@@ -76,3 +76,52 @@ def test_nan_gradient_is_named():
     spec = FeatureSpec.from_dict({"output": "loss", "timesteps": 2, "projection": {"type": "gaussian", "dim": 8, "seed": 0}})
     with pytest.raises(NonFiniteGradientError, match="the gradient of train sample 7 is not finite"):
         features(model, images, np.array([7, 8, 9]), spec)
+
+
+def test_per_timestep_normalisation_averages_unit_gradients_of_each_draw():
+    """DAS (§2.13): (1/D) Σ_d ∇F_d/‖∇F_d‖, against autograd one draw at a time."""
+    torch.manual_seed(1)
+    model = TinyDenoiser(8)
+    sched = build_scheduler(SCHEDULER)
+    abar, betas = sched.alphas_cumprod.float(), sched.betas.float()
+    x0, ts, eps = torch.randn(3, 2, 2, 2), torch.randint(0, 1000, (3, 4)), torch.randn(3, 4, 2, 2, 2)
+    batched = per_sample_gradients(model, x0, ts, eps, "mean", abar, betas, normalize=True)
+    for i in range(3):
+        units = []
+        for d in range(4):
+            t = ts[i, d : d + 1]
+            xt = abar[t].sqrt().view(-1, 1, 1, 1) * x0[i : i + 1] + (1 - abar[t]).sqrt().view(-1, 1, 1, 1) * eps[i, d : d + 1]
+            grads = torch.autograd.grad(model(xt, t).sample.mean(), list(model.parameters()))
+            g = torch.cat([x.reshape(-1) for x in grads])
+            units.append(g / g.norm())
+        torch.testing.assert_close(batched[i], torch.stack(units).mean(0), rtol=1e-5, atol=1e-7)
+
+
+def test_trained_timesteps_are_the_training_record_and_drive_train_features_only():
+    """Diffusion-TracIn (§2.5): replayed t_z^c equals the draws training made; train features use
+    it (one draw), attributed samples the uniform set."""
+    from diffattr.noise import gaussian_noise
+    from diffattr.train import trained_timesteps, training_draws
+
+    last = np.full(40, -1)
+    for step in range(12):
+        draws = training_draws(40, 8, 3, step, 1000, (1, 8, 8))
+        last[draws.rows] = draws.timesteps
+    np.testing.assert_array_equal(trained_timesteps(40, 8, 3, 12, 1000), last)
+
+    torch.manual_seed(3)
+    model = build_unet(TINY_UNET)
+    images = np.random.default_rng(1).uniform(-1, 1, (4, 1, 8, 8)).astype(np.float32)
+    ids = np.arange(10, 14)
+    spec = FeatureSpec.from_dict({"output": "loss", "timestep_strategy": "trained", "timesteps": 2,
+                                  "projection": {"type": "gaussian", "dim": None, "seed": 0}})
+    sched = build_scheduler(SCHEDULER)
+    got = featurize(model, images, ids, "train", spec, sched, trained=last)
+    ts = last[ids][:, None]
+    expected = per_sample_gradients(model, torch.from_numpy(images), torch.from_numpy(ts),
+                                    torch.from_numpy(gaussian_noise(0, "train", ids, ts, (1, 8, 8))), "loss",
+                                    sched.alphas_cumprod.float(), sched.betas.float())
+    np.testing.assert_allclose(got, expected.numpy(), rtol=1e-5, atol=1e-7)
+    uniform = FeatureSpec.from_dict({**spec.__dict__, "projection": spec.projection.__dict__, "timestep_strategy": "uniform"})
+    np.testing.assert_array_equal(featurize(model, images, ids, "val", spec, sched),
+                                  featurize(model, images, ids, "val", uniform, sched))

@@ -1,17 +1,24 @@
 """The real Snakemake workflow: dry-run job lists, the smoke run end to end, partial re-execution
-driven by params. These tests share the session's smoke run (conftest.py); the re-execution test
-changes it and puts it back as it was."""
+driven by params, restart after jobs killed mid-way. These tests share the session's smoke run
+(conftest.py); the re-execution and restart tests change it and put it back as it was."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
+import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+import yaml
+import zarr
 
-from conftest import Smoke
-from workflow import job_counts, overlay, planned_jobs, snakemake
+from conftest import REPO, Smoke
+from workflow import SNAKEMAKE, job_counts, overlay, planned_jobs, snakemake
 
 pytestmark = pytest.mark.workflow
 
@@ -30,18 +37,20 @@ def test_default_dry_run_lists_the_expected_jobs_without_torch(tmp_path):
     assert job_counts(result.stdout) == {
         "prepare_data": 1,
         "make_subsets": 3,  # lds, select, retrain
-        "train_model": 45,  # full model + 32 lds + 8 select + 4 retrain (ensemble) models
+        "train_model": 73,  # full model + 32 lds + 8 select + 32 retrain models
         "generate": 1,
-        "measure_outputs": 40,  # lds and select pools
-        "gather_ground_truth": 2,
-        # 2 feature specs (loss, square) × 5 models (full + 4 ensemble) × 3 shards (train, val, gen):
-        # trak and trak_ens share the loss features, dtrak and dtrak_ens the square ones
-        "featurize": 30,
-        "gather_features": 30,  # 2 specs × 5 models × 3 splits
-        "kernel": 10,  # k = 2048 > N = 1597: dual form, no partial Grams
-        "select_lambda": 10,  # (trak, dtrak) × 1 model + (trak_ens, dtrak_ens) × 4 models
-        "score": 16,  # 8 methods × {val, gen}
-        "evaluate_lds": 8,
+        "measure_outputs": 72,  # lds, select and retrain pools
+        "gather_ground_truth": 3,
+        # loss, square × 5 models (full + 4 ensemble) + loss_c25/50/75, das, dtracin(_c50), retrac(_c50) ×
+        # the full model, × 3 splits: trak, trak_ens, relatif, renorm_if, grad_*, tracin*, gas share loss
+        "featurize": 54,
+        "gather_features": 54,
+        "kernel": 11,  # k = 2048 > N = 1597: dual form, no partial Grams
+        "residuals": 1,  # DAS's training-residual weight
+        "select_lambda": 13,  # 5 single-model kernel methods + (trak_ens, dtrak_ens) × 4 models
+        "score": 52,  # 26 methods × {val, gen}
+        "evaluate_lds": 26,
+        "retraining_curve": 2,  # empirical influence, datamodels: LDS vs number of models
         "lds_table": 1,
         "all": 1,
     }
@@ -100,7 +109,7 @@ def test_a_changed_knob_reruns_only_what_it_touches(smoke, tmp_path):
     assert {r for r, _ in jobs} == {"featurize", "gather_features", "gram_partial", "kernel", "select_lambda",
                                     "score", "evaluate_lds", "lds_table"}
     assert {w["spec"] for r, w in jobs if "spec" in w} == {"loss"}
-    assert {w["method"] for r, w in jobs if "method" in w} == {"trak", "trak_ens"}
+    assert {w["method"] for r, w in jobs if "method" in w} == {"trak", "trak_ens", "relatif", "grad_cos", "tracin", "gas"}
     # (c) the LDS bootstrap count: evaluation only
     jobs = changed_jobs(smoke, tmp_path, "c", {"evaluation": {"lds": {"bootstrap_resamples": 32}}})
     assert {r for r, _ in jobs} == {"evaluate_lds", "lds_table"}
@@ -120,3 +129,60 @@ def test_a_changed_knob_reruns_only_what_it_touches(smoke, tmp_path):
     back = snakemake("--cores", "2", *smoke.args())
     assert back.returncode == 0
     assert {p: p.stat().st_mtime_ns for p in untouched} == before
+
+
+def kill_run_when(ready, args: list[str], timeout: float = 600) -> str:
+    """Start snakemake on ``args`` and SIGKILL it with all its jobs (a node failure) once ``ready()``;
+    then remove the dead run's lock, as its user would (``--unlock``)."""
+    proc = subprocess.Popen([*SNAKEMAKE, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            raise AssertionError("the run ended before the kill point:\n" + proc.communicate()[0][-3000:])
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    output = proc.communicate()[0]
+    assert snakemake("--unlock", *args[args.index("--configfile"):], timeout=120).returncode == 0
+    return output
+
+
+def read_scores(path: Path) -> np.ndarray:
+    return np.asarray(zarr.open_group(str(path), mode="r")["scores"][:])
+
+
+def test_killed_jobs_restart_and_reproduce_the_uninterrupted_run(smoke):
+    out = smoke.out
+    scores = {s: out / "scores" / "dtrak" / f"{s}.zarr" for s in ("val", "gen")}
+    reference = {s: read_scores(p) for s, p in scores.items()}
+    truth = out / "ground_truth" / "lds.zarr"
+    ref_truth = np.asarray(zarr.open_group(str(truth), mode="r")["val/y"][:])
+    train = yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())["train"]
+
+    # a subset training dies after it saved its first resume state
+    model_dir = out / "models" / "lds" / "3" / "seed0"
+    shutil.rmtree(model_dir)
+    resume_state = out / "resume" / "lds" / "3" / "seed0" / "state.safetensors"
+    # (the target goes first: --configfile takes every argument after it)
+    kill_run_when(resume_state.exists, [str(model_dir / "train_log.csv"), "--cores", "1", *smoke.args()])
+    assert not (model_dir / "train_log.csv").exists()
+
+    # a featurization job dies mid-shard: no shard, so no completion marker, may be left
+    shard = out / "features" / "square" / "full" / "0" / "seed0" / "train" / "shard0.zarr"
+    shutil.rmtree(shard)
+    log = out / "logs" / "featurize" / "square" / "full" / "0" / "seed0" / "train" / "shard0.log"
+    log.unlink()
+    kill_run_when(lambda: log.exists() and "featurized 32/" in log.read_text(),
+                  ["--cores", "1", *smoke.args(), "--until", "featurize"])
+    assert not (shard / "complete.json").exists()
+
+    rerun = snakemake("--cores", "2", "--rerun-incomplete", *smoke.args())
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    train_log = (out / "logs" / "train_model" / "lds" / "3" / "seed0.log").read_text()
+    assert f"resuming from step {train['resume_every']} of {train['steps']}" in train_log
+    assert not resume_state.exists()
+    for s, path in scores.items():
+        np.testing.assert_array_equal(read_scores(path), reference[s])
+    np.testing.assert_array_equal(np.asarray(zarr.open_group(str(truth), mode="r")["val/y"][:]), ref_truth)

@@ -15,13 +15,20 @@ from diffattr.ground_truth import read_ground_truth
 from diffattr.scores import iter_score_blocks, score_attrs, score_shape
 from diffattr.subsets import read_pool
 
-COLUMNS = ["method", "kind", "set", "lds", "std", "ci_low", "ci_high", "n_subsets", "n_queries", "sign", "chosen"]
+COLUMNS = ["method", "kind", "set", "lds", "std", "ci_low", "ci_high", "n_subsets", "n_queries", "sign", "chosen", "seconds"]
+
+
+def method_seconds(benchmarks: list[str]) -> float:
+    """Wall seconds of a method's own jobs (λ selection, residuals, scoring) from their benchmark
+    files; the feature and kernel jobs it shares with other methods are not included."""
+    return float(sum(pd.read_csv(path, sep="\t")["s"].sum() for path in benchmarks))
 
 
 def evaluate_method(method: str, score_paths: dict[str, str], masks_path: str, truth_path: str,
-                    params: dict[str, Any], out_path: str) -> pd.DataFrame:
-    """LDS (with bootstrap) of one method on each attributed set."""
+                    params: dict[str, Any], out_path: str, benchmarks: list[str] = ()) -> pd.DataFrame:
+    """LDS (with bootstrap) of one method on each attributed set, with its jobs' wall time."""
     masks = read_pool(masks_path)
+    seconds = method_seconds(list(benchmarks))
     rows = []
     for split, path in score_paths.items():
         attrs = score_attrs(path)
@@ -33,7 +40,8 @@ def evaluate_method(method: str, score_paths: dict[str, str], masks_path: str, t
         result = bootstrap_lds(pred, truth, params["bootstrap_resamples"], params["confidence"], params["bootstrap_seed"])
         rows.append({"method": method, "kind": attrs["kind"], "set": split, "lds": result.lds, "std": result.std,
                      "ci_low": result.ci_low, "ci_high": result.ci_high, "n_subsets": len(masks),
-                     "n_queries": n_queries, "sign": int(attrs["sign"]), "chosen": attrs.get("chosen", "")})
+                     "n_queries": n_queries, "sign": int(attrs["sign"]), "chosen": attrs.get("chosen", ""),
+                     "seconds": seconds})
     table = pd.DataFrame(rows, columns=COLUMNS)
     with atomic_path(out_path) as tmp:
         table.to_csv(tmp, index=False)
@@ -66,7 +74,8 @@ def oracle_rows(curves: dict[str, str], pool: str = "lds") -> pd.DataFrame:
 
 def markdown(table: pd.DataFrame) -> str:
     """A Markdown table (no extra dependency): LDS ± bootstrap std with the CI."""
-    lines = ["| method | set | LDS | ± std | 95% CI | subsets | queries | chosen |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| method | set | LDS | ± std | 95% CI | subsets | queries | chosen | s |",
+             "|---|---|---|---|---|---|---|---|---|"]
     def missing(x: object) -> bool:
         return x is None or (isinstance(x, float) and math.isnan(x))
 
@@ -79,7 +88,8 @@ def markdown(table: pd.DataFrame) -> str:
     for r in table.itertuples():
         ci = f"[{f(r.ci_low)}, {f(r.ci_high)}]" if f(r.ci_low) else ""
         chosen = r.chosen if isinstance(r.chosen, str) else ""
-        lines.append(f"| {r.method} | {r.set} | {f(r.lds)} | {f(r.std)} | {ci} | {n(r.n_subsets)} | {n(r.n_queries)} | {chosen} |")
+        lines.append(f"| {r.method} | {r.set} | {f(r.lds)} | {f(r.std)} | {ci} | {n(r.n_subsets)} | {n(r.n_queries)} | "
+                     f"{chosen} | {n(r.seconds)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -47,7 +47,20 @@ KINDS: dict[str, MethodKind] = {
     "random": MethodKind("random", HELPS, ("data", "generated"), "diffattr.methods.similarity:random_scores",
                          "Seeded −U(0,1) control scores, LDS ≈ 0 (METHODS.md §2.2)"),
     "trak": MethodKind("trak", HELPS, ("kernel_models",), "diffattr.methods.trak:trak_scores",
-                       "TRAK / D-TRAK (feature spec's output: loss / square), single model or ensemble (§2.10, §2.11)"),
+                       "TRAK / D-TRAK (feature spec's output: loss / square), single model or ensemble (§2.10, §2.11); "
+                       "RelatIF, renormalised IF (normalize) and DAS (residual) (§2.6, §2.7, §2.13)"),
+    "gradient": MethodKind("gradient", HELPS, ("feature_models",), "diffattr.methods.gradient:gradient_scores",
+                           "Grad-dot / Grad-cos on one checkpoint, TracIn / GAS summed over checkpoints (§2.3, §2.4, §2.7)"),
+    "retraining": MethodKind("retraining", LOSS_UNITS, ("retrain_truth",), "diffattr.methods.retraining:retraining_scores",
+                             "Empirical influence or datamodels from the retrain pool's models (§2.14, §2.15)"),
+    "influence": MethodKind("influence", HELPS, ("data", "generated", "full_model"),
+                            "diffattr.methods.influence:influence_method_scores",
+                            "Influence functions, exact / conjugate gradient / LiSSA Hessian-vector products (§2.8)"),
+    "ekfac": MethodKind("ekfac", HELPS, ("data", "generated", "full_model"), "diffattr.methods.ekfac:ekfac_method_scores",
+                        "K-FAC / EK-FAC influence on the full model, kronfluence as the engine (§2.9)"),
+    "embedding": MethodKind("embedding", HELPS, ("data", "generated", "full_model"),
+                            "diffattr.methods.embedding:embedding_method_scores",
+                            "Embedding similarity: a local CLIP vision model or the trained DDPM's UNet as encoder (§2.2)"),
 }
 
 

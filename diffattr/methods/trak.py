@@ -1,9 +1,13 @@
-"""TRAK and D-TRAK for diffusion, single model and ensemble (METHODS.md §2.10, §2.11).
+"""Kernel methods: TRAK and D-TRAK (single model and ensemble), RelatIF, renormalised IF and DAS
+(METHODS.md §2.10, §2.11, §2.6, §2.7, §2.13).
 
-τ(x, z) = φ(x)ᵀ (ΦᵀΦ + λI)⁻¹ φ(z), with no out-to-loss term (Q = 1 for diffusion) and no rescaling.
-TRAK uses features of F = L_Simple (``loss``), D-TRAK of F = L_Square (``square``): the feature
-spec decides, the method is the same. The ensemble is the plain average of per-model score matrices,
-each model with its own λ (§2.10). λ is chosen per model and attributed set by LDS on the held-out
+τ(x, z) = φ(x)ᵀ (ΦᵀΦ + λI)⁻¹ φ(z) · w(z), with no out-to-loss term (Q = 1 for diffusion) and no
+rescaling. TRAK uses features of F = L_Simple (``loss``), D-TRAK of F = L_Square (``square``): the
+feature spec decides, the method is the same. The per-training-sample weight w(z) is 1 for
+TRAK/D-TRAK, 1/‖K_λ⁻¹φ(z)‖ for RelatIF (``normalize: relatif``, §2.6), 1/‖φ(z)‖ for D-TRAK's
+renormalised IF (``normalize: renorm``, §2.7), times DAS's training-residual weight r(z)
+(``residual``, §2.13; DAS's features are a ``mean``-output spec with ``normalize_timesteps``).
+The ensemble is the plain average of per-model score matrices, each model with its own λ (§2.10). λ is chosen per model and attributed set by LDS on the held-out
 ``select`` pool — never on the evaluation pool; the LDS of every λ on the ``lds`` pool is recorded
 too, only as the "oracle" diagnostic that D-TRAK's protocol reported.
 """
@@ -14,31 +18,63 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
+import zarr
 
 from diffattr.atomic import atomic_path
 from diffattr.evaluate.lds import lds_from_predictions
 from diffattr.ground_truth import read_ground_truth
-from diffattr.kernel import Kernel, masked_train_sums, query_rhs, scores_block, solve, subset_predictions
+from diffattr.kernel import (
+    Kernel,
+    masked_train_sums,
+    query_rhs,
+    scores_block,
+    solve,
+    subset_predictions,
+    train_solution_norms,
+)
 from diffattr.methods.registry import HELPS, ScoreBlocks
 from diffattr.store import FeatureStore
 from diffattr.subsets import read_pool
 
 
+def column_weights(kernel: Kernel, factor: torch.Tensor | None, train: FeatureStore, normalize: str,
+                   residual: np.ndarray | None = None) -> np.ndarray:
+    """w(z) for every training sample: 1, 1/‖K_λ⁻¹φ(z)‖ (``relatif``) or 1/‖φ(z)‖ (``renorm``),
+    times the residual weight r(z) when given. Only ``relatif`` depends on λ (needs ``factor``)."""
+    if normalize == "relatif":
+        weights = 1.0 / train_solution_norms(kernel, factor, train).clip(1e-300)
+    elif normalize == "renorm":
+        weights = np.concatenate([1.0 / np.linalg.norm(b, axis=1).clip(1e-300) for _, b in train.blocks()])
+    else:
+        weights = np.ones(kernel.n_train)
+    return weights if residual is None else weights * residual
+
+
+def read_residual(path: str | None) -> np.ndarray | None:
+    return None if path is None else np.asarray(zarr.open_group(str(path), mode="r")["weights"][:], dtype=np.float64)
+
+
 def lambda_curve(kernel_path: str, train_path: str, query_paths: dict[str, str],
-                 pools: dict[str, tuple[str, str]], grid: list[float], device: str = "cpu") -> pd.DataFrame:
-    """LDS of every λ in ``grid`` on each pool (``pools``: name → (masks, ground truth)) and set."""
+                 pools: dict[str, tuple[str, str]], grid: list[float], device: str = "cpu",
+                 normalize: str = "none", residual: np.ndarray | None = None) -> pd.DataFrame:
+    """LDS of every λ in ``grid`` on each pool (``pools``: name → (masks, ground truth)) and set.
+    A subset's prediction is Σ_{z∈S} τ(x, z)·w(z), formed without the full score matrix."""
     kernel = Kernel.load(kernel_path, device)
     train = FeatureStore(train_path)
     masks = {name: read_pool(m) for name, (m, _) in pools.items()}
-    sums = {name: masked_train_sums(train, m) if kernel.form == "primal" else None for name, m in masks.items()}
     rhs = {s: query_rhs(kernel, train, FeatureStore(p).read()) for s, p in query_paths.items()}
+    fixed = None if normalize == "relatif" else column_weights(kernel, None, train, normalize, residual)
     rows = []
     for lam in grid:
         factor = kernel.factor(lam)
+        weights = fixed if fixed is not None else column_weights(kernel, factor, train, normalize, residual)
+        weighted = {name: m * weights for name, m in masks.items()}
+        sums = {name: masked_train_sums(train, m) if kernel.form == "primal" else None for name, m in weighted.items()}
         for split, b in rhs.items():
             solution = solve(factor, b)
             for name, (_, truth_path) in pools.items():
-                pred = HELPS * subset_predictions(kernel, solution, masks[name], sums[name])
+                pred = HELPS * subset_predictions(kernel, solution, weighted[name], sums[name])
                 rows.append({"set": split, "pool": name, "lambda": lam, "lambda_abs": kernel.absolute(lam),
                              "lds": lds_from_predictions(pred, read_ground_truth(truth_path, split))})
     return pd.DataFrame(rows)
@@ -51,9 +87,10 @@ def choose_lambda(curve: pd.DataFrame, pool: str = "select") -> dict[str, float]
 
 
 def select_lambda(kernel_path: str, train_path: str, query_paths: dict[str, str],
-                  pools: dict[str, tuple[str, str]], grid: list[float], out_path: str, device: str = "cpu") -> pd.DataFrame:
+                  pools: dict[str, tuple[str, str]], grid: list[float], out_path: str, device: str = "cpu",
+                  normalize: str = "none", residual_path: str | None = None) -> pd.DataFrame:
     """select_lambda job: the λ curve, with ``chosen`` marking the select-pool choice per set."""
-    curve = lambda_curve(kernel_path, train_path, query_paths, pools, grid, device)
+    curve = lambda_curve(kernel_path, train_path, query_paths, pools, grid, device, normalize, read_residual(residual_path))
     chosen = choose_lambda(curve)
     curve["chosen"] = [lam == chosen[s] for s, lam in zip(curve["set"], curve["lambda"])]
     with atomic_path(out_path) as tmp:
@@ -63,21 +100,24 @@ def select_lambda(kernel_path: str, train_path: str, query_paths: dict[str, str]
 
 def trak_scores(inputs: dict[str, str], params: dict[str, Any], query_set: str) -> ScoreBlocks:
     """Scores averaged over the method's models; inputs ``kernel_i``, ``train_i``, ``query_i``,
-    ``lambda_i`` for model i."""
+    ``lambda_i`` (and ``residual_i`` for DAS) for model i."""
     from diffattr.jobs import device
 
     models = sorted({int(k.split("_")[1]) for k in inputs if k.startswith("kernel_")})
+    normalize = params.get("normalize", "none")
     parts = []
     chosen = []
     for i in models:
         kernel = Kernel.load(inputs[f"kernel_{i}"], device())
         lam = choose_lambda(pd.read_csv(inputs[f"lambda_{i}"]))[query_set]
         chosen.append(lam)
-        parts.append((kernel, kernel.factor(lam), FeatureStore(inputs[f"train_{i}"]), FeatureStore(inputs[f"query_{i}"])))
+        factor, train = kernel.factor(lam), FeatureStore(inputs[f"train_{i}"])
+        weights = column_weights(kernel, factor, train, normalize, read_residual(inputs.get(f"residual_{i}")))
+        parts.append((kernel, factor, train, FeatureStore(inputs[f"query_{i}"]), weights))
     n_queries, n_train = parts[0][3].shape[0], parts[0][0].n_train
 
     def block(start: int, stop: int) -> np.ndarray:
-        return np.mean([scores_block(k, f, train, q.read(start, stop)) for k, f, train, q in parts], axis=0)
+        return np.mean([scores_block(k, f, train, q.read(start, stop)) * w for k, f, train, q, w in parts], axis=0)
 
     label = f"λ={chosen[0]:g}" if len(set(chosen)) == 1 else "λ per model: " + ", ".join(f"{c:g}" for c in chosen)
     return ScoreBlocks(n_queries, n_train, block, {"chosen": f"{label} (select pool)", "lambdas": chosen})

@@ -1,0 +1,109 @@
+"""Kernel variants (RelatIF, renormalised IF, DAS weight) and gradient similarity / TracIn / GAS
+against dense numpy computations (METHODS.md §2.3, §2.4, §2.6, §2.7, §2.13)."""
+
+import numpy as np
+import pytest
+import zarr
+
+from diffattr.evaluate.lds import lds_from_predictions
+from diffattr.methods.das import residual_weights
+from diffattr.methods.gradient import checkpoint_weights, gradient_scores
+from diffattr.methods.trak import column_weights, lambda_curve
+from diffattr.schedule import learning_rate
+from diffattr.store import gather_features, spec_hash, write_shard
+from test_kernel import SPEC, stores
+
+
+def dense_inverse(phi, lam_rel):
+    gram = phi.T.astype(float) @ phi
+    return np.linalg.inv(gram + lam_rel * np.trace(gram) / phi.shape[1] * np.eye(phi.shape[1]))
+
+
+@pytest.mark.parametrize("n,k", [(11, 5), (6, 20)], ids=["primal", "dual"])
+def test_relatif_and_renorm_weights_equal_dense_norms(tmp_path, n, k):
+    phi = np.random.default_rng(0).normal(size=(n, k)).astype(np.float32)
+    train, primal, dual = stores(tmp_path, phi, shard_size=4)
+    inv = dense_inverse(phi, 0.5)
+    for kernel in (primal, dual):
+        relatif = column_weights(kernel, kernel.factor(0.5), train, "relatif")
+        np.testing.assert_allclose(relatif, 1 / np.linalg.norm(inv @ phi.T.astype(float), axis=0), rtol=1e-8)
+        renorm = column_weights(kernel, None, train, "renorm", residual=np.arange(1.0, n + 1))
+        np.testing.assert_allclose(renorm, np.arange(1.0, n + 1) / np.linalg.norm(phi.astype(float), axis=1), rtol=1e-6)
+
+
+def feature_store(path, phi):
+    write_shard(str(path) + ".shard", phi, 0, len(phi), spec_hash(SPEC))
+    gather_features([str(path) + ".shard"], [(0, len(phi))], spec_hash(SPEC), path)
+    return str(path)
+
+
+def truth_store(path, y):
+    root = zarr.open_group(str(path), mode="w")
+    root.create_array("val/y", data=y[None])
+    return str(path)
+
+
+@pytest.mark.parametrize("normalize", ["none", "relatif", "renorm"])
+def test_lambda_curve_equals_lds_of_the_dense_weighted_scores(tmp_path, normalize, monkeypatch):
+    rng = np.random.default_rng(3)
+    phi = rng.normal(size=(12, 4)).astype(np.float32)
+    queries = rng.normal(size=(5, 4)).astype(np.float32)
+    stores(tmp_path, phi, shard_size=6)
+    masks = rng.random((7, 12)) < 0.5
+    y = rng.normal(size=(7, 5))
+    monkeypatch.setattr("diffattr.methods.trak.read_pool", lambda path: masks)
+    query_path = feature_store(tmp_path / "q.zarr", queries)
+    truth = truth_store(tmp_path / "truth.zarr", y)
+    residual = rng.random(12) + 0.5
+    curve = lambda_curve(str(tmp_path / "primal.zarr"), str(tmp_path / "train.zarr"), {"val": query_path},
+                         {"select": ("masks", truth)}, [0.1, 2.0], normalize=normalize, residual=residual)
+    for lam, got in zip([0.1, 2.0], curve["lds"]):
+        inv = dense_inverse(phi, lam)
+        tau = queries.astype(float) @ inv @ phi.T.astype(float)
+        w = {"none": np.ones(12), "renorm": 1 / np.linalg.norm(phi.astype(float), axis=1),
+             "relatif": 1 / np.linalg.norm(inv @ phi.T.astype(float), axis=0)}[normalize] * residual
+        expected = lds_from_predictions(-(masks.astype(float) @ (tau * w).T), y)
+        assert got == pytest.approx(expected, abs=1e-10)
+
+
+def test_das_residual_weight_is_the_mean_of_normalised_root_errors():
+    errors = np.random.default_rng(4).random((6, 3))
+    expected = [np.mean(np.sqrt(errors[:, i]) / np.sqrt(np.sum(errors[:, i]))) for i in range(3)]
+    np.testing.assert_allclose(residual_weights(errors), expected, rtol=1e-12)
+    assert residual_weights(np.ones((9, 2))) == pytest.approx([1 / 3, 1 / 3])  # flat residuals: 1/sqrt(T)
+
+
+def test_checkpoint_weights_are_equal_or_interval_mean_learning_rates():
+    assert checkpoint_weights([25, 50, 75, 100], "equal", 100, 1e-3, 0.1) == [0.25] * 4
+    got = checkpoint_weights([50, 100], "learning_rate", 100, 1e-3, 0.1)
+    lr = [learning_rate(s, 100, 1e-3, 0.1) for s in range(100)]
+    assert got == pytest.approx([np.mean(lr[:50]), np.mean(lr[50:])])
+    assert got[1] > 0  # the final checkpoint is not silenced by the schedule's end at 0
+
+
+def gradient_inputs(tmp_path, train_phis, query_phis):
+    inputs = {}
+    for c, (t, q) in enumerate(zip(train_phis, query_phis)):
+        inputs[f"train_{c}"] = feature_store(tmp_path / f"t{c}.zarr", t)
+        inputs[f"query_{c}"] = feature_store(tmp_path / f"q{c}.zarr", q)
+    return inputs
+
+
+def test_tracin_on_one_checkpoint_is_grad_dot_times_learning_rate(tmp_path):
+    rng = np.random.default_rng(5)
+    train, query = rng.normal(size=(9, 6)).astype(np.float32), rng.normal(size=(4, 6)).astype(np.float32)
+    inputs = gradient_inputs(tmp_path, [train], [query])
+    eta = checkpoint_weights([40], "learning_rate", 40, 2e-3, 0.0)[0]
+    blocks = gradient_scores(inputs, {"weights": [eta], "similarity": "dot"}, "val")
+    np.testing.assert_allclose(blocks.block(0, 4), eta * query.astype(float) @ train.T.astype(float), rtol=1e-6)
+
+
+def test_gas_sums_weighted_cosines_over_checkpoints(tmp_path):
+    rng = np.random.default_rng(6)
+    trains = [rng.normal(size=(9, 6)).astype(np.float32) for _ in range(3)]
+    queries = [rng.normal(size=(4, 6)).astype(np.float32) for _ in range(3)]
+    weights = [0.5, 0.3, 0.2]
+    blocks = gradient_scores(gradient_inputs(tmp_path, trains, queries), {"weights": weights, "similarity": "cosine"}, "val")
+    expected = sum(w * np.array([[np.dot(x, z) / np.linalg.norm(x) / np.linalg.norm(z) for z in t.astype(float)]
+                                 for x in q.astype(float)]) for w, t, q in zip(weights, trains, queries))
+    np.testing.assert_allclose(blocks.block(1, 4), expected[1:4], rtol=1e-6)

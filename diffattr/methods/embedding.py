@@ -298,14 +298,10 @@ def embedding_method_scores(inputs: dict[str, str], params: dict[str, Any], quer
     image stores; for ``ddpm`` the checkpoint is ``inputs["checkpoint"]`` when given, else
     ``params["path"]``. Params: the :class:`EmbeddingConfig` fields, plus ``unet`` / ``scheduler``
     (``model.unet`` / ``model.scheduler``) for ``ddpm``."""
-    from dataclasses import replace
-
     from diffattr.data.store import read_images, to_model_range
     from diffattr.methods.similarity import query_images
 
-    cfg = EmbeddingConfig.from_params(params)
-    if "checkpoint" in inputs:
-        cfg = replace(cfg, path=inputs["checkpoint"])
+    cfg = EmbeddingConfig.from_params({**params, "path": inputs["checkpoint"]} if "checkpoint" in inputs else params)
     train = to_model_range(read_images(inputs["data"], "train"))
     queries = to_model_range(query_images(inputs, query_set))
     scores = embedding_scores(queries, train, cfg, unet_config=params.get("unet"),

@@ -74,8 +74,9 @@ def test_every_shipped_config_dry_runs_in_seconds_without_torch_or_data(profile,
 
 def test_smoke_run_end_to_end(smoke):
     table = pd.read_csv(smoke.out / "lds.csv")
-    assert {"pixel_dot", "pixel_cosine", "pixel_l2", "random", "ground_truth_split_half", "trak", "dtrak",
-            "trak_ens", "dtrak_ens", "trak [oracle λ, tuned on lds pool]"} <= set(table["method"])
+    methods = yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())["evaluation"]["methods"]
+    assert {*methods, "ground_truth_split_half", "trak [oracle λ, tuned on lds pool]"} <= set(table["method"])
+    assert table.loc[table["kind"] != "ceiling", "lds"].notna().all()
     assert set(table["set"]) == {"val", "gen"}
     lds = table.set_index(["method", "set"])["lds"]
     for split in ("val", "gen"):

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from torch.func import functional_call, grad, vmap
 
-from diffattr.models.ddpm import add_noise, count_parameters
+from diffattr.models.ddpm import count_parameters, noisy_draws
 from diffattr.noise import gaussian_noise, sample_timesteps
-from diffattr.outputs import elbo_weight, output_function
+from diffattr.outputs import output_values
 from diffattr.projection import ProjectionConfig, Projector
 
 log = logging.getLogger(__name__)
@@ -83,13 +83,11 @@ def per_sample_gradients(
     """
     params = {n: p.detach() for n, p in model.named_parameters()}
     buffers = {n: b.detach() for n, b in model.named_buffers()}
-    f = output_function(output)
 
     def sample_output(p: dict[str, torch.Tensor], x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        xs = x.unsqueeze(0).expand(t.shape[0], *x.shape)
-        pred = functional_call(model, (p, buffers), (add_noise(xs, eps, t, abar), t)).sample
-        weight = elbo_weight(t, betas, abar) if output == "weighted_mse" else None
-        return f(pred, eps, weight).mean()
+        x_t, tt, ee = noisy_draws(x[None], t[None], eps[None], abar)
+        pred = functional_call(model, (p, buffers), (x_t, tt)).sample
+        return output_values(output, pred, ee, tt, betas, abar).mean()
 
     if not normalize:
         grads = vmap(grad(sample_output), in_dims=(None, 0, 0, 0))(params, x0, timesteps, noise)

@@ -42,3 +42,10 @@ def output_function(name: str) -> Callable[..., torch.Tensor]:
     if name not in table:
         raise ValueError(f"unknown output function {name!r}; choose one of {OUTPUT_FUNCTIONS}")
     return table[name]
+
+
+def output_values(name: str, pred: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, betas: torch.Tensor,
+                  abar: torch.Tensor) -> torch.Tensor:
+    """F per row for rows drawn at timesteps ``t``, with L_ELBO's weight w_t where F needs it."""
+    weight = elbo_weight(t, betas, abar) if name == "weighted_mse" else None
+    return output_function(name)(pred, eps, weight)

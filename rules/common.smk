@@ -59,6 +59,10 @@ GRAM_PARTIAL = f"{OUT}/kernels/{MODEL_KEY}/gram/shard{{shard}}.zarr"
 KERNEL = f"{OUT}/kernels/{MODEL_KEY}/kernel.zarr"
 LAMBDA_CURVE = f"{OUT}/lambda/{{method}}/{{pool}}/{{subset}}/seed{{seed}}.csv"
 RESIDUAL = f"{OUT}/residuals/{{method}}/{{pool}}/{{subset}}/seed{{seed}}.zarr"
+METHOD_MODEL_KEY = "{method}/{pool}/{subset}/seed{seed}"
+SCORE_BENCHMARK = f"{OUT}/benchmarks/score/{{method}}/{{set}}.tsv"
+SELECT_BENCHMARK = f"{OUT}/benchmarks/select_lambda/{METHOD_MODEL_KEY}.tsv"
+RESIDUAL_BENCHMARK = f"{OUT}/benchmarks/residuals/{METHOD_MODEL_KEY}.tsv"
 
 ARTIFACTS = {"data": DATA, "generated": GENERATED}
 
@@ -205,13 +209,13 @@ def method_inputs(w):
 
 def method_benchmarks(w):
     """Benchmark files of a method's own jobs: scoring, λ selection and residuals of its models."""
-    files = [f"{OUT}/benchmarks/score/{w.method}/{s}.tsv" for s in SETS]
+    files = [SCORE_BENCHMARK.format(method=w.method, set=s) for s in SETS]
     if config["methods"][w.method]["kind"] == "trak":
         for pool, subset, seed in method_models(w.method):
-            key = f"{w.method}/{pool}/{subset}/seed{seed}"
-            files.append(f"{OUT}/benchmarks/select_lambda/{key}.tsv")
+            m = {"method": w.method, "pool": pool, "subset": subset, "seed": seed}
+            files.append(SELECT_BENCHMARK.format(**m))
             if config["methods"][w.method].get("residual"):
-                files.append(f"{OUT}/benchmarks/residuals/{key}.tsv")
+                files.append(RESIDUAL_BENCHMARK.format(**m))
     return files
 
 

@@ -65,7 +65,7 @@ rule select_lambda:
     log:
         f"{OUT}/logs/select_lambda/{{method}}/{{pool}}/{{subset}}/seed{{seed}}.log",
     benchmark:
-        f"{OUT}/benchmarks/select_lambda/{{method}}/{{pool}}/{{subset}}/seed{{seed}}.tsv"
+        SELECT_BENCHMARK
     group:
         "solve"
     conda:

@@ -6,7 +6,7 @@ rule score:
     log:
         f"{OUT}/logs/score/{{method}}/{{set}}.log",
     benchmark:
-        f"{OUT}/benchmarks/score/{{method}}/{{set}}.tsv"
+        SCORE_BENCHMARK
     group:
         "score"
     conda:
@@ -32,7 +32,7 @@ rule residuals:
     log:
         f"{OUT}/logs/residuals/{{method}}/{{pool}}/{{subset}}/seed{{seed}}.log",
     benchmark:
-        f"{OUT}/benchmarks/residuals/{{method}}/{{pool}}/{{subset}}/seed{{seed}}.tsv"
+        RESIDUAL_BENCHMARK
     group:
         "solve"
     conda:

@@ -63,9 +63,9 @@ from kronfluence.module.tracked_module import TrackedModule
 from kronfluence.task import Task
 
 from diffattr.methods.registry import ScoreBlocks
-from diffattr.models.ddpm import add_noise
+from diffattr.models.ddpm import noisy_draws
 from diffattr.noise import gaussian_noise, sample_timesteps
-from diffattr.outputs import elbo_weight, output_function
+from diffattr.outputs import l_simple, output_values
 
 STRATEGIES = ("ekfac", "kfac", "diagonal", "identity")
 MEASUREMENTS = {"loss": "loss", "square": "square", "elbo": "weighted_mse"}
@@ -199,7 +199,6 @@ class DiffusionTask(DrawTask):
         super().__init__()
         self.abar, self.betas = abar, betas
         self.output = MEASUREMENTS[measurement]
-        self.f = output_function(self.output)
         self.modules = modules
 
     def get_influence_tracked_modules(self) -> list[str] | None:
@@ -209,21 +208,16 @@ class DiffusionTask(DrawTask):
         return int(batch["t"].shape[1])
 
     def _rows(self, batch: dict[str, torch.Tensor], model: torch.nn.Module) -> tuple[torch.Tensor, ...]:
-        x0, t, eps = batch["x0"], batch["t"], batch["eps"]
-        b, d = t.shape
-        x = x0.unsqueeze(1).expand(b, d, *x0.shape[1:]).reshape(b * d, *x0.shape[1:])
-        t, eps = t.reshape(-1), eps.reshape(b * d, *x0.shape[1:])
-        pred = model(add_noise(x, eps, t, self.abar), t).sample
-        return pred, eps, t
+        x_t, t, eps = noisy_draws(batch["x0"], batch["t"], batch["eps"], self.abar)
+        return model(x_t, t).sample, eps, t
 
     def row_losses(self, batch: dict[str, torch.Tensor], model: torch.nn.Module) -> torch.Tensor:
         pred, eps, _ = self._rows(batch, model)
-        return ((pred - eps) ** 2).flatten(1).mean(dim=1)
+        return l_simple(pred, eps)
 
     def row_measurements(self, batch: dict[str, torch.Tensor], model: torch.nn.Module) -> torch.Tensor:
         pred, eps, t = self._rows(batch, model)
-        weight = elbo_weight(t, self.betas, self.abar) if self.output == "weighted_mse" else None
-        return self.f(pred, eps, weight)
+        return output_values(self.output, pred, eps, t, self.betas, self.abar)
 
     def fisher_loss(self, batch: dict[str, torch.Tensor], model: torch.nn.Module) -> torch.Tensor:
         pred, _, _ = self._rows(batch, model)

@@ -299,9 +299,11 @@ def embedding_method_scores(inputs: dict[str, str], params: dict[str, Any], quer
     ``params["path"]``. Params: the :class:`EmbeddingConfig` fields, plus ``unet`` / ``scheduler``
     (``model.unet`` / ``model.scheduler``) for ``ddpm``."""
     from diffattr.data.store import read_images, to_model_range
+    from diffattr.jobs import device
     from diffattr.methods.similarity import query_images
 
-    cfg = EmbeddingConfig.from_params({**params, "path": inputs["checkpoint"]} if "checkpoint" in inputs else params)
+    settings = {**params, "device": device()} | ({"path": inputs["checkpoint"]} if "checkpoint" in inputs else {})
+    cfg = EmbeddingConfig.from_params(settings)
     train = to_model_range(read_images(inputs["data"], "train"))
     queries = to_model_range(query_images(inputs, query_set))
     scores = embedding_scores(queries, train, cfg, unet_config=params.get("unet"),

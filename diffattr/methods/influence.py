@@ -52,10 +52,10 @@ import torch
 from torch.func import functional_call, grad, vjp, vmap
 
 from diffattr.featurize import NonFiniteGradientError, prepare_for_vmap
-from diffattr.models.ddpm import add_noise
+from diffattr.models.ddpm import noisy_draws
 from diffattr.methods.registry import ScoreBlocks
 from diffattr.noise import gaussian_noise, sample_timesteps
-from diffattr.outputs import OUTPUT_FUNCTIONS, elbo_weight, output_function
+from diffattr.outputs import OUTPUT_FUNCTIONS, output_values
 
 log = logging.getLogger(__name__)
 
@@ -453,7 +453,6 @@ def diffusion_objective(model: torch.nn.Module, scheduler: Any, images: np.ndarr
     abar = scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
     betas = scheduler.betas.to(device=device, dtype=torch.float32)
     buffers = {n: b.detach() for n, b in model.named_buffers()}
-    f = output_function(output)
     shape = images.shape[1:]
 
     def fetch(rows: np.ndarray) -> tuple[torch.Tensor, ...]:
@@ -465,13 +464,9 @@ def diffusion_objective(model: torch.nn.Module, scheduler: Any, images: np.ndarr
 
     def loss(params: Params, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         x0, t, eps = batch
-        b, draws = t.shape
-        xs = x0.unsqueeze(1).expand(b, draws, *x0.shape[1:]).reshape(b * draws, *x0.shape[1:])
-        tt = t.reshape(-1)
-        ee = eps.reshape(b * draws, *eps.shape[2:])
-        pred = functional_call(model, (params, buffers), (add_noise(xs, ee, tt, abar), tt)).sample
-        weight = elbo_weight(tt, betas, abar) if output == "weighted_mse" else None
-        return f(pred, ee, weight).reshape(b, draws).mean(dim=1)
+        x_t, tt, ee = noisy_draws(x0, t, eps, abar)
+        pred = functional_call(model, (params, buffers), (x_t, tt)).sample
+        return output_values(output, pred, ee, tt, betas, abar).reshape(t.shape).mean(dim=1)
 
     return Objective(loss, len(images), fetch)
 

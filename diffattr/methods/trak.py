@@ -64,17 +64,22 @@ def lambda_curve(kernel_path: str, train_path: str, query_paths: dict[str, str],
     train = FeatureStore(train_path)
     masks = {name: read_pool(m) for name, (m, _) in pools.items()}
     rhs = {s: query_rhs(kernel, train, FeatureStore(p).read()) for s, p in query_paths.items()}
-    fixed = None if normalize == "relatif" else column_weights(kernel, None, train, normalize, residual)
+
+    def weighted_masks(weights: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+        """Per pool: the masks times w(z) and, in the primal form, their sums of features (one pass)."""
+        weighted = {name: m * weights for name, m in masks.items()}
+        return {name: (m, masked_train_sums(train, m) if kernel.form == "primal" else None) for name, m in weighted.items()}
+
+    # only RelatIF's weights depend on λ: the others' weighted sums are formed once
+    fixed = None if normalize == "relatif" else weighted_masks(column_weights(kernel, None, train, normalize, residual))
     rows = []
     for lam in grid:
         factor = kernel.factor(lam)
-        weights = fixed if fixed is not None else column_weights(kernel, factor, train, normalize, residual)
-        weighted = {name: m * weights for name, m in masks.items()}
-        sums = {name: masked_train_sums(train, m) if kernel.form == "primal" else None for name, m in weighted.items()}
+        weighted = fixed or weighted_masks(column_weights(kernel, factor, train, normalize, residual))
         for split, b in rhs.items():
             solution = solve(factor, b)
             for name, (_, truth_path) in pools.items():
-                pred = HELPS * subset_predictions(kernel, solution, weighted[name], sums[name])
+                pred = HELPS * subset_predictions(kernel, solution, *weighted[name])
                 rows.append({"set": split, "pool": name, "lambda": lam, "lambda_abs": kernel.absolute(lam),
                              "lds": lds_from_predictions(pred, read_ground_truth(truth_path, split))})
     return pd.DataFrame(rows)

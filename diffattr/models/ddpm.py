@@ -40,6 +40,16 @@ def add_noise(x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, abar: torch.
     return a.sqrt() * x0 + (1 - a).sqrt() * eps
 
 
+def noisy_draws(x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor,
+                abar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """D draws per sample folded into B·D rows: (x_t, t, ε) from x₀ (B, C, H, W), t (B, D) and
+    ε (B, D, C, H, W), x_t by :func:`add_noise`; row b·D + d is sample b's draw d."""
+    b, d = t.shape
+    x = x0.unsqueeze(1).expand(b, d, *x0.shape[1:]).reshape(b * d, *x0.shape[1:])
+    t, eps = t.reshape(-1), eps.reshape(b * d, *x0.shape[1:])
+    return add_noise(x, eps, t, abar), t, eps
+
+
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 

@@ -233,11 +233,8 @@ def method_params(method):
             train["lr"],
             train["warmup_fraction"],
         )
-    if params["kind"] == "embedding" and params["encoder"] == "ddpm":
-        params |= {
-            "unet": config["model"]["unet"],
-            "scheduler": config["model"]["scheduler"],
-        }
+    if "full_model" in method_kind(params).needs:
+        params |= model_params(config)
     return params
 
 

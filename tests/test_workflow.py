@@ -187,3 +187,19 @@ def test_killed_jobs_restart_and_reproduce_the_uninterrupted_run(smoke):
     for s, path in scores.items():
         np.testing.assert_array_equal(read_scores(path), reference[s])
     np.testing.assert_array_equal(np.asarray(zarr.open_group(str(truth), mode="r")["val/y"][:]), ref_truth)
+
+
+def test_model_based_methods_get_the_full_model_through_the_workflow(smoke, tmp_path):
+    """influence (§2.8) and EK-FAC (§2.9) run as score jobs on the smoke run's full model: their
+    inputs (checkpoint) and params (model config) come from the DAG (sizes cut to seconds here)."""
+    tiny = overlay(tmp_path, "tiny", {
+        "evaluation": {"methods": ["influence_lissa", "ekfac"]},
+        "methods": {"influence_lissa": {"lissa_depth": 2, "power_iterations": 2, "timesteps": 1, "hvp_vectors": 40},
+                    "ekfac": {"fit_draws": 1, "train_draws": 1, "query_draws": 1}}})
+    targets = [str(smoke.out / "scores" / m / "val.zarr") for m in ("influence_lissa", "ekfac")]
+    result = snakemake(*targets, "--cores", "2", *smoke.args(tiny))
+    assert result.returncode == 0, result.stderr[-3000:]
+    for target in targets:
+        scores = read_scores(Path(target))
+        assert scores.shape == (40, 300) and np.isfinite(scores).all()
+        assert zarr.open_group(target, mode="r").attrs["sign"] == -1

@@ -175,16 +175,20 @@ def test_killed_jobs_restart_and_reproduce_the_uninterrupted_run(smoke):
     shutil.rmtree(shard)
     log = out / "logs" / "featurize" / "square" / "full" / "0" / "seed0" / "train" / "shard0.log"
     log.unlink()
-    kill_run_when(lambda: log.exists() and "featurized 32/" in log.read_text(),
-                  ["--cores", "1", *smoke.args(), "--until", "featurize"])
+    kill_run_when(lambda: log.exists() and "featurized 32/" in log.read_text(), [str(shard), "--cores", "1", *smoke.args()])
     assert not (shard / "complete.json").exists()
 
-    rerun = snakemake("--cores", "2", "--rerun-incomplete", *smoke.args())
+    # restart both, then bring what depends on them up to date (newer inputs: Snakemake's mtime trigger)
+    before = {s: (p / "zarr.json").stat().st_mtime_ns for s, p in scores.items()}
+    rerun = snakemake(str(model_dir / "train_log.csv"), str(shard), "--cores", "2", "--rerun-incomplete", *smoke.args())
     assert rerun.returncode == 0, rerun.stderr[-3000:]
+    downstream = snakemake(*map(str, scores.values()), str(truth), "--cores", "2", *smoke.args())
+    assert downstream.returncode == 0, downstream.stderr[-3000:]
     train_log = (out / "logs" / "train_model" / "lds" / "3" / "seed0.log").read_text()
     assert f"resuming from step {train['resume_every']} of {train['steps']}" in train_log
     assert not resume_state.exists()
     for s, path in scores.items():
+        assert (path / "zarr.json").stat().st_mtime_ns > before[s]  # recomputed from the restarted jobs
         np.testing.assert_array_equal(read_scores(path), reference[s])
     np.testing.assert_array_equal(np.asarray(zarr.open_group(str(truth), mode="r")["val/y"][:]), ref_truth)
 

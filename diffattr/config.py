@@ -106,6 +106,9 @@ def check_inputs(config: dict[str, Any], base: str | os.PathLike = ".") -> None:
         for spec in [specs] if isinstance(specs, str) else specs:
             if spec not in config.get("features", {}):
                 raise ConfigError(f"Config key 'methods.{name}.features' names '{spec}', which is not a block under 'features'.")
+        if method.get("query") == "journey" and "gen" not in config["evaluation"]["sets"]:
+            raise ConfigError(f"Config key 'methods.{name}.query' is journey, which attributes generated samples only, "
+                              f"but 'evaluation.sets' has no gen.")
         wanted = _retrain_models_needed(method)
         if wanted > retrain:
             raise ConfigError(f"Config key 'methods.{name}' needs {wanted} retrain-pool models but "

@@ -111,13 +111,13 @@ def featurize(
     scheduler: Any,
     device: str = "cpu",
     projector: Projector | None = None,
-    trained: np.ndarray | None = None,
+    timesteps: np.ndarray | None = None,
 ) -> np.ndarray:
     """Projected features (n, k) float32 of float images (n, C, H, W) in [−1, 1] with ids ``sample_ids``.
 
-    ``timestep_strategy: trained`` (Diffusion-TracIn, METHODS.md §2.5): a training sample's gradient
-    is taken at the timestep it was last trained at (``trained``, indexed by sample id), with fresh
-    noise; attributed samples, never trained on, use the ``uniform`` set of K timesteps.
+    ``timesteps`` (n, K), when given, are each row's own timesteps instead of the spec's set:
+    Diffusion-TracIn's trained timesteps (METHODS.md §2.5) or Journey-TRAK's sampling steps (§2.12).
+    Otherwise a ``trained`` spec's attributed samples, never trained on, use the ``uniform`` set.
     """
     model = prepare_for_vmap(model.to(device))
     projector = projector or Projector(spec.projection, count_parameters(model), device)
@@ -129,8 +129,8 @@ def featurize(
     start_time, done = time.perf_counter(), 0
     for start in range(0, len(images), spec.batch_size):
         ids = sample_ids[start : start + spec.batch_size]
-        if spec.timestep_strategy == "trained" and split == "train":
-            ts = trained[ids][:, None]
+        if timesteps is not None:
+            ts = timesteps[start : start + spec.batch_size]
         else:
             strategy = "uniform" if spec.timestep_strategy == "trained" else spec.timestep_strategy
             ts = sample_timesteps(strategy, spec.timesteps, num_t, spec.noise_seeds[0], split, ids)
@@ -152,35 +152,71 @@ def featurize(
             raise NonFiniteGradientError(f"the gradient of {split} sample {first} is not finite (NaN or inf)")
         out[start : start + len(ids)] = projector(g).cpu().numpy()
         done += len(ids)
-        log.info("featurized %d/%d %s samples (%.1f samples/s)", done, len(images), split,
+        log.info("featurized %d/%d %s rows (%.1f rows/s)", done, len(images), split,
                  done / (time.perf_counter() - start_time))
     return out
 
 
+def featurize_trajectory(model: torch.nn.Module, trajectory: np.ndarray, step_timesteps: np.ndarray,
+                         sample_ids: np.ndarray, spec: FeatureSpec, scheduler: Any, device: str = "cpu",
+                         projector: Projector | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Journey-TRAK's query features (METHODS.md §2.12, D-TRAK's one-score-per-image form):
+    φ_s(x) = P ∇_θ F(re-noise(x̂₀^(t_s), ε_s), t_s) at every sampling step s, ε_s fresh per
+    (noise seed, sample, t_s) and averaged over the spec's noise seeds; returns (the mean over steps
+    (n, k) — the average gradient, projection being linear — and the per-step features (n, S, k)).
+    ``trajectory`` (n, S, C, H, W) holds x̂₀ of each step, ``step_timesteps`` (S,) the steps' t."""
+    n, steps = trajectory.shape[:2]
+    rows = featurize(model, trajectory.reshape(n * steps, *trajectory.shape[2:]), np.repeat(sample_ids, steps),
+                     "journey", spec, scheduler, device, projector, np.tile(step_timesteps, n)[:, None])
+    per_step = rows.reshape(n, steps, -1)
+    return per_step.mean(axis=1), per_step
+
+
 def featurize_shard(model_path: str, image_store: str, split: str, start: int, stop: int, spec_config: dict[str, Any],
                     model_config: dict[str, Any], out_path: str, device: str = "cpu") -> np.ndarray:
-    """featurize job: rows [start, stop) of ``split`` → one shard store with its completion marker."""
+    """featurize job: rows [start, stop) of ``split`` → one shard store with its completion marker.
+    Split ``journey`` reads the generated samples' DDIM trajectory (``image_store`` is the
+    trajectory store) and also stores the per-step features (§2.12)."""
     from diffattr.data.store import read_images, to_model_range
     from diffattr.models.ddpm import build_scheduler, load_unet
     from diffattr.store import spec_hash, write_shard
 
     spec = FeatureSpec.from_dict({k: v for k, v in spec_config.items() if k != "trained"})
-    all_images = read_images(image_store, split)
-    images = to_model_range(all_images[start:stop])
-    if len(images) != stop - start:
-        raise ValueError(f"{image_store} has {start + len(images)} {split} images, fewer than the shard's end row {stop}")
     model = load_unet(model_path, model_config["unet"], device)
     scheduler = build_scheduler(model_config["scheduler"])
-    trained = None
-    if spec.timestep_strategy == "trained" and split == "train":
-        from diffattr.train import trained_timesteps
+    attrs, extras = {"split": split, "model": model_path}, None
+    if split == "journey":
+        from diffattr.sample import read_trajectory
 
-        run = spec_config["trained"]
-        trained = trained_timesteps(len(all_images), run["batch_size"], run["seed"], run["step"],
-                                    model_config["scheduler"]["num_train_timesteps"])
-        if (trained < 0).any():
-            raise ValueError(f"train sample {int(np.argmax(trained < 0))} was never trained on before step "
-                             f"{run['step']}, so it has no trained timestep")
-    features = featurize(model, images, np.arange(start, stop), split, spec, scheduler, device, trained=trained)
-    write_shard(out_path, features, start, stop, spec_hash(spec_config), {"split": split, "model": model_path})
+        trajectory, step_timesteps = read_trajectory(image_store, start, stop)
+        _check_rows(len(trajectory), start, stop, image_store, split)
+        features, per_step = featurize_trajectory(model, trajectory, step_timesteps, np.arange(start, stop), spec,
+                                                  scheduler, device)
+        extras = {"steps": per_step, "step_timesteps": np.tile(step_timesteps, (len(trajectory), 1))}
+    else:
+        all_images = read_images(image_store, split)
+        images = to_model_range(all_images[start:stop])
+        _check_rows(len(images), start, stop, image_store, split)
+        timesteps = None
+        if spec.timestep_strategy == "trained" and split == "train":
+            timesteps = _trained_timesteps(spec_config["trained"], len(all_images), model_config)[start:stop, None]
+        features = featurize(model, images, np.arange(start, stop), split, spec, scheduler, device, timesteps=timesteps)
+    write_shard(out_path, features, start, stop, spec_hash(spec_config), attrs, extras)
     return features
+
+
+def _check_rows(rows: int, start: int, stop: int, store: str, split: str) -> None:
+    if rows != stop - start:
+        raise ValueError(f"{store} has {start + rows} {split} rows, fewer than the shard's end row {stop}")
+
+
+def _trained_timesteps(run: dict[str, int], n_train: int, model_config: dict[str, Any]) -> np.ndarray:
+    """The timestep each training sample was last trained at before the spec's checkpoint (§2.5)."""
+    from diffattr.train import trained_timesteps
+
+    trained = trained_timesteps(n_train, run["batch_size"], run["seed"], run["step"],
+                                model_config["scheduler"]["num_train_timesteps"])
+    if (trained < 0).any():
+        raise ValueError(f"train sample {int(np.argmax(trained < 0))} was never trained on before step "
+                         f"{run['step']}, so it has no trained timestep")
+    return trained

@@ -47,27 +47,36 @@ def kernel_form(n_train: int, k: int | None) -> str:
     return "primal" if k is not None and k <= n_train else "dual"
 
 
-def _digest(features: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(features, dtype=np.float32).tobytes()).hexdigest()
+def _digest(arrays: dict[str, np.ndarray]) -> str:
+    """SHA-256 of the arrays' float32 bytes, ``features`` first, then the rest by name."""
+    h = hashlib.sha256()
+    for name in ["features", *sorted(n for n in arrays if n != "features")]:
+        h.update(np.ascontiguousarray(arrays[name], dtype=np.float32).tobytes())
+    return h.hexdigest()
 
 
 def write_shard(path: str | os.PathLike, features: np.ndarray, start: int, stop: int, spec_id: str,
-                attrs: dict[str, Any] | None = None) -> None:
-    """Write one shard store; the completion marker goes in last, then the store is renamed."""
-    if features.shape[0] != stop - start:
-        raise ShardError(f"feature shard {path} got {features.shape[0]} rows for range [{start}, {stop})")
+                attrs: dict[str, Any] | None = None, extras: dict[str, np.ndarray] | None = None) -> None:
+    """Write one shard store; the completion marker goes in last, then the store is renamed.
+    ``extras``: further per-row arrays (leading dimension = rows), e.g. Journey-TRAK's per-step
+    features; they are checked and gathered with the features."""
+    arrays = {"features": features, **(extras or {})}
+    for name, array in arrays.items():
+        if array.shape[0] != stop - start:
+            raise ShardError(f"feature shard {path} got {array.shape[0]} rows of {name} for range [{start}, {stop})")
     with atomic_path(path) as tmp:
         root = zarr.open_group(str(tmp), mode="w")
         root.attrs.update(attrs or {})
-        root.create_array("features", data=np.asarray(features, dtype=np.float32),
-                          chunks=(max(1, features.shape[0]), features.shape[1]))
-        marker = {"spec_hash": spec_id, "row_start": start, "row_stop": stop,
-                  "shape": list(features.shape), "sha256": _digest(features)}
+        for name, array in arrays.items():
+            root.create_array(name, data=np.asarray(array, dtype=np.float32), chunks=(max(1, array.shape[0]), *array.shape[1:]))
+        marker = {"spec_hash": spec_id, "row_start": start, "row_stop": stop, "shape": list(features.shape),
+                  "sha256": _digest(arrays)} | ({"extras": sorted(extras)} if extras else {})
         (tmp / MARKER).write_text(json.dumps(marker))
 
 
-def read_shard(path: str | os.PathLike, spec_id: str, start: int, stop: int) -> np.ndarray:
-    """A shard's features after checking it is present, complete, uncorrupted and of this spec."""
+def read_shard_arrays(path: str | os.PathLike, spec_id: str, start: int, stop: int) -> dict[str, np.ndarray]:
+    """A shard's arrays (``features`` and any extras) after checking it is present, complete,
+    uncorrupted and of this spec."""
     path = Path(path)
     if not path.exists():
         raise ShardError(f"feature shard {path} is missing")
@@ -79,29 +88,37 @@ def read_shard(path: str | os.PathLike, spec_id: str, start: int, stop: int) -> 
     if (marker["row_start"], marker["row_stop"]) != (start, stop):
         raise ShardError(f"feature shard {path} covers rows [{marker['row_start']}, {marker['row_stop']}), expected [{start}, {stop})")
     try:
-        features = np.asarray(zarr.open_group(str(path), mode="r")["features"][:])
+        root = zarr.open_group(str(path), mode="r")
+        arrays = {name: np.asarray(root[name][:]) for name in ["features", *marker.get("extras", [])]}
     except Exception as err:  # zarr/codec errors on truncated or missing chunks
         raise ShardError(f"feature shard {path} is truncated or corrupted ({type(err).__name__})") from err
-    if list(features.shape) != marker["shape"] or _digest(features) != marker["sha256"]:
+    if list(arrays["features"].shape) != marker["shape"] or _digest(arrays) != marker["sha256"]:
         raise ShardError(f"feature shard {path} is truncated or corrupted (content differs from its marker)")
-    return features
+    return arrays
+
+
+def read_shard(path: str | os.PathLike, spec_id: str, start: int, stop: int) -> np.ndarray:
+    """A validated shard's features (:func:`read_shard_arrays`)."""
+    return read_shard_arrays(path, spec_id, start, stop)["features"]
 
 
 def gather_features(shards: Sequence[str], ranges: Sequence[tuple[int, int]], spec_id: str,
                     out_path: str | os.PathLike, attrs: dict[str, Any] | None = None) -> tuple[int, int]:
-    """Validate every shard and consolidate them into ``out_path`` (chunked by shard)."""
-    first = read_shard(shards[0], spec_id, *ranges[0])
-    n, k = ranges[-1][1], first.shape[1]
+    """Validate every shard and consolidate them (features and extras) into ``out_path`` (chunked by shard)."""
+    first = read_shard_arrays(shards[0], spec_id, *ranges[0])
+    n, k = ranges[-1][1], first["features"].shape[1]
     with atomic_path(out_path) as tmp:
         root = zarr.open_group(str(tmp), mode="w")
         root.attrs.update({**(attrs or {}), "spec_hash": spec_id, "shards": [list(r) for r in ranges]})
         chunk = max(1, ranges[0][1] - ranges[0][0])
-        arr = root.create_array("features", shape=(n, k), dtype="float32", chunks=(chunk, k))
+        out = {name: root.create_array(name, shape=(n, *a.shape[1:]), dtype="float32", chunks=(chunk, *a.shape[1:]))
+               for name, a in first.items()}
         for path, (start, stop) in zip(shards, ranges):
-            block = first if start == ranges[0][0] else read_shard(path, spec_id, start, stop)
-            if block.shape[1] != k:
-                raise ShardError(f"feature shard {path} has {block.shape[1]} columns, expected {k}")
-            arr[start:stop] = block
+            block = first if start == ranges[0][0] else read_shard_arrays(path, spec_id, start, stop)
+            for name, array in out.items():
+                if name not in block or block[name].shape[1:] != array.shape[1:]:
+                    raise ShardError(f"feature shard {path} has {name} of another shape than its first shard's")
+                array[start:stop] = block[name]
     return n, k
 
 
@@ -124,3 +141,7 @@ class FeatureStore:
 
     def read(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         return np.asarray(self.array[start:stop], dtype=np.float64)
+
+    def read_steps(self, step: int, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Journey-TRAK's features at one sampling step (rows [start, stop)), from the ``steps`` array."""
+        return np.asarray(zarr.open_group(self.path, mode="r")["steps"][start:stop, step], dtype=np.float64)

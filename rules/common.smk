@@ -1,6 +1,7 @@
 # Config validation and the names of every artifact. Imports nothing heavy: no torch at DAG time.
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 from snakemake.utils import min_version, validate
 
@@ -32,6 +33,7 @@ SETS = config["evaluation"]["sets"]
 METHODS = config["evaluation"].get("methods") or list(config["methods"])
 SPECS = list(config.get("features", {}))
 SIZES = split_sizes(config["data"], config["generate"])
+SIZES["journey"] = SIZES["gen"]  # one trajectory per generated sample
 CKPT_STEPS = checkpoint_steps(
     config["train"]["steps"], config["train"]["checkpoint_fractions"]
 )
@@ -40,6 +42,7 @@ DATA = f"{OUT}/data/dataset.zarr"
 METADATA = f"{OUT}/data/metadata.csv"
 GENERATED = f"{OUT}/data/generated.zarr"
 GENERATED_TABLE = f"{OUT}/data/generated.csv"
+TRAJECTORY = f"{OUT}/data/trajectory.zarr"
 SUBSET_MASKS = f"{OUT}/subsets/{{pool}}.zarr"
 MODEL_DIR = f"{OUT}/models/{{pool}}/{{subset}}/seed{{seed}}"
 CHECKPOINT = f"{MODEL_DIR}/step{{step}}.safetensors"
@@ -47,6 +50,8 @@ MEASUREMENT = f"{OUT}/ground_truth/{{pool}}/{{subset}}/seed{{seed}}.zarr"
 GROUND_TRUTH = f"{OUT}/ground_truth/{{pool}}.zarr"
 RELIABILITY = f"{OUT}/ground_truth/{{pool}}_reliability.csv"
 SCORES = f"{OUT}/scores/{{method}}/{{set}}.zarr"
+STEP_SCORES = f"{OUT}/scores/{{method}}/trajectory.zarr"
+STEP_LDS = f"{OUT}/eval/trajectory/{{method}}.csv"
 METHOD_LDS = f"{OUT}/eval/lds/{{method}}.csv"
 RETRAINING_CURVE = f"{OUT}/eval/retraining/{{method}}.csv"
 LDS_TABLE = f"{OUT}/lds.csv"
@@ -91,7 +96,7 @@ wildcard_constraints:
     set="|".join(SETS),
     method="|".join(METHODS) if METHODS else "none",
     spec="|".join(SPECS) if SPECS else "none",
-    split="train|val|gen",
+    split="train|val|gen|journey",
     shard=r"\d+",
 
 
@@ -109,8 +114,8 @@ def pool_models(pool):
 
 
 def set_store(name):
-    """Image store holding an attributed set."""
-    return GENERATED if name == "gen" else DATA
+    """Image store holding an attributed set (``journey``: the generated samples' trajectories)."""
+    return {"gen": GENERATED, "journey": TRAJECTORY}.get(name, DATA)
 
 
 def data_inputs():
@@ -190,7 +195,7 @@ def method_inputs(w):
             m = {"pool": pool, "subset": subset, "seed": seed}
             inputs[f"kernel_{i}"] = model_artifact(KERNEL, spec, m)
             inputs[f"train_{i}"] = model_artifact(FEATURES, spec, m, split="train")
-            inputs[f"query_{i}"] = model_artifact(FEATURES, spec, m, split=w.set)
+            inputs[f"query_{i}"] = model_artifact(FEATURES, spec, m, split=query_split(w.method, w.set))
             inputs[f"lambda_{i}"] = LAMBDA_CURVE.format(method=w.method, **m)
             if method.get("residual"):
                 inputs[f"residual_{i}"] = RESIDUAL.format(method=w.method, **m)
@@ -207,9 +212,14 @@ def method_inputs(w):
     return inputs
 
 
+def journey_inputs(w):
+    """A Journey-TRAK method's scoring inputs on the generated set (for its per-step scores)."""
+    return method_inputs(SimpleNamespace(method=w.method, set="gen"))
+
+
 def method_benchmarks(w):
     """Benchmark files of a method's own jobs: scoring, λ selection and residuals of its models."""
-    files = [SCORE_BENCHMARK.format(method=w.method, set=s) for s in SETS]
+    files = [SCORE_BENCHMARK.format(method=w.method, set=s) for s in method_sets(w.method)]
     if config["methods"][w.method]["kind"] == "trak":
         for pool, subset, seed in method_models(w.method):
             m = {"method": w.method, "pool": pool, "subset": subset, "seed": seed}
@@ -236,6 +246,18 @@ def method_params(method):
     if "full_model" in method_kind(params).needs:
         params |= model_params(config)
     return params
+
+
+def method_sets(method):
+    """The attributed sets a method scores: Journey-TRAK is defined for generated samples only (§2.12)."""
+    if config["methods"][method].get("query") == "journey":
+        return [s for s in SETS if s == "gen"]
+    return SETS
+
+
+def query_split(method, set_name):
+    """The feature split of a method's queries on an attributed set."""
+    return "journey" if config["methods"][method].get("query") == "journey" else set_name
 
 
 def method_spec(method):
@@ -271,6 +293,9 @@ RETRAINING_METHODS = [
     m for m in METHODS if config["methods"][m]["kind"] == "retraining"
 ]
 """Methods fitted on retrain-pool models: each also gets its LDS-vs-number-of-models table."""
+
+JOURNEY_METHODS = [m for m in METHODS if config["methods"][m].get("query") == "journey"]
+"""Journey-TRAK methods: their per-step scores and per-step LDS are stored for the report."""
 
 ORACLE_MODELS = {
     m: method_models(m)

@@ -1,6 +1,6 @@
 rule evaluate_lds:
     input:
-        scores=expand(SCORES, set=SETS, allow_missing=True),
+        scores=lambda w: [SCORES.format(method=w.method, set=s) for s in method_sets(w.method)],
         masks=SUBSET_MASKS.format(pool=LDS_POOL),
         truth=GROUND_TRUTH.format(pool=LDS_POOL),
         benchmarks=method_benchmarks,
@@ -18,9 +18,30 @@ rule evaluate_lds:
         runtime=30,
     params:
         lds={k: v for k, v in config["evaluation"]["lds"].items() if k != "pool"},
-        sets=SETS,
+        sets=lambda w: method_sets(w.method),
     script:
         "../workflow_scripts/evaluate_lds.py"
+
+
+rule trajectory_lds:
+    input:
+        scores=STEP_SCORES,
+        masks=SUBSET_MASKS.format(pool=LDS_POOL),
+        truth=GROUND_TRUTH.format(pool=LDS_POOL),
+    output:
+        table=STEP_LDS,
+    log:
+        f"{OUT}/logs/trajectory_lds/{{method}}.log",
+    conda:
+        "../envs/eval.yaml"
+    resources:
+        **SLURM,
+        mem_mb=4000,
+        runtime=30,
+    params:
+        lds={k: v for k, v in config["evaluation"]["lds"].items() if k != "pool"},
+    script:
+        "../workflow_scripts/trajectory_lds.py"
 
 
 rule lds_table:

@@ -25,3 +25,32 @@ rule generate:
         },
     script:
         "../workflow_scripts/generate.py"
+
+
+rule trajectory:
+    input:
+        model=checkpoint("full", 0, config["generate"]["model_seed"]),
+        generated=GENERATED,
+    output:
+        trajectory=directory(TRAJECTORY),
+    log:
+        f"{OUT}/logs/trajectory.log",
+    benchmark:
+        f"{OUT}/benchmarks/trajectory.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: 1
+    resources:
+        **GPU,
+        **SLURM,
+        mem_mb=4000,
+        runtime=60,
+    params:
+        cfg={
+            **model_params(config),
+            "generate": {
+                k: v for k, v in config["generate"].items() if k != "model_seed"
+            },
+        },
+    script:
+        "../workflow_scripts/trajectory.py"

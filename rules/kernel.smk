@@ -51,7 +51,8 @@ rule select_lambda:
             FEATURES, method_spec(w.method), w, split="train"
         ),
         queries=lambda w: [
-            model_artifact(FEATURES, method_spec(w.method), w, split=s) for s in SETS
+            model_artifact(FEATURES, method_spec(w.method), w, split=query_split(w.method, s))
+            for s in method_sets(w.method)
         ],
         masks=[SUBSET_MASKS.format(pool=p) for p in ("select", LDS_POOL)],
         truths=[GROUND_TRUTH.format(pool=p) for p in ("select", LDS_POOL)],
@@ -79,7 +80,7 @@ rule select_lambda:
     params:
         grid=lambda w: config["methods"][w.method]["lambdas"],
         normalize=lambda w: config["methods"][w.method].get("normalize", "none"),
-        sets=SETS,
+        sets=lambda w: method_sets(w.method),
         pools=["select", LDS_POOL],
     script:
         "../workflow_scripts/select_lambda.py"

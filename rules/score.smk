@@ -48,3 +48,28 @@ rule residuals:
         | model_params(config),
     script:
         "../workflow_scripts/residuals.py"
+
+
+rule score_trajectory:
+    input:
+        unpack(journey_inputs),
+    output:
+        scores=directory(STEP_SCORES),
+    log:
+        f"{OUT}/logs/score_trajectory/{{method}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/score_trajectory/{{method}}.tsv"
+    group:
+        "score"
+    conda:
+        "../envs/torch.yaml"
+    threads: 1
+    resources:
+        **GPU,
+        **SLURM,
+        mem_mb=4000,
+        runtime=60,
+    params:
+        method=lambda w: method_params(w.method),
+    script:
+        "../workflow_scripts/score_trajectory.py"

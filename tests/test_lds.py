@@ -67,3 +67,24 @@ def test_bootstrap_is_seeded_and_brackets_the_estimate():
 def test_predicted_outputs_refuses_missing_rows():
     with pytest.raises(ValueError, match="do not cover"):
         predicted_outputs(np.ones((3, 4), bool), [(0, np.ones((1, 4)))], 2, -1)
+
+
+def test_per_step_lds_of_a_trajectory_score_store_equals_scipy(tmp_path, monkeypatch):
+    """trajectory_lds (§2.12): one LDS per sampling step, each equal to scipy's on that step's scores."""
+    import zarr
+
+    from diffattr.evaluate.table import evaluate_steps
+
+    rng = np.random.default_rng(7)
+    masks, scores, truth = rng.random((10, 8)) < 0.5, rng.normal(size=(4, 6, 8)), rng.normal(size=(10, 6))
+    root = zarr.open_group(str(tmp_path / "steps.zarr"), mode="w")
+    root.attrs["sign"] = -1
+    root.create_array("scores", data=scores.astype(np.float32))
+    root.create_array("timesteps", data=np.array([750, 500, 250, 0]))
+    monkeypatch.setattr("diffattr.evaluate.table.read_pool", lambda path: masks)
+    monkeypatch.setattr("diffattr.evaluate.table.read_ground_truth", lambda path, split: truth)
+    params = {"bootstrap_resamples": 50, "confidence": 0.95, "bootstrap_seed": 0}
+    table = evaluate_steps(str(tmp_path / "steps.zarr"), "masks", "truth", params, str(tmp_path / "t.csv"), block_rows=4)
+    assert list(table["timestep"]) == [750, 500, 250, 0]
+    for s in range(4):
+        assert table["lds"][s] == pytest.approx(scipy_lds(masks, scores[s].astype(np.float32), truth, -1), abs=1e-6)

@@ -107,3 +107,30 @@ def test_gas_sums_weighted_cosines_over_checkpoints(tmp_path):
     expected = sum(w * np.array([[np.dot(x, z) / np.linalg.norm(x) / np.linalg.norm(z) for z in t.astype(float)]
                                  for x in q.astype(float)]) for w, t, q in zip(weights, trains, queries))
     np.testing.assert_allclose(blocks.block(1, 4), expected[1:4], rtol=1e-6)
+
+
+def test_journey_step_scores_equal_the_dense_formula_and_average_to_the_score(tmp_path):
+    """Journey-TRAK (§2.12): τ_s = φ_s(x)ᵀ(ΦᵀΦ + λI)⁻¹Φᵀ per sampling step s with the select-pool λ;
+    the method's gen score, from the step-averaged query features, is the mean of the step scores."""
+    import pandas as pd
+
+    from diffattr.methods.trak import trajectory_scores, trak_scores
+
+    rng = np.random.default_rng(5)
+    phi = rng.normal(size=(9, 4)).astype(np.float32)
+    per_step = rng.normal(size=(3, 6, 4)).astype(np.float32)
+    stores(tmp_path, phi, shard_size=5)
+    write_shard(str(tmp_path / "j.shard"), per_step.mean(axis=1), 0, 3, spec_hash(SPEC),
+                extras={"steps": per_step, "step_timesteps": np.tile(np.arange(500, -1, -100), (3, 1))})
+    gather_features([str(tmp_path / "j.shard")], [(0, 3)], spec_hash(SPEC), tmp_path / "journey.zarr")
+    pd.DataFrame({"set": "gen", "pool": "select", "lambda": [0.1, 0.7], "lds": [0.2, 0.5]}).to_csv(tmp_path / "l.csv")
+    inputs = {"kernel_0": str(tmp_path / "dual.zarr"), "train_0": str(tmp_path / "train.zarr"),
+              "query_0": str(tmp_path / "journey.zarr"), "lambda_0": str(tmp_path / "l.csv")}
+    timesteps = trajectory_scores(inputs, {"query": "journey"}, str(tmp_path / "steps.zarr"), block_rows=2)
+    assert list(timesteps) == [500, 400, 300, 200, 100, 0]
+    got = np.asarray(zarr.open_group(str(tmp_path / "steps.zarr"), mode="r")["scores"][:])
+    inv = dense_inverse(phi, 0.7)
+    for s in range(6):
+        np.testing.assert_allclose(got[s], per_step[:, s].astype(float) @ inv @ phi.T.astype(float), rtol=1e-5, atol=1e-6)
+    blocks = trak_scores(inputs, {"query": "journey"}, "gen")
+    np.testing.assert_allclose(blocks.block(0, 3), got.mean(axis=0), rtol=1e-5, atol=1e-6)

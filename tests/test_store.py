@@ -73,3 +73,24 @@ def test_deleted_truncated_stale_and_unfinished_shards_are_named(tmp_path):
     (Path(paths[0]) / "complete.json").unlink()
     with pytest.raises(ShardError, match="has no completion marker"):
         read_shard(paths[0], h, *ranges[0])
+
+
+def test_per_step_extras_are_gathered_with_the_features_and_checked(tmp_path):
+    """Journey-TRAK's shards carry per-step features; gathering keeps them row-aligned, and a shard
+    whose extra array was altered after its marker is named as corrupted."""
+    rng = np.random.default_rng(1)
+    features, steps = rng.normal(size=(9, 6)).astype(np.float32), rng.normal(size=(9, 3, 6)).astype(np.float32)
+    ranges = shard_ranges(9, 4)
+    paths = [str(tmp_path / f"shard{i}.zarr") for i in range(len(ranges))]
+    for path, (a, b) in zip(paths, ranges):
+        write_shard(path, features[a:b], a, b, spec_hash(SPEC), extras={"steps": steps[a:b]})
+    gather_features(paths, ranges, spec_hash(SPEC), tmp_path / "out.zarr")
+    store = FeatureStore(tmp_path / "out.zarr")
+    np.testing.assert_array_equal(store.read(), features)
+    for s in range(3):
+        np.testing.assert_array_equal(store.read_steps(s, 2, 7), steps[2:7, s])
+    import zarr
+
+    zarr.open_group(paths[1], mode="r+")["steps"][0, 0, 0] = 99.0
+    with pytest.raises(ShardError, match="truncated or corrupted"):
+        gather_features(paths, ranges, spec_hash(SPEC), tmp_path / "again.zarr")

@@ -39,17 +39,21 @@ def test_default_dry_run_lists_the_expected_jobs_without_torch(tmp_path):
         "make_subsets": 3,  # lds, select, retrain
         "train_model": 73,  # full model + 32 lds + 8 select + 32 retrain models
         "generate": 1,
+        "trajectory": 1,  # DDIM x̂₀ path of the generated samples (Journey-TRAK)
         "measure_outputs": 72,  # lds, select and retrain pools
         "gather_ground_truth": 3,
         # loss, square × 5 models (full + 4 ensemble) + loss_c25/50/75, das, dtracin(_c50), retrac(_c50) ×
         # the full model, × 3 splits: trak, trak_ens, relatif, renorm_if, grad_*, tracin*, gas share loss
-        "featurize": 54,
-        "gather_features": 54,
+        # + the generated samples' trajectory features of Journey-TRAK (split "journey")
+        "featurize": 55,
+        "gather_features": 55,
         "kernel": 11,  # k = 2048 > N = 1597: dual form, no partial Grams
         "residuals": 1,  # DAS's training-residual weight
-        "select_lambda": 13,  # 5 single-model kernel methods + (trak_ens, dtrak_ens) × 4 models
-        "score": 52,  # 26 methods × {val, gen}
-        "evaluate_lds": 26,
+        "select_lambda": 14,  # 6 single-model kernel methods + (trak_ens, dtrak_ens) × 4 models
+        "score": 53,  # 26 methods × {val, gen} + Journey-TRAK × {gen}
+        "score_trajectory": 1,  # Journey-TRAK's per-step scores
+        "trajectory_lds": 1,
+        "evaluate_lds": 27,
         "retraining_curve": 2,  # empirical influence, datamodels: LDS vs number of models
         "lds_table": 1,
         "all": 1,
@@ -195,14 +199,23 @@ def test_killed_jobs_restart_and_reproduce_the_uninterrupted_run(smoke):
 
 def test_model_based_methods_get_the_full_model_through_the_workflow(smoke, tmp_path):
     """influence (§2.8) and EK-FAC (§2.9) run as score jobs on the smoke run's full model: their
-    inputs (checkpoint) and params (model config) come from the DAG (sizes cut to seconds here)."""
+    inputs (checkpoint) and params (model config) come from the DAG (sizes cut to seconds here).
+    Journey-TRAK (§2.12) runs from the trajectory to its per-step LDS: gen only, and the mean of its
+    per-step scores is its score (the query feature is the per-step features' mean)."""
     tiny = overlay(tmp_path, "tiny", {
-        "evaluation": {"methods": ["influence_lissa", "ekfac"]},
+        "evaluation": {"methods": ["influence_lissa", "ekfac", "journey_trak"]},
         "methods": {"influence_lissa": {"lissa_depth": 2, "power_iterations": 2, "timesteps": 1, "hvp_vectors": 40},
                     "ekfac": {"fit_draws": 1, "train_draws": 1, "query_draws": 1}}})
     targets = [str(smoke.out / "scores" / m / "val.zarr") for m in ("influence_lissa", "ekfac")]
-    result = snakemake(*targets, "--cores", "2", *smoke.args(tiny))
+    journey = [smoke.out / "eval" / "lds" / "journey_trak.csv", smoke.out / "eval" / "trajectory" / "journey_trak.csv"]
+    result = snakemake(*targets, *map(str, journey), "--cores", "2", *smoke.args(tiny))
     assert result.returncode == 0, result.stderr[-3000:]
+    lds, steps = pd.read_csv(journey[0]), pd.read_csv(journey[1])
+    assert list(lds["set"]) == ["gen"] and not (smoke.out / "scores" / "journey_trak" / "val.zarr").exists()
+    assert list(steps["timestep"]) == list(range(900, -1, -100)) and steps["lds"].between(-1, 1).all()
+    per_step = np.asarray(zarr.open_group(str(smoke.out / "scores" / "journey_trak" / "trajectory.zarr"), mode="r")["scores"][:])
+    np.testing.assert_allclose(per_step.mean(axis=0), read_scores(smoke.out / "scores" / "journey_trak" / "gen.zarr"),
+                               rtol=1e-4, atol=1e-6 * np.abs(per_step).max())
     for target in targets:
         scores = read_scores(Path(target))
         assert scores.shape == (40, 300) and np.isfinite(scores).all()

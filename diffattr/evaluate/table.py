@@ -48,6 +48,28 @@ def evaluate_method(method: str, score_paths: dict[str, str], masks_path: str, t
     return table
 
 
+def evaluate_steps(scores_path: str, masks_path: str, truth_path: str, params: dict[str, Any],
+                   out_path: str, block_rows: int = 256) -> pd.DataFrame:
+    """trajectory_lds: the LDS (with bootstrap) of Journey-TRAK's score at each sampling step on the
+    generated set (METHODS.md §2.12), from the per-step score store of ``score_trajectory``."""
+    import zarr
+
+    masks, truth = read_pool(masks_path), read_ground_truth(truth_path, "gen")
+    root = zarr.open_group(scores_path, mode="r")
+    scores, sign = root["scores"], int(root.attrs["sign"])
+    rows = []
+    for s, t in enumerate(np.asarray(root["timesteps"][:])):
+        blocks = ((a, np.asarray(scores[s, a : a + block_rows])) for a in range(0, scores.shape[1], block_rows))
+        result = bootstrap_lds(predicted_outputs(masks, blocks, scores.shape[1], sign), truth,
+                               params["bootstrap_resamples"], params["confidence"], params["bootstrap_seed"])
+        rows.append({"step": s, "timestep": int(t), "lds": result.lds, "std": result.std,
+                     "ci_low": result.ci_low, "ci_high": result.ci_high})
+    table = pd.DataFrame(rows)
+    with atomic_path(out_path) as tmp:
+        table.to_csv(tmp, index=False)
+    return table
+
+
 def ceiling_rows(reliability: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(
         {"method": "ground_truth_split_half", "kind": "ceiling", "set": reliability["set"],

@@ -103,15 +103,15 @@ def select_lambda(kernel_path: str, train_path: str, query_paths: dict[str, str]
     return curve
 
 
-def trak_scores(inputs: dict[str, str], params: dict[str, Any], query_set: str) -> ScoreBlocks:
-    """Scores averaged over the method's models; inputs ``kernel_i``, ``train_i``, ``query_i``,
-    ``lambda_i`` (and ``residual_i`` for DAS) for model i."""
+def kernel_models(inputs: dict[str, str], params: dict[str, Any], query_set: str) -> tuple[list[tuple], list[float]]:
+    """Per model i of the method (inputs ``kernel_i``, ``train_i``, ``query_i``, ``lambda_i`` and
+    DAS's ``residual_i``): (kernel, K_λ factor at the select-pool λ, train features, query features,
+    w(z)), with the chosen λs."""
     from diffattr.jobs import device
 
     models = sorted({int(k.split("_")[1]) for k in inputs if k.startswith("kernel_")})
     normalize = params.get("normalize", "none")
-    parts = []
-    chosen = []
+    parts, chosen = [], []
     for i in models:
         kernel = Kernel.load(inputs[f"kernel_{i}"], device())
         lam = choose_lambda(pd.read_csv(inputs[f"lambda_{i}"]))[query_set]
@@ -119,6 +119,13 @@ def trak_scores(inputs: dict[str, str], params: dict[str, Any], query_set: str) 
         factor, train = kernel.factor(lam), FeatureStore(inputs[f"train_{i}"])
         weights = column_weights(kernel, factor, train, normalize, read_residual(inputs.get(f"residual_{i}")))
         parts.append((kernel, factor, train, FeatureStore(inputs[f"query_{i}"]), weights))
+    return parts, chosen
+
+
+def trak_scores(inputs: dict[str, str], params: dict[str, Any], query_set: str) -> ScoreBlocks:
+    """Scores averaged over the method's models (:func:`kernel_models`). With ``query: journey`` the
+    query features are Journey-TRAK's step-averaged ones (§2.12)."""
+    parts, chosen = kernel_models(inputs, params, query_set)
     n_queries, n_train = parts[0][3].shape[0], parts[0][0].n_train
 
     def block(start: int, stop: int) -> np.ndarray:
@@ -126,3 +133,26 @@ def trak_scores(inputs: dict[str, str], params: dict[str, Any], query_set: str) 
 
     label = f"λ={chosen[0]:g}" if len(set(chosen)) == 1 else "λ per model: " + ", ".join(f"{c:g}" for c in chosen)
     return ScoreBlocks(n_queries, n_train, block, {"chosen": f"{label} (select pool)", "lambdas": chosen})
+
+
+def trajectory_scores(inputs: dict[str, str], params: dict[str, Any], out_path: str, block_rows: int = 256) -> np.ndarray:
+    """score_trajectory: Journey-TRAK's score at every sampling step s, τ_s(x, z) = φ_s(x)ᵀ K_λ⁻¹ φ(z)·w(z)
+    averaged over the method's models (METHODS.md §2.12: one score vector per step; their mean over
+    steps is the method's score), written as an (S, n, N) float32 array ``scores`` with the steps'
+    ``timesteps``, by row blocks. Returns the timesteps."""
+    parts, chosen = kernel_models(inputs, params, "gen")
+    query = parts[0][3]
+    timesteps = np.asarray(zarr.open_group(query.path, mode="r")["step_timesteps"][0], dtype=np.int64)
+    n_queries, n_train = query.shape[0], parts[0][0].n_train
+    with atomic_path(out_path) as tmp:
+        root = zarr.open_group(str(tmp), mode="w")
+        root.attrs.update({"method": params, "sign": HELPS, "lambdas": chosen})
+        root.create_array("timesteps", data=timesteps)
+        arr = root.create_array("scores", shape=(len(timesteps), n_queries, n_train), dtype="float32",
+                                chunks=(1, min(block_rows, n_queries), n_train))
+        for s in range(len(timesteps)):
+            for start in range(0, n_queries, block_rows):
+                stop = min(start + block_rows, n_queries)
+                arr[s, start:stop] = np.mean([scores_block(k, f, train, q.read_steps(s, start, stop)) * w
+                                              for k, f, train, q, w in parts], axis=0)
+    return timesteps

@@ -7,6 +7,7 @@ jobs a change touches (DESIGN.md "Config"); scripts never read the global config
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -109,10 +110,26 @@ def check_inputs(config: dict[str, Any], base: str | os.PathLike = ".") -> None:
         if method.get("query") == "journey" and "gen" not in config["evaluation"]["sets"]:
             raise ConfigError(f"Config key 'methods.{name}.query' is journey, which attributes generated samples only, "
                               f"but 'evaluation.sets' has no gen.")
+        members = config["subsets"]["pools"].get("encoded", {"count": 0})["count"]
+        if method["kind"] == "encoded" and members < 2:
+            raise ConfigError(f"Config key 'methods.{name}' is an encoded ensemble, which needs "
+                              f"'subsets.pools.encoded.count' models (an even number of at least 2); it is {members}.")
         wanted = _retrain_models_needed(method)
         if wanted > retrain:
             raise ConfigError(f"Config key 'methods.{name}' needs {wanted} retrain-pool models but "
                               f"'subsets.pools.retrain.count' is {retrain}.")
+
+
+def check_encoded_pool(config: dict[str, Any], n_train: int) -> None:
+    """The encoded pool's E models must give every training sample its own balanced code (§2.18)."""
+    members = config["subsets"]["pools"].get("encoded", {"count": 0})["count"]
+    if members == 0:
+        return
+    if members % 2:
+        raise ConfigError(f"Config key 'subsets.pools.encoded.count' is {members}; an encoded ensemble needs an even number of models.")
+    if math.comb(members, members // 2) < n_train:
+        raise ConfigError(f"Config key 'subsets.pools.encoded.count' is {members}, whose {math.comb(members, members // 2)} "
+                          f"balanced codes are fewer than the {n_train} training samples; use more models.")
 
 
 def train_params(config: dict[str, Any], pool: str, subset: int) -> dict[str, Any]:
@@ -122,6 +139,8 @@ def train_params(config: dict[str, Any], pool: str, subset: int) -> dict[str, An
     if pool != "full":
         s = config["subsets"]
         params["subsets"] = {"alpha": s["alpha"], "seed": s["seed"], "stratify": s["stratify"]}
+        if pool == "encoded":  # its masks are the columns of balanced codes for this many models
+            params["subsets"]["count"] = s["pools"]["encoded"]["count"]
     return params
 
 

@@ -6,15 +6,51 @@ Pools have offsets 10 000 apart, so no subset of one pool is drawn with another 
 ``lds`` evaluates, ``select`` tunes hyper-parameters (never the evaluation pool), ``retrain``
 feeds datamodels, empirical influence and ensembles. Each mask is a pure function of
 (labels, α, seed, pool, k), so a training job computes its own and adding subsets adds jobs only.
+
+The ``encoded`` pool is Dai & Gifford's design instead (METHODS.md §2.18): its E models are the
+columns of balanced codes — every training point in exactly E/2 of them, no two points alike
+(:func:`balanced_codes`) — so mask k is a function of (N, E, seed, k) and α is not used.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-POOL_OFFSETS = {"lds": 0, "select": 10_000, "retrain": 20_000}
+POOL_OFFSETS = {"lds": 0, "select": 10_000, "retrain": 20_000, "encoded": 30_000}
 """``random_state`` offset per pool; the ``full`` pool is the whole training set."""
+
+
+def _unrank_combination(rank: int, e: int, k: int) -> np.ndarray:
+    """The combination of ``k`` of range(e) with lexicographic index ``rank``, as a bool row."""
+    row = np.zeros(e, dtype=bool)
+    for position in range(e):
+        if k == 0:
+            break
+        with_position = math.comb(e - position - 1, k - 1)
+        if rank < with_position:
+            row[position] = True
+            k -= 1
+        else:
+            rank -= with_position
+    return row
+
+
+def balanced_codes(n: int, e: int, seed: int) -> np.ndarray:
+    """(n, e) bool codes: n distinct rows with e/2 ones each, drawn uniformly without replacement from
+    the C(e, e/2) balanced codes by ``np.random.default_rng(seed)``; model m trains on
+    {i : codes[i, m]} (METHODS.md §2.18)."""
+    if e < 2 or e % 2:
+        raise ValueError(f"an encoded ensemble needs an even number of models (at least 2), not {e}")
+    count = math.comb(e, e // 2)
+    if count < n:
+        raise ValueError(f"{e} models give {count} codes, fewer than the {n} training samples; use more models")
+    if count > np.iinfo(np.int64).max:
+        raise ValueError(f"{e} models give more balanced codes than numpy can index; use at most 66 models")
+    ranks = np.random.default_rng(seed).choice(count, size=n, replace=False)
+    return np.stack([_unrank_combination(int(r), e, e // 2) for r in ranks]) if n else np.zeros((0, e), dtype=bool)
 
 
 def subset_random_state(seed: int, pool: str, k: int) -> int:
@@ -25,10 +61,16 @@ def subset_random_state(seed: int, pool: str, k: int) -> int:
     return seed + POOL_OFFSETS[pool] + k
 
 
-def subset_mask(labels: np.ndarray, alpha: float, seed: int, pool: str, k: int, stratify: bool = True) -> np.ndarray:
-    """Boolean mask (N,) of subset ``k`` of ``pool``; ``pool == "full"`` keeps everything."""
+def subset_mask(labels: np.ndarray, alpha: float, seed: int, pool: str, k: int, stratify: bool = True,
+                count: int | None = None) -> np.ndarray:
+    """Boolean mask (N,) of subset ``k`` of ``pool``; ``pool == "full"`` keeps everything; the
+    ``encoded`` pool's mask is column k of its ``count`` models' balanced codes."""
     if pool == "full":
         return np.ones(len(labels), dtype=bool)
+    if pool == "encoded":
+        if count is None or not 0 <= k < count:
+            raise ValueError(f"encoded-pool model {k} needs the pool's model count (got {count})")
+        return balanced_codes(len(labels), count, subset_random_state(seed, pool, 0))[:, k]
     rows = np.arange(len(labels))
     chosen, _ = train_test_split(
         rows,
@@ -43,7 +85,11 @@ def subset_mask(labels: np.ndarray, alpha: float, seed: int, pool: str, k: int, 
 
 def pool_masks(labels: np.ndarray, alpha: float, seed: int, pool: str, count: int, stratify: bool = True) -> np.ndarray:
     """(count, N) boolean masks of a pool's first ``count`` subsets."""
-    return np.stack([subset_mask(labels, alpha, seed, pool, k, stratify) for k in range(count)]) if count else np.zeros((0, len(labels)), dtype=bool)
+    if not count:
+        return np.zeros((0, len(labels)), dtype=bool)
+    if pool == "encoded":
+        return balanced_codes(len(labels), count, subset_random_state(seed, pool, 0)).T.copy()
+    return np.stack([subset_mask(labels, alpha, seed, pool, k, stratify) for k in range(count)])
 
 
 def write_pool(data_store: str, params: dict, out_path: str) -> np.ndarray:

@@ -234,7 +234,8 @@ def train_model(data_store: str, params: dict[str, Any], seed: int, checkpoints:
     images = read_images(data_store, "train")
     if params["pool"] != "full":
         s = params["subsets"]
-        mask = subset_mask(read_labels(data_store, "train"), s["alpha"], s["seed"], params["pool"], params["subset"], s["stratify"])
+        mask = subset_mask(read_labels(data_store, "train"), s["alpha"], s["seed"], params["pool"], params["subset"],
+                           s["stratify"], s.get("count"))
         images = images[mask]
     log.info("training %s subset %s seed %d on %d images", params["pool"], params["subset"], seed, len(images))
     return train(images, params["unet"], params["scheduler"], params["train"], seed, checkpoints, log_table, resume_dir)

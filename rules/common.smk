@@ -8,6 +8,7 @@ from snakemake.utils import min_version, validate
 from diffattr.data.sizes import split_sizes
 from diffattr.config import (
     ConfigError,
+    check_encoded_pool,
     check_inputs,
     load_yaml,
     model_params,
@@ -34,6 +35,7 @@ METHODS = config["evaluation"].get("methods") or list(config["methods"])
 SPECS = list(config.get("features", {}))
 SIZES = split_sizes(config["data"], config["generate"])
 SIZES["journey"] = SIZES["gen"]  # one trajectory per generated sample
+check_encoded_pool(config, SIZES["train"])
 CKPT_STEPS = checkpoint_steps(
     config["train"]["steps"], config["train"]["checkpoint_fractions"]
 )
@@ -90,7 +92,7 @@ SLURM = {
 
 
 wildcard_constraints:
-    pool="full|lds|select|retrain",
+    pool="full|lds|select|retrain|encoded",
     subset=r"\d+",
     seed=r"\d+",
     set="|".join(SETS),
@@ -180,7 +182,8 @@ def method_inputs(w):
     """The artifacts a method's kind declares it needs (the generated set only for "gen");
     "kernel_models": kernel, train and query features and chosen λ of each of its models (and DAS's
     residual weights); "feature_models": train and query features of each of its checkpoint specs;
-    "full_model": the full model's final checkpoint (for an embedding method: with the DDPM encoder).
+    "full_model": the full model's final checkpoint (for an embedding method: with the DDPM encoder);
+    "encoded_models": the encoded pool's masks and its members' final checkpoints.
     """
     method = config["methods"][w.method]
     needs = method_kind(method).needs
@@ -195,7 +198,9 @@ def method_inputs(w):
             m = {"pool": pool, "subset": subset, "seed": seed}
             inputs[f"kernel_{i}"] = model_artifact(KERNEL, spec, m)
             inputs[f"train_{i}"] = model_artifact(FEATURES, spec, m, split="train")
-            inputs[f"query_{i}"] = model_artifact(FEATURES, spec, m, split=query_split(w.method, w.set))
+            inputs[f"query_{i}"] = model_artifact(
+                FEATURES, spec, m, split=query_split(w.method, w.set)
+            )
             inputs[f"lambda_{i}"] = LAMBDA_CURVE.format(method=w.method, **m)
             if method.get("residual"):
                 inputs[f"residual_{i}"] = RESIDUAL.format(method=w.method, **m)
@@ -207,6 +212,11 @@ def method_inputs(w):
     if "retrain_truth" in needs:
         inputs["masks"] = SUBSET_MASKS.format(pool="retrain")
         inputs["truth"] = GROUND_TRUTH.format(pool="retrain")
+    if "encoded_models" in needs:
+        inputs["masks"] = SUBSET_MASKS.format(pool="encoded")
+        pool = config["subsets"]["pools"]["encoded"]
+        for k in range(pool["count"]):
+            inputs[f"member_{k}"] = checkpoint("encoded", k, pool["seeds"][0])
     if "full_model" in needs and method.get("encoder", "ddpm") == "ddpm":
         inputs["checkpoint"] = checkpoint("full", 0, config["full_model"]["seeds"][0])
     return inputs
@@ -219,7 +229,9 @@ def journey_inputs(w):
 
 def method_benchmarks(w):
     """Benchmark files of a method's own jobs: scoring, λ selection and residuals of its models."""
-    files = [SCORE_BENCHMARK.format(method=w.method, set=s) for s in method_sets(w.method)]
+    files = [
+        SCORE_BENCHMARK.format(method=w.method, set=s) for s in method_sets(w.method)
+    ]
     if config["methods"][w.method]["kind"] == "trak":
         for pool, subset, seed in method_models(w.method):
             m = {"method": w.method, "pool": pool, "subset": subset, "seed": seed}
@@ -245,6 +257,8 @@ def method_params(method):
         )
     if "full_model" in method_kind(params).needs:
         params |= model_params(config)
+    if "encoded_models" in method_kind(params).needs:
+        params |= model_params(config) | {"ground_truth": config["ground_truth"]}
     return params
 
 
@@ -257,7 +271,9 @@ def method_sets(method):
 
 def query_split(method, set_name):
     """The feature split of a method's queries on an attributed set."""
-    return "journey" if config["methods"][method].get("query") == "journey" else set_name
+    return (
+        "journey" if config["methods"][method].get("query") == "journey" else set_name
+    )
 
 
 def method_spec(method):

@@ -1,6 +1,8 @@
 rule evaluate_lds:
     input:
-        scores=lambda w: [SCORES.format(method=w.method, set=s) for s in method_sets(w.method)],
+        scores=lambda w: [
+            SCORES.format(method=w.method, set=s) for s in method_sets(w.method)
+        ],
         masks=SUBSET_MASKS.format(pool=LDS_POOL),
         truth=GROUND_TRUTH.format(pool=LDS_POOL),
         benchmarks=method_benchmarks,

@@ -51,7 +51,9 @@ rule select_lambda:
             FEATURES, method_spec(w.method), w, split="train"
         ),
         queries=lambda w: [
-            model_artifact(FEATURES, method_spec(w.method), w, split=query_split(w.method, s))
+            model_artifact(
+                FEATURES, method_spec(w.method), w, split=query_split(w.method, s)
+            )
             for s in method_sets(w.method)
         ],
         masks=[SUBSET_MASKS.format(pool=p) for p in ("select", LDS_POOL)],

@@ -50,3 +50,18 @@ def test_snakemake_refuses_bad_config_before_any_job(tmp_path, name, update, sen
     assert result.returncode != 0
     assert sentence in result.stdout + result.stderr
     assert "rule prepare_data" not in result.stdout
+
+
+@pytest.mark.parametrize("count,sentence", [
+    (15, "Config key 'subsets.pools.encoded.count' is 15; an encoded ensemble needs an even number of models."),
+    (12, "Config key 'subsets.pools.encoded.count' is 12, whose 924 balanced codes are fewer than the 1597 training samples; use more models."),
+])
+def test_encoded_pool_must_give_every_sample_its_own_code(count, sentence):
+    """§2.18: E even, C(E, E/2) ≥ N (digits: 1597 training samples, so 12 models are too few, 14 enough)."""
+    from diffattr.config import check_encoded_pool
+
+    pools = {**BASE["subsets"]["pools"], "encoded": {"count": count, "seeds": [0]}}
+    with pytest.raises(ConfigError) as err:
+        check_encoded_pool(merged({"subsets": {"pools": pools}}), 1597)
+    assert str(err.value) == sentence
+    check_encoded_pool(merged({"subsets": {"pools": {**pools, "encoded": {"count": 14, "seeds": [0]}}}}), 1597)

@@ -36,3 +36,20 @@ def test_subsets_reproduce_from_the_seed_and_match_dtrak_recipe():
 
 def test_full_pool_keeps_everything():
     assert subset_mask(LABELS, 0.5, 42, "full", 0).all()
+
+
+def test_encoded_pool_masks_are_the_columns_of_distinct_balanced_codes():
+    """§2.18: every training sample is in exactly E/2 of the E models and no two samples share a code;
+    a training job's own mask (subset_mask) is its column of the pool's codes."""
+    from math import comb
+
+    from diffattr.subsets import balanced_codes
+
+    masks = pool_masks(LABELS, 0.5, 42, "encoded", 10)
+    assert masks.shape == (10, 100) and (masks.sum(axis=0) == 5).all()
+    assert len({col.tobytes() for col in masks.T}) == 100 <= comb(10, 5)
+    assert abs(masks.sum(axis=1) - 50).max() < 15
+    for k in range(10):
+        np.testing.assert_array_equal(subset_mask(LABELS, 0.5, 42, "encoded", k, count=10), masks[k])
+    np.testing.assert_array_equal(balanced_codes(100, 10, 1), balanced_codes(100, 10, 1))
+    assert not np.array_equal(balanced_codes(100, 10, 1), balanced_codes(100, 10, 2))

@@ -36,8 +36,8 @@ def test_default_dry_run_lists_the_expected_jobs_without_torch(tmp_path):
     assert result.returncode == 0, result.stderr
     assert job_counts(result.stdout) == {
         "prepare_data": 1,
-        "make_subsets": 3,  # lds, select, retrain
-        "train_model": 73,  # full model + 32 lds + 8 select + 32 retrain models
+        "make_subsets": 4,  # lds, select, retrain, encoded
+        "train_model": 89,  # full model + 32 lds + 8 select + 32 retrain + 16 encoded-ensemble models
         "generate": 1,
         "trajectory": 1,  # DDIM x̂₀ path of the generated samples (Journey-TRAK)
         "measure_outputs": 72,  # lds, select and retrain pools
@@ -50,10 +50,10 @@ def test_default_dry_run_lists_the_expected_jobs_without_torch(tmp_path):
         "kernel": 11,  # k = 2048 > N = 1597: dual form, no partial Grams
         "residuals": 1,  # DAS's training-residual weight
         "select_lambda": 14,  # 6 single-model kernel methods + (trak_ens, dtrak_ens) × 4 models
-        "score": 53,  # 26 methods × {val, gen} + Journey-TRAK × {gen}
+        "score": 55,  # 27 methods × {val, gen} + Journey-TRAK × {gen}
         "score_trajectory": 1,  # Journey-TRAK's per-step scores
         "trajectory_lds": 1,
-        "evaluate_lds": 27,
+        "evaluate_lds": 28,
         "retraining_curve": 2,  # empirical influence, datamodels: LDS vs number of models
         "lds_table": 1,
         "all": 1,

@@ -1,7 +1,7 @@
 """Encoded ensembles (Dai & Gifford), METHODS.md §2.18.
 
 **Split design.** E models, E even. Training point i gets a distinct balanced code c(i) ∈ {0,1}^E
-with E/2 ones (:func:`balanced_codes`); member m trains on {i : c_m(i) = 1}. So for every i, exactly
+with E/2 ones (:func:`diffattr.subsets.balanced_codes`); member m trains on {i : c_m(i) = 1}. So for every i, exactly
 E/2 members never saw z_i: their mean is the ensemble *without* z_i, at no retraining cost.
 
 **Loss attribution** (the registry scorer, LDS units). With the full-ensemble prediction
@@ -41,36 +41,6 @@ from diffattr.models.ddpm import add_noise, alphas_cumprod
 from diffattr.noise import gaussian_noise
 
 # ------------------------------------------------------------------------------------------ codes
-
-
-def _unrank_combination(rank: int, e: int, k: int) -> np.ndarray:
-    """The combination of ``k`` of range(e) with lexicographic index ``rank``, as a bool row."""
-    row = np.zeros(e, dtype=bool)
-    for position in range(e):
-        if k == 0:
-            break
-        with_position = math.comb(e - position - 1, k - 1)
-        if rank < with_position:
-            row[position] = True
-            k -= 1
-        else:
-            rank -= with_position
-    return row
-
-
-def balanced_codes(n: int, e: int, seed: int) -> np.ndarray:
-    """(n, e) bool codes: n distinct rows with e/2 ones each, drawn uniformly without replacement from
-    the C(e, e/2) balanced codes by ``np.random.default_rng(seed)``; model m trains on
-    {i : codes[i, m]} (METHODS.md §2.18)."""
-    if e < 2 or e % 2:
-        raise ValueError(f"an encoded ensemble needs an even number of models (at least 2), not {e}")
-    count = math.comb(e, e // 2)
-    if count < n:
-        raise ValueError(f"{e} models give {count} codes, fewer than the {n} training samples; use more models")
-    if count > np.iinfo(np.int64).max:
-        raise ValueError(f"{e} models give more balanced codes than numpy can index; use at most 66 models")
-    ranks = np.random.default_rng(seed).choice(count, size=n, replace=False)
-    return np.stack([_unrank_combination(int(r), e, e // 2) for r in ranks]) if n else np.zeros((0, e), dtype=bool)
 
 
 def check_codes(codes: np.ndarray, members: int) -> None:
@@ -202,7 +172,7 @@ def ensemble_sample(
     (``weights``, ``noise``) that ``torch.func`` can differentiate in ``weights``; run it under
     ``torch.no_grad()`` unless back-propagating, or autograd keeps every step's activations.
     """
-    abar = alphas_cumprod(scheduler_config).to(torch.float64).numpy()
+    abar = alphas_cumprod(scheduler_config).tolist()  # Python floats: no numpy under torch.func transforms
     steps = sampling_timesteps(len(abar), timesteps)
     if noise.shape[0] != len(steps) + 1:
         raise ValueError(f"noise has {noise.shape[0]} slices but {len(steps)} sampling steps need {len(steps) + 1}")
@@ -210,12 +180,13 @@ def ensemble_sample(
     weights = weights.to(device=device, dtype=noise.dtype)
     x = noise[0]
     for k, s in enumerate(range(len(steps) - 1, -1, -1), start=1):
-        a_t = float(abar[steps[s]])
-        a_prev = float(abar[steps[s - 1]]) if s > 0 else 1.0
+        a_t = abar[steps[s]]
+        a_prev = abar[steps[s - 1]] if s > 0 else 1.0
         beta = 1.0 - a_t / a_prev
         eps_hat = ensemble_prediction(models, weights, x, int(steps[s]))
         x0_hat = ((x - math.sqrt(1.0 - a_t) * eps_hat) / math.sqrt(a_t)).clamp(-1.0, 1.0)
-        x = (math.sqrt(a_prev) * beta / (1.0 - a_t)) * x0_hat + (math.sqrt(1.0 - beta) * (1.0 - a_prev) / (1.0 - a_t)) * x
+        x0_coef = math.sqrt(a_prev) * beta / (1.0 - a_t)
+        x = x0_coef * x0_hat + (math.sqrt(1.0 - beta) * (1.0 - a_prev) / (1.0 - a_t)) * x
         if s > 0:
             x = x + math.sqrt(beta * (1.0 - a_prev) / (1.0 - a_t)) * noise[k]
     return x
@@ -330,7 +301,8 @@ def encoded_method_scores(inputs: dict[str, str], params: dict[str, Any], query_
     masks = read_pool(inputs["masks"]).astype(bool)
     n_train = len(read_images(inputs["data"], "train"))
     if masks.shape != (len(paths), n_train):
-        raise ValueError(f"masks of shape {masks.shape} do not match {len(paths)} members × {n_train} training samples")
+        raise ValueError(f"masks of shape {masks.shape} do not match {len(paths)} members × "
+                         f"{n_train} training samples")
     codes = masks.T
     check_codes(codes, len(paths))
     where = device()

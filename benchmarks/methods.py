@@ -3,10 +3,11 @@
     python benchmarks/methods.py                         # the default run (config.yaml, results/)
     python benchmarks/methods.py config/smoke.yaml       # a run with an overlay config
 
-Per method: its own jobs (scoring, λ selection, DAS residuals) and the feature jobs it reads
-(featurize, gather, partial Grams and kernels of its specs on its models). Feature jobs are shared:
-a spec used by several methods is counted in full for each of them (``shared_s``), since each would
-pay it alone. Peak memory is the largest ``max_rss`` (MB) over all those jobs. For EK-FAC against
+Per method: its own jobs (scoring, λ selection, DAS residuals, Journey-TRAK's per-step scores) and
+the jobs it reads: feature jobs (featurize, gather, partial Grams and kernels of its specs on its
+models; Journey-TRAK's trajectory), and for the retraining family and the encoded ensemble the
+training (and measuring) of the retrained models they need. Those jobs are shared: a spec used by
+several methods is counted in full for each of them (``shared_s``), since each would pay it alone. Peak memory is the largest ``max_rss`` (MB) over all those jobs. For EK-FAC against
 kronfluence-as-is and dattri on the same model see ``benchmarks/ekfac.py``.
 """
 
@@ -45,6 +46,7 @@ def method_table(config: dict) -> pd.DataFrame:
         method = config["methods"][name]
         own = [out / "score" / name / f"{s}.tsv" for s in config["evaluation"]["sets"]]
         own += list((out / "select_lambda" / name).rglob("*.tsv")) + list((out / "residuals" / name).rglob("*.tsv"))
+        own += [out / "score_trajectory" / f"{name}.tsv"]
         specs = method.get("features", [])
         specs = [specs] if isinstance(specs, str) else specs
         models = method.get("models", {"pool": "full", "count": 1}) if isinstance(method.get("models"), dict) else None
@@ -57,6 +59,13 @@ def method_table(config: dict) -> pd.DataFrame:
             for key in keys:
                 for rule in ("featurize", "gather_features", "gram_partial", "kernel"):
                     shared += list((out / rule / spec / key).rglob("*.tsv")) + [out / rule / spec / f"{key}.tsv"]
+        if method.get("query") == "journey":
+            shared.append(out / "trajectory.tsv")
+        if method["kind"] == "retraining":
+            for k in range(method["models"]):
+                shared += [out / rule / "retrain" / str(k) / "seed0.tsv" for rule in ("train_model", "measure_outputs")]
+        if method["kind"] == "encoded":
+            shared += list((out / "train_model" / "encoded").rglob("*.tsv"))
         own_s, own_rss = _read(own)
         shared_s, shared_rss = _read(shared)
         rows.append({"method": name, "kind": method["kind"], "own_s": own_s, "shared_s": shared_s,

@@ -1,0 +1,234 @@
+"""The ``diffattr`` command: a thin front end to the Snakemake workflow and to :mod:`diffattr.show`.
+
+    diffattr run [--config FILE ...] [--profile local|slurm|PATH] [--cores N] [--workdir DIR] [-- SNAKEMAKE ARGS]
+    diffattr dry-run [same options]                     (snakemake -n --quiet rules: the job table)
+    diffattr report [--config FILE ...] [--profile ...] [--output FILE]
+    diffattr show-attribution --sample N --method M [--set val|gen] [--top K] [--config FILE ...] [--output PNG]
+
+Snakemake runs as ``sys.executable -m snakemake`` in the workflow directory (the one holding the
+Snakefile: this checkout by default, ``--workdir`` otherwise). Its ``--configfile`` takes every
+argument that follows it, so the command always ends with ``--configfile FILE ...``; targets and
+other options passed after ``--`` come first. Config files layer over the workflow's ``config.yaml``
+exactly as Snakemake layers them (:func:`merge_configs`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import shlex
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+"""The checkout this package lives in: the default workflow directory."""
+PROFILES = ("local", "slurm")
+"""Profiles shipped under ``profiles/`` (``--profile`` also takes a path)."""
+
+
+class CliError(ValueError):
+    """A usage problem, stated in one sentence (exit code 2)."""
+
+
+def merge_configs(*configs: Mapping[str, Any]) -> dict[str, Any]:
+    """Layer configs as Snakemake layers several config files: later values override earlier
+    ones, mappings are merged key by key recursively, anything else (lists included) is replaced.
+    Returns a new dict; the inputs are not modified."""
+    merged: dict[str, Any] = {}
+    for config in configs:
+        for key, value in config.items():
+            if isinstance(value, Mapping):
+                base = merged.get(key)
+                merged[key] = merge_configs(base if isinstance(base, Mapping) else {}, value)
+            else:
+                merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def workflow_dir(workdir: str | os.PathLike | None = None) -> Path:
+    """The directory holding the Snakefile: ``workdir``, or this package's checkout."""
+    path = Path(workdir).resolve() if workdir is not None else REPO
+    if not (path / "Snakefile").is_file():
+        raise CliError(f"There is no Snakefile in {path}: pass --workdir pointing at the diffattr workflow directory.")
+    return path
+
+
+def resolve_config_files(files: Sequence[str], workdir: Path, cwd: Path | None = None) -> list[Path]:
+    """Absolute paths of ``files``: a relative path is looked up in the current directory first,
+    then in the workflow directory (where ``config/smoke.yaml`` lives)."""
+    cwd = Path.cwd() if cwd is None else cwd
+    resolved = []
+    for name in files:
+        path = Path(name).expanduser()
+        candidates = [path] if path.is_absolute() else [cwd / path, workdir / path]
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            raise CliError(f"Config file {name!r} does not exist (looked in {' and '.join(str(c.parent) for c in candidates)}).")
+        resolved.append(found.resolve())
+    return resolved
+
+
+def resolve_profile(profile: str, workdir: Path) -> Path:
+    """``local`` / ``slurm`` → ``{workdir}/profiles/{name}``; anything else is a profile directory."""
+    path = workdir / "profiles" / profile if profile in PROFILES else Path(profile).expanduser().resolve()
+    if not (path / "config.yaml").is_file():
+        raise CliError(f"Profile {profile!r} has no config.yaml at {path}; use local, slurm or a profile directory.")
+    return path
+
+
+def load_config(workdir: Path, configfiles: Sequence[str | os.PathLike]) -> dict[str, Any]:
+    """The workflow's ``config.yaml`` (when present) with ``configfiles`` layered over it."""
+    from diffattr.config import load_yaml
+
+    import yaml
+
+    base = workdir / "config.yaml"
+    paths = [base, *configfiles] if base.is_file() else list(configfiles)
+    layers = []
+    for path in paths:
+        try:
+            layer = load_yaml(path)
+        except yaml.YAMLError as error:
+            raise CliError(f"Config file {path} is not valid YAML ({str(error).splitlines()[0]}).") from None
+        if not isinstance(layer, Mapping):
+            raise CliError(f"Config file {path} must hold a mapping of config keys, not a {type(layer).__name__}.")
+        layers.append(layer)
+    return merge_configs(*layers)
+
+
+def output_dir(config: Mapping[str, Any], workdir: Path) -> Path:
+    """The config's ``output_dir``, relative to the workflow directory as Snakemake reads it."""
+    if not config.get("output_dir"):
+        raise CliError("The config sets no 'output_dir', so there is nowhere to look for results.")
+    return workdir / str(config["output_dir"])
+
+
+def snakemake_command(profile: str | os.PathLike, configfiles: Sequence[str | os.PathLike] = (),
+                      cores: int | None = None, dry_run: bool = False, report: str | os.PathLike | None = None,
+                      extra: Sequence[str] = (), python: str | None = None) -> list[str]:
+    """The Snakemake command line: ``python -m snakemake EXTRA --profile P [--cores N] [-n --quiet
+    rules] [--report FILE] [--configfile FILE ...]``, with ``--configfile`` and its files last because
+    it swallows every argument after it."""
+    for arg in extra:
+        if arg.split("=", 1)[0] in ("--configfile", "--configfiles"):
+            raise CliError("Pass config files with --config before '--', not as a snakemake argument after it.")
+    cmd = [python or sys.executable, "-m", "snakemake", *extra, "--profile", str(profile)]
+    if cores is not None:
+        cmd += ["--cores", str(cores)]
+    if dry_run:
+        cmd += ["-n", "--quiet", "rules"]
+    if report is not None:
+        cmd += ["--report", str(report)]
+    if configfiles:
+        cmd += ["--configfile", *(str(f) for f in configfiles)]
+    return cmd
+
+
+def run_command(cmd: Sequence[str], cwd: Path) -> int:
+    """Print ``cmd`` (one shell-quoted line, with its directory) and run it; its exit status.
+    Ctrl-C reaches Snakemake too, which is then waited for so it can clean up."""
+    print(f"cd {shlex.quote(str(cwd))} && {shlex.join(cmd)}", flush=True)
+    proc = subprocess.Popen(list(cmd), cwd=cwd)
+    while True:
+        try:
+            code = proc.wait()
+            break
+        except KeyboardInterrupt:
+            continue
+    return code if code >= 0 else 128 - code
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", nargs="+", action="extend", default=[], metavar="FILE",
+                        help="config files layered over the workflow's config.yaml, in order")
+    parser.add_argument("--workdir", metavar="DIR", help="workflow directory holding the Snakefile (default: this checkout)")
+
+
+def _workflow_options(parser: argparse.ArgumentParser, cores: bool = True) -> None:
+    _common(parser)
+    parser.add_argument("--profile", default="local", help="local (default), slurm, or a profile directory")
+    if cores:
+        parser.add_argument("--cores", type=int, metavar="N", help="cores for local jobs (default: the profile's)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``diffattr`` (Snakemake arguments go after ``--``)."""
+    parser = argparse.ArgumentParser(
+        prog="diffattr", description="Training-data attribution for diffusion models (a Snakemake workflow).",
+        epilog="Arguments after '--' go to snakemake unchanged (targets, --forcerun, ...).")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _workflow_options(sub.add_parser("run", help="run the workflow (snakemake)"))
+    _workflow_options(sub.add_parser("dry-run", help="list the jobs a run would execute (snakemake -n)"))
+    report = sub.add_parser("report", help="write Snakemake's HTML report of the last run")
+    _workflow_options(report, cores=False)
+    report.add_argument("--output", metavar="FILE", help="report file (default: {output_dir}/report.html)")
+    show = sub.add_parser("show-attribution", help="print and draw the training images that most and least explain one sample")
+    _common(show)
+    show.add_argument("--sample", type=int, required=True, metavar="N", help="row of the attributed set")
+    show.add_argument("--method", required=True, metavar="M", help="a method name of the config's methods block")
+    show.add_argument("--set", default="val", metavar="val|gen", help="attributed set (default: val)")
+    show.add_argument("--top", type=int, default=10, metavar="K", help="proponents and opponents to show (default: 10)")
+    show.add_argument("--output", metavar="PNG", help="PNG path (default: {output_dir}/attribution/{method}_{set}_{N}.png)")
+    return parser
+
+
+def _snakemake(args: argparse.Namespace, extra: list[str]) -> int:
+    workdir = workflow_dir(args.workdir)
+    configfiles = resolve_config_files(args.config, workdir)
+    profile = resolve_profile(args.profile, workdir)
+    report = None
+    if args.command == "report":
+        if args.output:
+            report = Path(args.output).expanduser().resolve()
+        else:
+            report = output_dir(load_config(workdir, configfiles), workdir) / "report.html"
+        report.parent.mkdir(parents=True, exist_ok=True)
+    cmd = snakemake_command(profile, configfiles, cores=getattr(args, "cores", None),
+                            dry_run=args.command == "dry-run", report=report, extra=extra)
+    return run_command(cmd, workdir)
+
+
+def _show_attribution(args: argparse.Namespace) -> int:
+    from diffattr.show import show_attribution
+
+    workdir = Path(args.workdir).resolve() if args.workdir else REPO
+    config = load_config(workdir, resolve_config_files(args.config, workdir))
+    png = Path(args.output).expanduser().resolve() if args.output else None
+    shown = show_attribution(output_dir(config, workdir), args.method, args.set, args.sample, args.top, png,
+                             configured_methods=list(config.get("methods") or {}) or None)
+    print(shown.table)
+    print(f"\nwrote {shown.png}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``diffattr``; returns the exit status (Snakemake's for the workflow commands,
+    2 with a one-sentence message on stderr for a usage problem)."""
+    from diffattr.show import ShowError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, extra = argv[:cut], argv[cut + 1 :]
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # argparse has printed its usage message
+        return exit_.code if isinstance(exit_.code, int) else 2
+    try:
+        if args.command == "show-attribution":
+            if extra:
+                raise CliError("show-attribution takes no arguments after '--'.")
+            return _show_attribution(args)
+        return _snakemake(args, extra)
+    except (CliError, ShowError) as error:
+        print(f"diffattr: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

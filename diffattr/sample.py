@@ -49,7 +49,8 @@ def ddim_trajectory(
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """DDIM from the per-image initial noise: (images (n, C, H, W) in [−1, 1], x̂₀ at every step
     (n, S, C, H, W) clamped to [−1, 1] — diffusers' ``pred_original_sample``, the trajectory
-    Journey-TRAK attributes (METHODS.md §2.12) — or None unless ``record``, the S timesteps)."""
+    Journey-TRAK attributes (METHODS.md §2.12) — or None unless ``record``, the S timesteps).
+    Image i starts from :func:`initial_noise` of its seed, so it does not depend on its batch."""
     cfg = model.config
     shape = (cfg.in_channels, cfg.sample_size, cfg.sample_size)
     scheduler = DDIMScheduler.from_config(build_scheduler(scheduler_config).config)
@@ -77,19 +78,6 @@ def ddim_trajectory(
             scheduler.timesteps.cpu().numpy().astype(np.int64))
 
 
-def ddim_sample(
-    model: torch.nn.Module,
-    scheduler_config: dict[str, Any],
-    seeds: np.ndarray,
-    steps: int,
-    eta: float,
-    batch_size: int,
-    device: str = "cpu",
-) -> np.ndarray:
-    """float32 images (n, C, H, W) in [−1, 1], one per seed."""
-    return ddim_trajectory(model, scheduler_config, seeds, steps, eta, batch_size, device, record=False)[0]
-
-
 def generate_set(model_path: str, params: dict[str, Any], store_path: str, table_path: str, device: str = "cpu") -> np.ndarray:
     """generate: the ``gen`` attributed set, quantised to 8 bits as a PNG save would (§7.6), with a
     table of per-image seeds."""
@@ -103,7 +91,8 @@ def generate_set(model_path: str, params: dict[str, Any], store_path: str, table
     cfg = GenerateConfig(**params["generate"])
     model = load_unet(model_path, params["unet"], device)
     seeds = image_seeds(cfg.seed, cfg.count)
-    images = to_uint8(ddim_sample(model, params["scheduler"], seeds, cfg.steps, cfg.eta, cfg.batch_size, device))
+    images = to_uint8(ddim_trajectory(model, params["scheduler"], seeds, cfg.steps, cfg.eta, cfg.batch_size, device,
+                                      record=False)[0])
     labels = np.full(len(images), -1, dtype=np.int64)
     write_image_store(store_path, {"gen": ImageSet(images, labels, [f"ddim:seed{s}" for s in seeds], [])})
     with atomic_path(table_path) as tmp:

@@ -7,7 +7,7 @@ import torch
 from diffattr.data import ImageSet
 from diffattr.data.store import to_uint8, write_image_store
 from diffattr.models.ddpm import build_unet, save_weights
-from diffattr.sample import ddim_sample, ddim_trajectory, image_seeds, read_trajectory, record_trajectory
+from diffattr.sample import ddim_trajectory, image_seeds, read_trajectory, record_trajectory
 
 UNET = {"sample_size": 8, "in_channels": 1, "out_channels": 1, "block_out_channels": [8, 16], "layers_per_block": 1,
         "norm_num_groups": 4, "down_block_types": ["DownBlock2D", "DownBlock2D"], "up_block_types": ["UpBlock2D", "UpBlock2D"]}
@@ -27,7 +27,7 @@ def test_trajectory_x0_is_the_denoised_state_and_ends_at_the_sample():
     seeds = image_seeds(0, 3)
     images, trajectory, timesteps = ddim_trajectory(model, SCHEDULER, seeds, 5, 0.0, 2)
     assert trajectory.shape == (3, 5, 1, 8, 8) and list(timesteps) == [800, 600, 400, 200, 0]
-    np.testing.assert_array_equal(images, ddim_sample(model, SCHEDULER, seeds, 5, 0.0, 2))
+    np.testing.assert_array_equal(images, ddim_trajectory(model, SCHEDULER, seeds, 5, 0.0, 2, record=False)[0])
     np.testing.assert_allclose(trajectory[:, -1], images, atol=1e-5)
     abar = build_scheduler(SCHEDULER).alphas_cumprod
     scheduler = DDIMScheduler.from_config(build_scheduler(SCHEDULER).config)
@@ -46,7 +46,7 @@ def test_recorded_trajectory_must_end_at_the_generated_store(tmp_path):
     model = build_unet(UNET).eval()
     save_weights(model, tmp_path / "model.safetensors", {})
     params = {"unet": UNET, "scheduler": SCHEDULER, "generate": {"count": 4, "steps": 3, "seed": 0}}
-    images = ddim_sample(model, SCHEDULER, image_seeds(0, 4), 3, 0.0, 4)
+    images = ddim_trajectory(model, SCHEDULER, image_seeds(0, 4), 3, 0.0, 4, record=False)[0]
     write_image_store(tmp_path / "gen.zarr", {"gen": ImageSet(to_uint8(images), np.full(4, -1), ["g"] * 4, [])})
     trajectory = record_trajectory(str(tmp_path / "model.safetensors"), params, str(tmp_path / "gen.zarr"),
                                    str(tmp_path / "trajectory.zarr"))

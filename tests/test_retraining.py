@@ -168,3 +168,13 @@ def test_lds_vs_models_checks_its_arguments():
         lds_vs_models(masks, outputs, eval_masks, eval_truth, [10], "trak")
     with pytest.raises(ValueError, match="evaluation ground truth has 2 queries"):
         lds_vs_models(masks, outputs, eval_masks, eval_truth[:, :2], [10], "datamodels")
+
+
+def test_lds_vs_models_fits_fewer_models_than_folds_leave_one_out():
+    """A curve point with M' < K models (e.g. 4 models, 5 folds) uses M' folds, and says so."""
+    masks, outputs, eval_masks, eval_truth, _, _ = planted(40, 12, 3, noise=0.5, seed=3, eval_m=16)
+    table = lds_vs_models(masks, outputs, eval_masks, eval_truth, [4, 40], "datamodels", cv=5)
+    assert list(table["cv"]) == [4, 5]
+    pred = eval_masks @ datamodels(masks[:4], outputs[:4], cv=4).T
+    expected = np.mean([spearmanr(pred[:, x], eval_truth[:, x]).statistic for x in range(3)])
+    assert table["lds"].iloc[0] == pytest.approx(expected, abs=1e-12)

@@ -279,12 +279,14 @@ def lds_vs_models(masks: np.ndarray, outputs: np.ndarray, eval_masks: np.ndarray
         eval_truth: (M_eval × Q) ground truth y_m(x) of the evaluation pool.
         counts: numbers of retrain models M' to use (each ≤ M), in any order.
         method: ``"empirical_influence"``, ``"datamodels"`` or a sequence of both.
-        alphas, cv: the datamodel α grid and folds.
+        alphas, cv: the datamodel α grid and folds; with fewer than ``cv`` models (M' < K) the fit
+            uses M' folds (leave-one-out), recorded in the ``cv`` column.
 
     Returns:
         One row per (method, M'): ``method``, ``n_models``, ``lds``, ``std``, ``ci_low``,
-        ``ci_high``, ``n_queries``, ``fit_seconds`` and, for datamodels, ``alpha=<α>`` columns with
-        the number of queries that chose each α (NaN for empirical influence).
+        ``ci_high``, ``n_queries``, ``fit_seconds``, ``cv`` (folds used, NaN for empirical
+        influence) and, for datamodels, ``alpha=<α>`` columns with the number of queries that
+        chose each α (NaN for empirical influence).
     """
     methods = (method,) if isinstance(method, str) else tuple(method)
     unknown = [m for m in methods if m not in METHODS]
@@ -312,13 +314,13 @@ def lds_vs_models(masks: np.ndarray, outputs: np.ndarray, eval_masks: np.ndarray
     for name in methods:
         for count in counts:
             start = time.perf_counter()
-            extra: dict[str, float] = {f"alpha={a:g}": np.nan for a in grid}
+            extra: dict[str, float] = {"cv": np.nan} | {f"alpha={a:g}": np.nan for a in grid}
             if name == "empirical_influence":
                 scores = empirical_influence(masks[:count], outputs[:count])
             else:
-                fit = fit_datamodels(masks[:count], outputs[:count], grid, cv)
+                fit = fit_datamodels(masks[:count], outputs[:count], grid, min(int(cv), count))
                 scores = fit.weights
-                extra = {f"alpha={a:g}": n for a, n in fit.alpha_counts().items()}
+                extra = {"cv": fit.n_folds} | {f"alpha={a:g}": n for a, n in fit.alpha_counts().items()}
             seconds = time.perf_counter() - start
             pred = predicted_outputs(eval_masks, [(0, scores)], n_queries, LOSS_UNITS)
             res = bootstrap_lds(pred, eval_truth, resamples, confidence, seed)

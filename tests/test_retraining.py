@@ -178,3 +178,12 @@ def test_lds_vs_models_fits_fewer_models_than_folds_leave_one_out():
     pred = eval_masks @ datamodels(masks[:4], outputs[:4], cv=4).T
     expected = np.mean([spearmanr(pred[:, x], eval_truth[:, x]).statistic for x in range(3)])
     assert table["lds"].iloc[0] == pytest.approx(expected, abs=1e-12)
+
+
+def test_lds_vs_models_marks_undefined_empirical_influence_instead_of_failing():
+    """EI needs every sample both in and out of some model: with 2 models that fails for most
+    samples, so that curve point is NaN with the reason, and the others are computed."""
+    masks, outputs, eval_masks, eval_truth, _, _ = planted(40, 12, 3, noise=0.5, seed=4, eval_m=16)
+    table = lds_vs_models(masks, outputs, eval_masks, eval_truth, [2, 40], "empirical_influence")
+    assert np.isnan(table["lds"].iloc[0]) and "are in all of the 2 subsets" in table["note"].iloc[0]
+    assert table["note"].iloc[1] == "" and table["lds"].iloc[1] > 0.5

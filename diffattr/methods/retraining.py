@@ -285,7 +285,8 @@ def lds_vs_models(masks: np.ndarray, outputs: np.ndarray, eval_masks: np.ndarray
     Returns:
         One row per (method, M'): ``method``, ``n_models``, ``lds``, ``std``, ``ci_low``,
         ``ci_high``, ``n_queries``, ``fit_seconds``, ``cv`` (folds used, NaN for empirical
-        influence) and, for datamodels, ``alpha=<α>`` columns with the number of queries that
+        influence), ``note`` (why an empirical-influence point is NaN: with few models some sample is
+        in all or none of them, so EI is undefined) and, for datamodels, ``alpha=<α>`` columns with the number of queries that
         chose each α (NaN for empirical influence).
     """
     methods = (method,) if isinstance(method, str) else tuple(method)
@@ -316,7 +317,13 @@ def lds_vs_models(masks: np.ndarray, outputs: np.ndarray, eval_masks: np.ndarray
             start = time.perf_counter()
             extra: dict[str, float] = {"cv": np.nan} | {f"alpha={a:g}": np.nan for a in grid}
             if name == "empirical_influence":
-                scores = empirical_influence(masks[:count], outputs[:count])
+                try:
+                    scores = empirical_influence(masks[:count], outputs[:count])
+                except ValueError as err:  # too few models: some sample is in all (or none) of them
+                    rows.append({"method": name, "n_models": count, "lds": np.nan, "std": np.nan, "ci_low": np.nan,
+                                 "ci_high": np.nan, "n_queries": n_queries, "fit_seconds": np.nan, **extra,
+                                 "note": str(err)})
+                    continue
             else:
                 fit = fit_datamodels(masks[:count], outputs[:count], grid, min(int(cv), count))
                 scores = fit.weights
@@ -325,7 +332,7 @@ def lds_vs_models(masks: np.ndarray, outputs: np.ndarray, eval_masks: np.ndarray
             pred = predicted_outputs(eval_masks, [(0, scores)], n_queries, LOSS_UNITS)
             res = bootstrap_lds(pred, eval_truth, resamples, confidence, seed)
             rows.append({"method": name, "n_models": count, "lds": res.lds, "std": res.std, "ci_low": res.ci_low,
-                         "ci_high": res.ci_high, "n_queries": n_queries, "fit_seconds": seconds, **extra})
+                         "ci_high": res.ci_high, "n_queries": n_queries, "fit_seconds": seconds, **extra, "note": ""})
     return pd.DataFrame(rows)
 
 

@@ -18,7 +18,7 @@ import yaml
 import zarr
 
 from conftest import REPO, Smoke
-from workflow import SNAKEMAKE, job_counts, overlay, planned_jobs, snakemake
+from workflow import SNAKEMAKE, job_counts, overlay, planned_jobs, snakemake, snakemake_concurrently
 
 pytestmark = pytest.mark.workflow
 
@@ -60,20 +60,20 @@ def test_default_dry_run_lists_the_expected_jobs_without_torch(tmp_path):
     }
 
 
-@pytest.mark.parametrize("profile,configs", [(None, ["config/smoke.yaml"]), (None, ["config/cifar2.yaml"]),
-                                             ("profiles/slurm", []), ("profiles/local", [])],
-                         ids=["smoke", "cifar2", "slurm-profile", "local-profile"])
-def test_every_shipped_config_dry_runs_in_seconds_without_torch_or_data(profile, configs, tmp_path):
+def test_every_shipped_config_dry_runs_in_seconds_without_torch_or_data(tmp_path):
+    """smoke, cifar2 (an empty CIFAR folder: the dry-run must not read it), the SLURM and local profiles."""
     cifar = tmp_path / "cifar-10-batches-py"
-    cifar.mkdir()  # an empty folder: the dry-run must not read it
-    paths = overlay(tmp_path, "paths", {"output_dir": str(tmp_path / "out"), "data": {"path": str(cifar)}}
-                    if configs == ["config/cifar2.yaml"] else {"output_dir": str(tmp_path / "out")})
-    args = (["--profile", profile] if profile else []) + ["--configfile", *configs, paths]
+    cifar.mkdir()
+    out = overlay(tmp_path, "out", {"output_dir": str(tmp_path / "out")})
+    paths = overlay(tmp_path, "paths", {"output_dir": str(tmp_path / "out"), "data": {"path": str(cifar)}})
+    runs = [("-n", "--configfile", "config/smoke.yaml", out), ("-n", "--configfile", "config/cifar2.yaml", paths),
+            ("-n", "--profile", "profiles/slurm", "--configfile", out), ("-n", "--profile", "profiles/local", "--configfile", out)]
     start = time.perf_counter()
-    result = snakemake("-n", *args, env=torch_blocker(tmp_path), timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert time.perf_counter() - start < 30
-    assert job_counts(result.stdout)["train_model"] > 0
+    results = snakemake_concurrently(runs, env=torch_blocker(tmp_path), timeout=120)
+    assert time.perf_counter() - start < 60  # four at once on 2 cores
+    for result in results:
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert job_counts(result.stdout)["train_model"] > 0
 
 
 def test_smoke_run_end_to_end(smoke):
@@ -98,25 +98,32 @@ def test_smoke_run_end_to_end(smoke):
     assert len(list((smoke.out / "kernels" / "loss" / "full" / "0" / "seed0" / "gram").iterdir())) == 2
 
 
-def changed_jobs(smoke: Smoke, tmp: Path, name: str, change: dict) -> list[tuple[str, dict]]:
-    result = snakemake("-n", *smoke.args(overlay(tmp, name, change)), timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
-    return [(rule, w) for rule, w in planned_jobs(result.stdout) if rule != "all"]
+def changed_jobs(smoke: Smoke, tmp: Path, changes: dict[str, dict]) -> dict[str, list[tuple[str, dict]]]:
+    """The jobs a dry-run plans after each change (dry-runs of all changes at once)."""
+    runs = [("-n", *smoke.args(overlay(tmp, name, change))) for name, change in changes.items()]
+    planned = {}
+    for name, result in zip(changes, snakemake_concurrently(runs, timeout=120)):
+        assert result.returncode == 0, result.stderr[-2000:]
+        planned[name] = [(rule, w) for rule, w in planned_jobs(result.stdout) if rule != "all"]
+    return planned
 
 
 def test_a_changed_knob_reruns_only_what_it_touches(smoke, tmp_path):
+    planned = changed_jobs(smoke, tmp_path, {"a": {"methods": {"trak": {"lambdas": [0.01, 1.0]}}},
+                                             "b": {"features": {"loss": {"projection": {"dim": 128}}}},
+                                             "c": {"evaluation": {"lds": {"bootstrap_resamples": 32}}}})
     # (a) one method's λ grid: its λ selection, scores and evaluation only
-    jobs = changed_jobs(smoke, tmp_path, "a", {"methods": {"trak": {"lambdas": [0.01, 1.0]}}})
+    jobs = planned["a"]
     assert {r for r, _ in jobs} == {"select_lambda", "score", "evaluate_lds", "lds_table"}
     assert {w.get("method") for r, w in jobs if r != "lds_table"} == {"trak"}
     # (b) one feature spec's projection dim: that spec's features, kernels and its methods only
-    jobs = changed_jobs(smoke, tmp_path, "b", {"features": {"loss": {"projection": {"dim": 128}}}})
+    jobs = planned["b"]
     assert {r for r, _ in jobs} == {"featurize", "gather_features", "gram_partial", "kernel", "select_lambda",
                                     "score", "evaluate_lds", "lds_table"}
     assert {w["spec"] for r, w in jobs if "spec" in w} == {"loss"}
     assert {w["method"] for r, w in jobs if "method" in w} == {"trak", "trak_ens", "relatif", "grad_cos", "tracin", "gas"}
     # (c) the LDS bootstrap count: evaluation only
-    jobs = changed_jobs(smoke, tmp_path, "c", {"evaluation": {"lds": {"bootstrap_resamples": 32}}})
+    jobs = planned["c"]
     assert {r for r, _ in jobs} == {"evaluate_lds", "lds_table"}
     never = {"train_model", "measure_outputs", "prepare_data", "generate"}
     # (a) for real: outputs it does not touch keep their mtimes

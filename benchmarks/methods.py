@@ -17,17 +17,8 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
-
-def _merged(paths: list[str]) -> dict:
-    def merge(a: dict, b: dict) -> dict:
-        return {**a, **{k: merge(a[k], v) if isinstance(v, dict) and isinstance(a.get(k), dict) else v for k, v in b.items()}}
-
-    config: dict = {}
-    for path in paths:
-        config = merge(config, yaml.safe_load(Path(path).read_text()))
-    return config
+from diffattr.cli import REPO, load_config
 
 
 def _read(paths: list[Path]) -> tuple[float, float]:
@@ -75,5 +66,5 @@ def method_table(config: dict) -> pd.DataFrame:
 
 
 if __name__ == "__main__":
-    table = method_table(_merged(["config.yaml", *sys.argv[1:]]))
+    table = method_table(load_config(REPO, sys.argv[1:]))
     print(table.round(1).to_string(index=False))

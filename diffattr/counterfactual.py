@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import fields, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -245,22 +245,13 @@ def mean_losses(model: torch.nn.Module, images: np.ndarray, split: str, pairs: n
 # ---------------------------------------------------------------------------------- regenerating
 
 
-def generate_config(params: dict[str, Any]) -> Any:
-    """The :class:`diffattr.sample.GenerateConfig` of ``params["generate"]`` (keys that are not
-    its fields, such as the workflow's ``model_seed``, are ignored)."""
-    from diffattr.sample import GenerateConfig
-
-    names = {f.name for f in fields(GenerateConfig)}
-    return GenerateConfig(**{k: v for k, v in params["generate"].items() if k in names})
-
-
 def regenerate(model: torch.nn.Module, params: dict[str, Any], seeds: np.ndarray, device: str = "cpu") -> np.ndarray:
     """Float images (n, C, H, W) in [−1, 1] from the per-image initial noise of ``seeds`` with the
     ``generate`` block's DDIM sampler (steps, η, batch size) and ``params["scheduler"]`` (§4.5 step 4);
     each image depends on its own seed only."""
-    from diffattr.sample import ddim_trajectory
+    from diffattr.sample import GenerateConfig, ddim_trajectory
 
-    cfg = generate_config(params)
+    cfg = GenerateConfig(**params["generate"])
     seeds = np.asarray(seeds, dtype=np.int64).reshape(-1)
     return ddim_trajectory(model, params["scheduler"], seeds, cfg.steps, cfg.eta, cfg.batch_size, device,
                            record=False)[0]

@@ -7,6 +7,8 @@ same draws and two runs give bit-identical matrices on CPU.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 
@@ -14,6 +16,22 @@ from diffattr.ground_truth import GroundTruthConfig, write_measurement
 from diffattr.models.ddpm import add_noise
 from diffattr.noise import gaussian_noise
 from diffattr.outputs import l_simple
+
+
+def ground_truth_draws(images: np.ndarray, split: str, pairs: np.ndarray, abar: torch.Tensor, batch_size: int,
+                       device: str = "cpu") -> Iterator[tuple[int, slice, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(pair index, rows, x_t, ε, t) for every (noise seed, t) pair and batch of samples: ε of
+    sample i is ``gaussian_noise(seed, split, i, t)`` and x_t = sqrt(ᾱ_t)·x + sqrt(1−ᾱ_t)·ε — the
+    ground truth's draws (§4.3), shared by every model that is measured on them."""
+    x0 = torch.from_numpy(images).to(device)
+    ids = np.arange(len(images))
+    for p, (seed, t) in enumerate(pairs):
+        eps_all = gaussian_noise(int(seed), split, ids, np.asarray([t]), images.shape[1:])[:, 0]
+        for start in range(0, len(images), batch_size):
+            rows = slice(start, start + batch_size)
+            eps = torch.from_numpy(eps_all[rows]).to(device)
+            tt = torch.full((len(eps),), int(t), dtype=torch.long, device=device)
+            yield p, rows, add_noise(x0[rows], eps, tt, abar), eps, tt
 
 
 @torch.no_grad()
@@ -27,17 +45,9 @@ def measure_losses(
     device: str = "cpu",
 ) -> np.ndarray:
     """(P, N) float32 L_Simple of each sample (float (N, C, H, W) in [−1, 1]) at each (seed, t) pair."""
-    x0 = torch.from_numpy(images).to(device)
-    ids = np.arange(len(images))
     out = np.empty((len(pairs), len(images)), dtype=np.float32)
-    for p, (seed, t) in enumerate(pairs):
-        eps_all = gaussian_noise(int(seed), split, ids, np.asarray([t]), images.shape[1:])[:, 0]
-        for start in range(0, len(images), batch_size):
-            sl = slice(start, start + batch_size)
-            eps = torch.from_numpy(eps_all[sl]).to(device)
-            tt = torch.full((len(eps),), int(t), dtype=torch.long, device=device)
-            pred = model(add_noise(x0[sl], eps, tt, abar), tt).sample
-            out[p, sl] = l_simple(pred, eps).float().cpu().numpy()
+    for p, rows, x_t, eps, tt in ground_truth_draws(images, split, pairs, abar, batch_size, device):
+        out[p, rows] = l_simple(model(x_t, tt).sample, eps).float().cpu().numpy()
     return out
 
 

@@ -129,7 +129,8 @@ class FeatureStore:
         if not Path(path).exists():
             raise ShardError(f"feature store {path} does not exist")
         self.path = str(path)
-        self.array = zarr.open_group(self.path, mode="r")["features"]
+        self.group = zarr.open_group(self.path, mode="r")
+        self.array = self.group["features"]
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -142,6 +143,6 @@ class FeatureStore:
     def read(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         return np.asarray(self.array[start:stop], dtype=np.float64)
 
-    def read_steps(self, step: int, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Journey-TRAK's features at one sampling step (rows [start, stop)), from the ``steps`` array."""
-        return np.asarray(zarr.open_group(self.path, mode="r")["steps"][start:stop, step], dtype=np.float64)
+    def read_steps(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Journey-TRAK's per-step features of rows [start, stop), (rows, S, k), from the ``steps`` array."""
+        return np.asarray(self.group["steps"][start:stop], dtype=np.float64)

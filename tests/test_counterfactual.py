@@ -25,7 +25,7 @@ PARAMS = {
     "unet": TINY_UNET,
     "scheduler": SCHEDULER,
     "train": TRAIN,
-    "generate": {"count": 6, "steps": 5, "eta": 0.0, "seed": 0, "batch_size": 2, "model_seed": 0},
+    "generate": {"count": 6, "steps": 5, "eta": 0.0, "seed": 0, "batch_size": 2},
     "ground_truth": {"timestep_strategy": "uniform", "timesteps": 4, "noise_seeds": [0, 1], "batch_size": 3},
 }
 

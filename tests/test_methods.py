@@ -126,7 +126,7 @@ def test_journey_step_scores_equal_the_dense_formula_and_average_to_the_score(tm
     pd.DataFrame({"set": "gen", "pool": "select", "lambda": [0.1, 0.7], "lds": [0.2, 0.5]}).to_csv(tmp_path / "l.csv")
     inputs = {"kernel_0": str(tmp_path / "dual.zarr"), "train_0": str(tmp_path / "train.zarr"),
               "query_0": str(tmp_path / "journey.zarr"), "lambda_0": str(tmp_path / "l.csv")}
-    timesteps = trajectory_scores(inputs, {"query": "journey"}, str(tmp_path / "steps.zarr"), block_rows=2)
+    timesteps = trajectory_scores(inputs, {"query": "journey"}, str(tmp_path / "steps.zarr"), query_rows=12)
     assert list(timesteps) == [500, 400, 300, 200, 100, 0]
     got = np.asarray(zarr.open_group(str(tmp_path / "steps.zarr"), mode="r")["scores"][:])
     inv = dense_inverse(phi, 0.7)

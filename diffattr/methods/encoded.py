@@ -36,9 +36,9 @@ import torch
 from torch.func import jvp
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from diffattr.measure import ground_truth_draws
 from diffattr.methods.registry import ScoreBlocks
-from diffattr.models.ddpm import add_noise, alphas_cumprod
-from diffattr.noise import gaussian_noise
+from diffattr.models.ddpm import alphas_cumprod
 
 # ------------------------------------------------------------------------------------------ codes
 
@@ -73,21 +73,30 @@ def full_losses(preds: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     return ((preds.to(torch.float64).mean(dim=0) - eps.to(torch.float64)) ** 2).mean(dim=1)
 
 
-def complement_losses(preds: torch.Tensor, eps: torch.Tensor, codes: np.ndarray) -> torch.Tensor:
+def pair_weights(weights: torch.Tensor) -> torch.Tensor:
+    """(N, E²) products a_im·a_in of the complement weights (:func:`complement_weights`)."""
+    return (weights[:, :, None] * weights[:, None, :]).reshape(len(weights), -1)
+
+
+def complement_losses(preds: torch.Tensor, eps: torch.Tensor, codes: np.ndarray,
+                      weights: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """(B, N) float64 L_Simple of each training point's complement ensemble, pred_i = Σ_m a_im preds[m]:
     (a_iᵀ(P_b P_bᵀ)a_i − 2 a_iᵀ(P_b ε_b) + ‖ε_b‖²)/D with P_b = preds[:, b, :] (E × D), ``eps`` (B, D).
-    Memory O(E·B·D + N·E² + B·N)."""
+    ``weights``: (a, :func:`pair_weights` of a) when already formed from ``codes``. Memory
+    O(E·B·D + N·E² + B·N)."""
     e, b, d = preds.shape
     p = preds.to(torch.float64)
     target = eps.to(torch.float64)
-    a = complement_weights(codes, p.device)
+    if weights is None:
+        a = complement_weights(codes, p.device)
+        weights = (a, pair_weights(a))
+    a, pairs = weights
     if a.shape[1] != e:
         raise ValueError(f"codes have {a.shape[1]} members but preds come from {e} models")
     gram = torch.einsum("ebd,fbd->bef", p, p).reshape(b, e * e)
-    pair_weights = (a[:, :, None] * a[:, None, :]).reshape(len(a), e * e)
     cross = torch.einsum("ebd,bd->be", p, target)
     square = (target**2).sum(dim=1, keepdim=True)
-    return (gram @ pair_weights.T - 2 * cross @ a.T + square) / d
+    return (gram @ pairs.T - 2 * cross @ a.T + square) / d
 
 
 def member_predictions(models: Sequence[torch.nn.Module], x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -108,24 +117,19 @@ def encoded_influence(
 ) -> np.ndarray:
     """(Q, N) float64 τ(x, z_i) = mean over (seed, t) ``pairs`` of L(x; full) − L(x; complement of i).
 
-    ``images`` float (Q, C, H, W) in [−1, 1]; ε for (seed, t, sample) is the ground truth's draw
-    ``gaussian_noise(seed, split, id, [t])`` and x_t = sqrt(ᾱ_t)·x + sqrt(1−ᾱ_t)·ε, so the losses are
-    those :func:`diffattr.measure.measure_losses` measures. Every member runs on the same x_t.
+    ``images`` float (Q, C, H, W) in [−1, 1]; x_t and ε are the ground truth's draws
+    (:func:`diffattr.measure.ground_truth_draws`), so the losses are those
+    :func:`diffattr.measure.measure_losses` measures. Every member runs on the same x_t; the
+    complement weights are formed once.
     """
     check_codes(np.asarray(codes, dtype=bool), len(models))
-    x0 = torch.from_numpy(images).to(device)
-    ids = np.arange(len(images))
+    a = complement_weights(codes, device)
+    weights = (a, pair_weights(a))
     out = np.zeros((len(images), len(codes)), dtype=np.float64)
-    for seed, t in pairs:
-        for start in range(0, len(images), batch_size):
-            rows = slice(start, start + batch_size)
-            eps = torch.from_numpy(gaussian_noise(int(seed), split, ids[rows], np.asarray([t]), images.shape[1:])[:, 0])
-            eps = eps.to(device)
-            tt = torch.full((len(eps),), int(t), dtype=torch.long, device=device)
-            preds = member_predictions(models, add_noise(x0[rows], eps, tt, abar), tt)
-            flat = eps.reshape(len(eps), -1)
-            change = full_losses(preds, flat)[:, None] - complement_losses(preds, flat, codes)
-            out[rows] += change.cpu().numpy()
+    for _, rows, x_t, eps, tt in ground_truth_draws(images, split, pairs, abar, batch_size, device):
+        preds = member_predictions(models, x_t, tt)
+        flat = eps.reshape(len(eps), -1)
+        out[rows] += (full_losses(preds, flat)[:, None] - complement_losses(preds, flat, codes, weights)).cpu().numpy()
     return out / len(pairs)
 
 
@@ -145,7 +149,7 @@ def ensemble_prediction(models: Sequence[torch.nn.Module], weights: torch.Tensor
                         t: int) -> torch.Tensor:
     """ε̂(x_t, t) = Σ_m weights[m]·ε_m(x_t, t)."""
     tt = torch.full((len(x_t),), t, dtype=torch.long, device=x_t.device)
-    return torch.tensordot(weights, torch.stack([model(x_t, tt).sample for model in models]), dims=1)
+    return torch.tensordot(weights, member_predictions(models, x_t, tt), dims=1).reshape(x_t.shape)
 
 
 def ensemble_sample(

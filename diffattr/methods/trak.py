@@ -135,24 +135,27 @@ def trak_scores(inputs: dict[str, str], params: dict[str, Any], query_set: str) 
     return ScoreBlocks(n_queries, n_train, block, {"chosen": f"{label} (select pool)", "lambdas": chosen})
 
 
-def trajectory_scores(inputs: dict[str, str], params: dict[str, Any], out_path: str, block_rows: int = 256) -> np.ndarray:
+def trajectory_scores(inputs: dict[str, str], params: dict[str, Any], out_path: str, query_rows: int = 4096) -> np.ndarray:
     """score_trajectory: Journey-TRAK's score at every sampling step s, τ_s(x, z) = φ_s(x)ᵀ K_λ⁻¹ φ(z)·w(z)
     averaged over the method's models (METHODS.md §2.12: one score vector per step; their mean over
     steps is the method's score), written as an (S, n, N) float32 array ``scores`` with the steps'
-    ``timesteps``, by row blocks. Returns the timesteps."""
+    ``timesteps``. All steps of a block of samples are solved together (about ``query_rows``
+    (sample, step) rows per solve), so the training features are streamed once per block, not once
+    per step. Returns the timesteps."""
     parts, chosen = kernel_models(inputs, params, "gen")
     query = parts[0][3]
-    timesteps = np.asarray(zarr.open_group(query.path, mode="r")["step_timesteps"][0], dtype=np.int64)
-    n_queries, n_train = query.shape[0], parts[0][0].n_train
+    timesteps = np.asarray(query.group["step_timesteps"][0], dtype=np.int64)
+    n_queries, n_train, steps = query.shape[0], parts[0][0].n_train, len(timesteps)
+    rows = max(1, query_rows // steps)
     with atomic_path(out_path) as tmp:
         root = zarr.open_group(str(tmp), mode="w")
         root.attrs.update({"method": params, "sign": HELPS, "lambdas": chosen})
         root.create_array("timesteps", data=timesteps)
-        arr = root.create_array("scores", shape=(len(timesteps), n_queries, n_train), dtype="float32",
-                                chunks=(1, min(block_rows, n_queries), n_train))
-        for s in range(len(timesteps)):
-            for start in range(0, n_queries, block_rows):
-                stop = min(start + block_rows, n_queries)
-                arr[s, start:stop] = np.mean([scores_block(k, f, train, q.read_steps(s, start, stop)) * w
-                                              for k, f, train, q, w in parts], axis=0)
+        arr = root.create_array("scores", shape=(steps, n_queries, n_train), dtype="float32",
+                                chunks=(1, min(256, n_queries), n_train))
+        for start in range(0, n_queries, rows):
+            stop = min(start + rows, n_queries)
+            block = np.mean([scores_block(k, f, train, q.read_steps(start, stop).reshape(-1, q.shape[1])) * w
+                             for k, f, train, q, w in parts], axis=0)
+            arr[:, start:stop] = block.reshape(stop - start, steps, n_train).transpose(1, 0, 2)
     return timesteps

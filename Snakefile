@@ -5,6 +5,9 @@
 configfile: "config.yaml"
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/data.smk"  # prepare_data, make_subsets
 include: "rules/train.smk"  # train_model (full and subset models)
@@ -14,6 +17,8 @@ include: "rules/features.smk"  # featurize (sharded), gather_features
 include: "rules/kernel.smk"  # gram_partial, kernel, select_lambda
 include: "rules/score.smk"  # score (every method in the registry), score_trajectory (Journey-TRAK per step)
 include: "rules/evaluate.smk"  # evaluate_lds, lds_table, retraining_curve, trajectory_lds
+include: "rules/counterfactual.smk"  # counterfactual_train (remove top-k, retrain), counterfactual_evaluate, counterfactual_table
+include: "rules/report.smk"  # plot_lds, plot_lambda, plot_counterfactual, attribution_grids, plot_trajectory, plot_runtime
 
 
 # Light bookkeeping runs on the submitting node; everything else is a cluster job.
@@ -26,16 +31,22 @@ localrules:
     lds_table,
     retraining_curve,
     trajectory_lds,
+    counterfactual_table,
+    plot_lds,
+    plot_lambda,
+    plot_counterfactual,
+    attribution_grids,
+    plot_trajectory,
+    plot_runtime,
 
 
 rule all:
     default_target: True
     input:
-        LDS_TABLE,
-        expand(SUBSET_MASKS, pool=POOLS),
-        expand(RETRAINING_CURVE, method=RETRAINING_METHODS),
-        expand(STEP_LDS, method=JOURNEY_METHODS),
+        FINAL_OUTPUTS,
+        REPORT_FIGURES,
 
 
 onsuccess:
-    print_table(LDS_MARKDOWN)
+    print_table("LDS", LDS_MARKDOWN)
+    print_table("Counterfactual", COUNTERFACTUAL_MARKDOWN)

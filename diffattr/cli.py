@@ -1,6 +1,7 @@
 """The ``diffattr`` command: a thin front end to the Snakemake workflow and to :mod:`diffattr.show`.
 
     diffattr run [--config FILE ...] [--profile local|slurm|PATH] [--cores N] [--workdir DIR] [-- SNAKEMAKE ARGS]
+                                                        (then, for a whole run, the report: {output_dir}/report.html)
     diffattr dry-run [same options]                     (snakemake -n --quiet rules: the job table)
     diffattr report [--config FILE ...] [--profile ...] [--output FILE]
     diffattr show-attribution --sample N --method M [--set val|gen] [--top K] [--config FILE ...] [--output PNG]
@@ -177,6 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _snakemake(args: argparse.Namespace, extra: list[str]) -> int:
+    """run / dry-run / report. A plain ``run`` (no arguments after ``--``: the whole workflow) that
+    succeeds also writes the HTML report to ``{output_dir}/report.html``; a partial run does not,
+    since the report describes the whole run (``diffattr report`` writes it when wanted)."""
     workdir = workflow_dir(args.workdir)
     configfiles = resolve_config_files(args.config, workdir)
     profile = resolve_profile(args.profile, workdir)
@@ -189,7 +193,13 @@ def _snakemake(args: argparse.Namespace, extra: list[str]) -> int:
         report.parent.mkdir(parents=True, exist_ok=True)
     cmd = snakemake_command(profile, configfiles, cores=getattr(args, "cores", None),
                             dry_run=args.command == "dry-run", report=report, extra=extra)
-    return run_command(cmd, workdir)
+    code = run_command(cmd, workdir)
+    if args.command == "run" and code == 0 and not extra:
+        report = output_dir(load_config(workdir, configfiles), workdir) / "report.html"
+        code = run_command(snakemake_command(profile, configfiles, report=report), workdir)
+        if code == 0:
+            print(f"report: {report}", flush=True)
+    return code
 
 
 def _show_attribution(args: argparse.Namespace) -> int:

@@ -132,6 +132,44 @@ def check_encoded_pool(config: dict[str, Any], n_train: int) -> None:
                           f"balanced codes are fewer than the {n_train} training samples; use more models.")
 
 
+def check_counterfactual(config: dict[str, Any], n_train: int, n_generated: int) -> None:
+    """The counterfactual block (§4.5) must name methods that exist, sample fewer generated images
+    than there are, and remove fewer training images than there are."""
+    from diffattr.counterfactual import RANDOM_CONTROL
+
+    block = config.get("counterfactual")
+    if not block or not block["methods"]:
+        return
+    for name in block["methods"]:
+        if name == RANDOM_CONTROL:
+            raise ConfigError(f"Config key 'counterfactual.methods' names '{RANDOM_CONTROL}', the random-removal control, "
+                              f"which always runs; remove it.")
+        if name not in config["methods"]:
+            raise ConfigError(f"Config key 'counterfactual.methods' names '{name}', which is not a block under methods.")
+    if "gen" not in config["evaluation"]["sets"]:
+        raise ConfigError("Config key 'counterfactual' needs the generated set: add 'gen' to evaluation.sets.")
+    if block["count"] >= n_generated:
+        raise ConfigError(f"Config key 'counterfactual.count' is {block['count']}, but only {n_generated} images are "
+                          f"generated; use fewer.")
+    too_many = [k for k in block["ks"] if k >= n_train]
+    if too_many:
+        raise ConfigError(f"Config key 'counterfactual.ks' asks to remove {too_many[0]} of the {n_train} training "
+                          f"images; use fewer.")
+
+
+def check_report(config: dict[str, Any], set_sizes: dict[str, int]) -> None:
+    """The report's attribution grids must name existing methods and samples of their set."""
+    block = config["report"]
+    for name in block.get("methods") or []:
+        if name not in config["methods"]:
+            raise ConfigError(f"Config key 'report.methods' names '{name}', which is not a block under methods.")
+    size = set_sizes[block["set"]]
+    outside = [s for s in block["samples"] if s >= size]
+    if outside:
+        raise ConfigError(f"Config key 'report.samples' names sample {outside[0]}, but the '{block['set']}' set has "
+                          f"{size} images.")
+
+
 def train_params(config: dict[str, Any], pool: str, subset: int) -> dict[str, Any]:
     """What a training job depends on: model, recipe and (for subset pools) its subset's definition."""
     params: dict[str, Any] = {"unet": config["model"]["unet"], "scheduler": config["model"]["scheduler"],

@@ -14,8 +14,7 @@ Protocol, for a seeded set of generated samples x (:func:`counterfactual_samples
    drawn uniformly without replacement by ``default_rng([seed, sample, k])``
    (:func:`random_removal_set`), named :data:`RANDOM_CONTROL`.
 2. **Retrain** from scratch on D \\ R_k(x) with the full model's recipe and seed
-   (:func:`train_without`; the workflow trains one model per plan row of
-   :func:`counterfactual_jobs`).
+   (:func:`train_counterfactual`, one workflow job per (method, sample, k)).
 3. **Regenerate** x with the identical initial noise x_T (the sample's recorded seed,
    :func:`diffattr.sample.initial_noise`) and the same DDIM sampler (``generate`` block: steps, η)
    (:func:`regenerate`).
@@ -28,7 +27,9 @@ Protocol, for a seeded set of generated samples x (:func:`counterfactual_samples
      the ground truth's fixed (noise seed, t) pairs (METHODS.md §4.3), θ the original and θ' the
      retrained model (:func:`loss_change`). Removing helpful images should raise it (ΔL > 0).
 5. **Report** mean and median over the samples per (method, k) (:func:`summary_table`). A better
-   attribution gives a larger L2, a lower cosine and a larger ΔL than the random control.
+   attribution gives a larger L2, a lower cosine and a larger ΔL than the random control; the
+   paired differences to the control on the same samples, with a bootstrap CI over samples, say
+   whether it does (:func:`paired_vs_control`).
 
 Pixel-L2 scale. D-TRAK's ``03_counter_eval_l2`` notebooks (CIFAR-2, CelebA) load both images from
 8-bit files (the generated PNG and the regenerated PIL image), map them to [−1, 1] with
@@ -54,7 +55,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from diffattr.atomic import atomic_path
+from diffattr.atomic import atomic_path, write_csv
 from diffattr.show import responsibility
 
 if TYPE_CHECKING:
@@ -62,8 +63,9 @@ if TYPE_CHECKING:
 
     from diffattr.methods.embedding import EmbeddingConfig
 
-RANDOM_CONTROL = "random"
-"""Name of the random-removal control in plans and tables (so no attribution method may use it)."""
+RANDOM_CONTROL = "random_removal"
+"""Name of the random-removal control in the workflow's paths and tables (an attribution method of
+this name is refused by the config check)."""
 
 METRICS = ("pixel_l2", "embedding_cosine", "loss_change")
 """Per-sample metrics summarised by :func:`summary_table`."""
@@ -129,55 +131,29 @@ def parse_removed(text: Any) -> np.ndarray:
     return np.asarray(str(text).split(), dtype=np.int64)
 
 
-def job_id(method: str, sample: int, k: int) -> str:
-    """Stable name of one retraining job: ``{method}_s{sample}_k{k}``."""
-    return f"{method}_s{int(sample)}_k{int(k)}"
-
-
-def counterfactual_jobs(methods: dict[str, tuple[np.ndarray, int]], samples: np.ndarray, ks: Sequence[int],
-                        n_train: int, seed: int) -> pd.DataFrame:
-    """The retraining plan: one row per (method, sample, k) — :data:`RANDOM_CONTROL` first, then the
-    methods in the given order — with columns ``job`` (:func:`job_id`), ``method``, ``sample``,
-    ``k``, ``n_keep`` and ``removed`` (:func:`format_removed`, most responsible first).
-
-    ``methods`` maps a method name to (its score matrix (attributed × train), e.g. a zarr array, and
-    its LDS sign); row ``sample`` gives the sample's removal set. The control draws
-    :func:`random_removal_set` with ``seed``."""
-    if RANDOM_CONTROL in methods:
-        raise ValueError(f"{RANDOM_CONTROL!r} names the random-removal control; rename the attribution method")
-    samples = np.asarray(samples, dtype=np.int64).reshape(-1)
-    if len(np.unique(samples)) != len(samples):
-        raise ValueError("counterfactual samples must be distinct")
-    rows = []
-    for sample in samples:
-        for k in ks:
-            removed = random_removal_set(n_train, int(k), seed, int(sample))
-            rows.append((RANDOM_CONTROL, int(sample), int(k), removed))
-    for name, (scores, sign) in methods.items():
-        if scores.shape[1] != n_train:
-            raise ValueError(f"scores of {name!r} have {scores.shape[1]} training columns, expected {n_train}")
-        for sample in samples:
-            if not 0 <= sample < scores.shape[0]:
-                raise ValueError(f"sample {sample} is outside the {scores.shape[0]} attributed rows of {name!r}")
-            row = np.asarray(scores[int(sample)])
-            for k in ks:
-                rows.append((name, int(sample), int(k), removal_set(row, int(sign), int(k))))
-    return pd.DataFrame(
-        [{"job": job_id(m, s, k), "method": m, "sample": s, "k": k, "n_keep": n_train - len(r), "removed": format_removed(r)}
-         for m, s, k, r in rows],
-        columns=["job", "method", "sample", "k", "n_keep", "removed"],
-    )
-
-
 def read_method_scores(path: str | os.PathLike) -> tuple[Any, int]:
-    """(the lazily read ``scores`` array, the LDS sign) of a score store (:mod:`diffattr.scores`),
-    the pair :func:`counterfactual_jobs` takes per method."""
+    """(the lazily read ``scores`` array, the LDS sign) of a score store (:mod:`diffattr.scores`)."""
     import zarr
 
     root = zarr.open_group(str(path), mode="r")
     if "sign" not in root.attrs:
         raise ValueError(f"the score store {path} records no sign")
     return root["scores"], int(root.attrs["sign"])
+
+
+def removal_for(scores_path: str | os.PathLike | None, n_train: int, sample: int, k: int, seed: int) -> np.ndarray:
+    """R_k of generated sample ``sample`` (§4.5 step 2): :func:`removal_set` of its row of the score
+    store at ``scores_path`` (attributed set ``gen``), or, with no store, the random control's
+    :func:`random_removal_set` drawn with ``seed``."""
+    if scores_path is None:
+        return random_removal_set(n_train, k, seed, sample)
+    scores, sign = read_method_scores(scores_path)
+    if scores.shape[1] != n_train:
+        raise ValueError(f"the score store {scores_path} has {scores.shape[1]} training columns, but the training "
+                         f"set has {n_train} images")
+    if not 0 <= sample < scores.shape[0]:
+        raise ValueError(f"sample {sample} is outside the {scores.shape[0]} generated rows of {scores_path}")
+    return removal_set(np.asarray(scores[sample]), sign, k)
 
 
 # --------------------------------------------------------------------------------------- retraining
@@ -200,6 +176,22 @@ def train_without(data_images: np.ndarray, removed: np.ndarray, params: dict[str
         checkpoints = [str(p) for p in checkpoint_path]
     return training.train(data_images[keep], params["unet"], params["scheduler"], train_config, seed, checkpoints,
                           log_table, resume_dir)
+
+
+def train_counterfactual(data_store: str, scores_path: str | None, params: dict[str, Any], run: dict[str, Any],
+                         model_path: str, removed_path: str, log_table: str, resume_dir: str) -> np.ndarray:
+    """counterfactual_train: remove R_k (:func:`removal_for`) of ``run`` (``method``, ``sample``,
+    ``k``, ``seed`` of the control's draws, ``model_seed`` of the retraining) from the training set
+    of ``data_store``, retrain with :func:`train_without`, and write the removed indices, most
+    responsible first, as a one-row table (``method``, ``sample``, ``k``, ``n_train``, ``removed``)."""
+    from diffattr.data.store import read_images
+
+    images = read_images(data_store, "train")
+    removed = removal_for(scores_path, len(images), int(run["sample"]), int(run["k"]), int(run["seed"]))
+    train_without(images, removed, params, int(run["model_seed"]), model_path, log_table, resume_dir)
+    write_csv(pd.DataFrame([{"method": run["method"], "sample": int(run["sample"]), "k": int(run["k"]),
+                               "n_train": len(images), "removed": format_removed(removed)}]), removed_path)
+    return removed
 
 
 # ------------------------------------------------------------------------------------------ metrics
@@ -329,6 +321,33 @@ def evaluate_counterfactual(original_model_path: str, retrained_model_path: str,
     }
 
 
+def evaluate_runs(original_model_path: str, runs: Sequence[tuple[str, str]], generated_store: str,
+                  generated_table: str, params: dict[str, Any], device: str = "cpu") -> pd.DataFrame:
+    """counterfactual_evaluate: one row per retrained model — (checkpoint, removed table of
+    :func:`train_counterfactual`) in ``runs`` — with its ``method``, ``sample``, ``k``, ``seed`` (the
+    sample's initial-noise seed from ``generated_table``) and the metrics of
+    :func:`evaluate_counterfactual` on the stored generated image. ``params["embedding"]`` (a
+    :class:`~diffattr.methods.embedding.EmbeddingConfig` mapping; a ``ddpm`` encoder without a path
+    uses the original model) sets the cosine's encoder; None skips it."""
+    from diffattr.data.store import read_images
+    from diffattr.methods.embedding import EmbeddingConfig
+
+    embedding = params.get("embedding")
+    encoder_cfg = None if embedding is None else EmbeddingConfig.from_params({"path": original_model_path, **embedding})
+
+    seeds = pd.read_csv(generated_table).set_index("index")["seed"]
+    generated = read_images(generated_store, "gen")
+    rows = []
+    for model_path, removed_path in runs:
+        run = pd.read_csv(removed_path).iloc[0]
+        sample = int(run["sample"])
+        metrics = evaluate_counterfactual(original_model_path, model_path, np.array([seeds[sample]]),
+                                          generated[sample : sample + 1], params, encoder_cfg, device)
+        rows.append({"method": run["method"], "sample": sample, "k": int(run["k"]), "seed": int(seeds[sample]),
+                     **{name: float(values[0]) for name, values in metrics.items()}})
+    return pd.DataFrame(rows)
+
+
 # -------------------------------------------------------------------------------------------- tables
 
 
@@ -359,7 +378,69 @@ def summary_table(results: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
-def write_table(df: pd.DataFrame, path: str | os.PathLike) -> None:
-    """Write ``df`` as CSV (no index), atomically."""
-    with atomic_path(path) as tmp:
-        df.to_csv(tmp, index=False)
+def paired_vs_control(results: pd.DataFrame, resamples: int, confidence: float, seed: int) -> pd.DataFrame:
+    """Per (method, k) against :data:`RANDOM_CONTROL` at the same k on the same samples: for each
+    metric of :data:`METRICS`, the mean paired difference d̄ = mean_x [m(x) − m_random(x)], its
+    percentile bootstrap CI over samples (``resamples`` draws of the samples with replacement,
+    ``default_rng(seed)``) and ``{metric}_wins`` — the fraction of samples where the method moved the
+    image further than the control (larger L2 or ΔL, lower cosine). Methods with no control rows at
+    their k are left out."""
+    control = results[results["method"] == RANDOM_CONTROL]
+    metrics = [m for m in METRICS if m in results.columns]
+    rng = np.random.default_rng(seed)
+    alpha = (1.0 - confidence) / 2.0
+    rows = []
+    for (method, k), group in results[results["method"] != RANDOM_CONTROL].groupby(["method", "k"], sort=False):
+        paired = group.merge(control[control["k"] == k], on="sample", suffixes=("", "_control"))
+        if paired.empty:
+            continue
+        picks = rng.integers(0, len(paired), size=(resamples, len(paired)))
+        row: dict[str, Any] = {"method": method, "k": int(k), "n": len(paired)}
+        for metric in metrics:
+            diff = (paired[metric] - paired[f"{metric}_control"]).to_numpy(dtype=np.float64)
+            means = diff[picks].mean(axis=1)
+            further = diff < 0 if metric == "embedding_cosine" else diff > 0
+            row[f"{metric}_diff"] = float(diff.mean())
+            row[f"{metric}_ci_low"] = float(np.quantile(means, alpha))
+            row[f"{metric}_ci_high"] = float(np.quantile(means, 1.0 - alpha))
+            row[f"{metric}_wins"] = float(further.mean())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def summary_markdown(summary: pd.DataFrame, paired: pd.DataFrame) -> str:
+    """§5.4's table — mean (median) per (method, k) of pixel L2 ↑, embedding cosine ↓ and ΔL_Simple ↑
+    — then each method's paired difference to the random control with its CI and win fraction."""
+    def cell(mean: float, median: float, digits: int) -> str:
+        return "" if np.isnan(mean) else f"{mean:.{digits}f} ({median:.{digits}f})"
+
+    lines = ["| method | k | samples | pixel L2 ↑ | embedding cosine ↓ | ΔL_Simple ↑ |", "|---|---|---|---|---|---|"]
+    for r in summary.itertuples():
+        lines.append(f"| {r.method} | {r.k} | {r.n} | {cell(r.pixel_l2_mean, r.pixel_l2_median, 3)} | "
+                     f"{cell(r.embedding_cosine_mean, r.embedding_cosine_median, 4)} | "
+                     f"{cell(r.loss_change_mean, r.loss_change_median, 5)} |")
+    if len(paired):
+        lines += ["", f"Paired with {RANDOM_CONTROL} on the same samples: mean difference [bootstrap CI] (share of "
+                      "samples changed more than by the control).", "",
+                  "| method | k | samples | Δ pixel L2 | Δ embedding cosine | Δ ΔL_Simple |", "|---|---|---|---|---|---|"]
+        for r in paired.to_dict("records"):
+            cells = [f"{r[f'{m}_diff']:+.4g} [{r[f'{m}_ci_low']:+.3g}, {r[f'{m}_ci_high']:+.3g}] ({r[f'{m}_wins']:.0%})"
+                     for m in METRICS]
+            lines.append(f"| {r['method']} | {r['k']} | {r['n']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def gather(tables: Sequence[str], results_path: str, summary_path: str, markdown_path: str, resamples: int,
+           confidence: float, seed: int) -> pd.DataFrame:
+    """counterfactual_table: concatenate the per-method result tables into ``results_path`` (one row
+    per method, sample and k), and write :func:`summary_table` next to :func:`paired_vs_control`'s
+    columns as ``summary_path`` and :func:`summary_markdown` as ``markdown_path``."""
+    results = pd.concat([pd.read_csv(p) for p in tables], ignore_index=True)
+    results = results.sort_values(["method", "k", "sample"], kind="stable").reset_index(drop=True)
+    summary = summary_table(results)
+    paired = paired_vs_control(results, resamples, confidence, seed)
+    write_csv(results, results_path)
+    write_csv(summary.merge(paired.drop(columns="n"), on=["method", "k"], how="left"), summary_path)
+    with atomic_path(markdown_path) as tmp:
+        tmp.write_text(summary_markdown(summary, paired))
+    return results

@@ -22,6 +22,7 @@ from torch.func import functional_call, grad, vmap
 from diffattr.models.ddpm import count_parameters, noisy_draws
 from diffattr.noise import gaussian_noise, sample_timesteps
 from diffattr.outputs import output_values
+from diffattr.progress import progress
 from diffattr.projection import ProjectionConfig, Projector
 
 log = logging.getLogger(__name__)
@@ -126,34 +127,35 @@ def featurize(
     num_t = len(abar)
     shape = images.shape[1:]
     out = np.empty((len(images), projector.dim), dtype=np.float32)
-    start_time, done = time.perf_counter(), 0
-    for start in range(0, len(images), spec.batch_size):
-        ids = sample_ids[start : start + spec.batch_size]
-        if timesteps is not None:
-            ts = timesteps[start : start + spec.batch_size]
-        else:
-            strategy = "uniform" if spec.timestep_strategy == "trained" else spec.timestep_strategy
-            ts = sample_timesteps(strategy, spec.timesteps, num_t, spec.noise_seeds[0], split, ids)
-        eps = np.concatenate([gaussian_noise(s, split, ids, ts, shape) for s in spec.noise_seeds], axis=1)
-        ts_all = np.tile(ts, (1, len(spec.noise_seeds)))
-        g = per_sample_gradients(
-            model,
-            torch.from_numpy(images[start : start + spec.batch_size]).to(device),
-            torch.from_numpy(ts_all).to(device),
-            torch.from_numpy(eps).to(device),
-            spec.output,
-            abar,
-            betas,
-            spec.normalize_timesteps,
-        )
-        bad = ~torch.isfinite(g).all(dim=1)
-        if bad.any():
-            first = int(ids[int(torch.nonzero(bad)[0])])
-            raise NonFiniteGradientError(f"the gradient of {split} sample {first} is not finite (NaN or inf)")
-        out[start : start + len(ids)] = projector(g).cpu().numpy()
-        done += len(ids)
-        log.info("featurized %d/%d %s rows (%.1f rows/s)", done, len(images), split,
-                 done / (time.perf_counter() - start_time))
+    start_time = time.perf_counter()
+    with progress(len(images), f"featurize {split}", "row") as bar:
+        for start in range(0, len(images), spec.batch_size):
+            ids = sample_ids[start : start + spec.batch_size]
+            if timesteps is not None:
+                ts = timesteps[start : start + spec.batch_size]
+            else:
+                strategy = "uniform" if spec.timestep_strategy == "trained" else spec.timestep_strategy
+                ts = sample_timesteps(strategy, spec.timesteps, num_t, spec.noise_seeds[0], split, ids)
+            eps = np.concatenate([gaussian_noise(s, split, ids, ts, shape) for s in spec.noise_seeds], axis=1)
+            ts_all = np.tile(ts, (1, len(spec.noise_seeds)))
+            g = per_sample_gradients(
+                model,
+                torch.from_numpy(images[start : start + spec.batch_size]).to(device),
+                torch.from_numpy(ts_all).to(device),
+                torch.from_numpy(eps).to(device),
+                spec.output,
+                abar,
+                betas,
+                spec.normalize_timesteps,
+            )
+            bad = ~torch.isfinite(g).all(dim=1)
+            if bad.any():
+                first = int(ids[int(torch.nonzero(bad)[0])])
+                raise NonFiniteGradientError(f"the gradient of {split} sample {first} is not finite (NaN or inf)")
+            out[start : start + len(ids)] = projector(g).cpu().numpy()
+            bar.update(len(ids))
+    seconds = time.perf_counter() - start_time
+    log.info("featurized %d %s rows in %.1f s (%.1f rows/s)", len(images), split, seconds, len(images) / max(seconds, 1e-9))
     return out
 
 

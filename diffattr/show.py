@@ -201,6 +201,18 @@ def show_attribution(output_dir: str | os.PathLike, method: str, query_set: str,
                             f"only {', '.join(configured_methods)}; add it and run it first (e.g. `diffattr run`).")
         raise ShowError(f"No score store at {score_path}: method {method!r} must be run on set {query_set!r} "
                         "first (e.g. `diffattr run`).")
+    store_name, split = ATTRIBUTED_SPLIT_STORES[query_set]
+    png = Path(png) if png is not None else out / "attribution" / f"{method}_{query_set}_{sample}.png"
+    return draw_attribution(score_path, out / "data" / "dataset.zarr", out / store_name, split, method, query_set,
+                            sample, k, png)
+
+
+def draw_attribution(score_path: str | os.PathLike, train_store: str | os.PathLike,
+                     attributed_store: str | os.PathLike, split: str, method: str, query_set: str, sample: int,
+                     k: int, png: str | os.PathLike) -> Shown:
+    """:func:`show_attribution` on explicit stores: row ``sample`` of the score store, the training
+    images of ``train_store`` and the attributed images of ``split`` in ``attributed_store``."""
+    score_path, train_store, attributed_store = Path(score_path), Path(train_store), Path(attributed_store)
     if k < 1:
         raise ShowError(f"--top must be at least 1, got {k}.")
     row, attrs, (n_queries, n_train) = read_score_row(score_path, sample)
@@ -209,14 +221,13 @@ def show_attribution(output_dir: str | os.PathLike, method: str, query_set: str,
     sign = int(attrs["sign"])
     proponents, opponents = rank_training(row, sign, k)
 
-    train = _open_split(out / "data" / "dataset.zarr", "train", "training images")
+    train = _open_split(train_store, "train", "training images")
     if train["images"].shape[0] != n_train:
         raise ShowError(f"The score store {score_path} has {n_train} training columns but "
-                        f"{out / 'data' / 'dataset.zarr'} holds {train['images'].shape[0]} training images.")
-    store_name, split = ATTRIBUTED_SPLIT_STORES[query_set]
-    attributed = _open_split(out / store_name, split, f"{query_set!r} attributed images")
+                        f"{train_store} holds {train['images'].shape[0]} training images.")
+    attributed = _open_split(attributed_store, split, f"{query_set!r} attributed images")
     if attributed["images"].shape[0] != n_queries:
-        raise ShowError(f"The score store {score_path} has {n_queries} rows but {out / store_name} holds "
+        raise ShowError(f"The score store {score_path} has {n_queries} rows but {attributed_store} holds "
                         f"{attributed['images'].shape[0]} {query_set!r} images.")
     labels = np.asarray(train["labels"][:])
     class_names = list(train.attrs.get("class_names", []) or [])
@@ -232,9 +243,8 @@ def show_attribution(output_dir: str | os.PathLike, method: str, query_set: str,
         format_table(f"Top {len(proponents.index)} proponents (most responsible first):", proponents, labels, class_names),
         format_table(f"Bottom {len(opponents.index)} opponents (least responsible first):", opponents, labels, class_names),
     ])
-    png = Path(png) if png is not None else out / "attribution" / f"{method}_{query_set}_{sample}.png"
     sample_title = f"{query_set} #{sample}" + (f"\nlabel {label_text(sample_label, class_names)}" if sample_label >= 0 else "")
     draw_grid(png, sample_image, sample_title, proponents, opponents, tiles,
               suptitle=f"{method}: top row = {len(proponents.index)} most responsible training images, "
                        f"bottom row = {len(opponents.index)} least (raw score, sign {sign:+d})")
-    return Shown(table, png, proponents, opponents)
+    return Shown(table, Path(png), proponents, opponents)

@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from diffattr.atomic import atomic_path
 from diffattr.data.store import to_model_range
 from diffattr.models.ddpm import add_noise, alphas_cumprod, build_unet, save_weights
+from diffattr.progress import progress
 from diffattr.schedule import checkpoint_steps, learning_rate
 
 log = logging.getLogger(__name__)
@@ -148,6 +149,26 @@ def _load_state(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, 
     return int(meta["step"])
 
 
+def _step(model: torch.nn.Module, opt: torch.optim.Optimizer, data: torch.Tensor, cfg: TrainConfig, seed: int,
+          step: int, abar: torch.Tensor) -> float:
+    """One optimiser step of L_Simple on the step's seeded draws (rows, t, ε, flips); its loss."""
+    draws = training_draws(len(data), cfg.batch_size, seed, step, len(abar), tuple(data.shape[1:]))
+    x0 = data[draws.rows]
+    if cfg.hflip:
+        x0 = torch.where(torch.from_numpy(draws.flips).view(-1, 1, 1, 1), x0.flip(-1), x0)
+    t = torch.from_numpy(draws.timesteps)
+    eps = torch.from_numpy(draws.noise)
+    pred = model(add_noise(x0, eps, t, abar), t).sample
+    loss = torch.nn.functional.mse_loss(pred, eps)
+    for group in opt.param_groups:
+        group["lr"] = learning_rate(step, cfg.steps, cfg.lr, cfg.warmup_fraction)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    opt.step()
+    return loss.item()
+
+
 def train(
     images: np.ndarray,
     unet_config: dict[str, Any],
@@ -174,7 +195,6 @@ def train(
     model = build_unet(unet_config).train()
     opt = _optimizer(model, cfg)
     abar = alphas_cumprod(scheduler_config)
-    num_t = len(abar)
     data = torch.from_numpy(to_model_range(images))
     resume = Path(resume_dir)
     resume.mkdir(parents=True, exist_ok=True)
@@ -184,36 +204,32 @@ def train(
     if start:
         log.info("resuming from step %d of %d (%s)", start, cfg.steps, state_path)
     rows_log: list[dict[str, float]] = []
-    running, t0 = 0.0, time.perf_counter()
+    running, epoch_loss, last_line, t0 = 0.0, 0.0, start, time.perf_counter()
     meta = {"unet": unet_config, "scheduler": scheduler_config, "seed": seed, "n_train": len(images)}
-    for step in range(start, cfg.steps):
-        draws = training_draws(len(data), cfg.batch_size, seed, step, num_t, tuple(data.shape[1:]))
-        x0 = data[draws.rows]
-        if cfg.hflip:
-            x0 = torch.where(torch.from_numpy(draws.flips).view(-1, 1, 1, 1), x0.flip(-1), x0)
-        t = torch.from_numpy(draws.timesteps)
-        eps = torch.from_numpy(draws.noise)
-        pred = model(add_noise(x0, eps, t, abar), t).sample
-        loss = torch.nn.functional.mse_loss(pred, eps)
-        for group in opt.param_groups:
-            group["lr"] = learning_rate(step, cfg.steps, cfg.lr, cfg.warmup_fraction)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        running += loss.item()
-        done = step + 1
-        if done % cfg.log_every == 0 or done == cfg.steps:
-            span = done - (rows_log[-1]["step"] if rows_log else start)
-            rows_log.append({"step": done, "loss": running / span, "lr": opt.param_groups[0]["lr"],
-                             "seconds": time.perf_counter() - t0})
-            log.info("step %d/%d loss %.4f (%.1f steps/s)", done, cfg.steps, running / span,
-                     (done - start) / (time.perf_counter() - t0))
-            running = 0.0
-        if done in steps_to_save:
-            save_weights(model, resume / f"step{done}.safetensors", {**meta, "step": done})
-        if done % cfg.resume_every == 0 and done < cfg.steps:
-            _save_state(state_path, model, opt, done, key)
+    epochs = -(-cfg.steps * cfg.batch_size // len(images))
+    with progress(cfg.steps, "train", "step", initial=start) as bar:
+        for step in range(start, cfg.steps):
+            loss = _step(model, opt, data, cfg, seed, step, abar)
+            running += loss
+            epoch_loss += loss
+            bar.update(1)
+            done = step + 1
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                span = done - (rows_log[-1]["step"] if rows_log else start)
+                rows_log.append({"step": done, "loss": running / span, "lr": opt.param_groups[0]["lr"],
+                                 "seconds": time.perf_counter() - t0})
+                running = 0.0
+            epoch = done * cfg.batch_size // len(images)  # epochs completed (the last may be partial)
+            boundary = epoch > step * cfg.batch_size // len(images)
+            if boundary or done == cfg.steps:
+                log.info("epoch %d/%d (step %d/%d): loss %.4f, %.1f steps/s", epoch if boundary else epochs, epochs,
+                         done, cfg.steps,
+                         epoch_loss / (done - last_line), (done - start) / (time.perf_counter() - t0))
+                epoch_loss, last_line = 0.0, done
+            if done in steps_to_save:
+                save_weights(model, resume / f"step{done}.safetensors", {**meta, "step": done})
+            if done % cfg.resume_every == 0 and done < cfg.steps:
+                _save_state(state_path, model, opt, done, key)
     for step, path in zip(steps_to_save, checkpoints):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         (resume / f"step{step}.safetensors").replace(path)

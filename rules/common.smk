@@ -6,8 +6,11 @@ from types import SimpleNamespace
 from snakemake.utils import min_version, validate
 
 from diffattr.data.sizes import split_sizes
+from diffattr.counterfactual import RANDOM_CONTROL, counterfactual_samples
 from diffattr.config import (
     ConfigError,
+    check_counterfactual,
+    check_report,
     check_encoded_pool,
     check_inputs,
     load_yaml,
@@ -19,6 +22,7 @@ from diffattr.config import (
 from diffattr.methods.gradient import checkpoint_weights
 from diffattr.methods.registry import method_kind
 from diffattr.schedule import checkpoint_steps
+from diffattr.show import ATTRIBUTED_SPLIT_STORES
 from diffattr.store import kernel_form, shard_ranges, spec_hash
 
 min_version("9.0")
@@ -36,6 +40,8 @@ SPECS = list(config.get("features", {}))
 SIZES = split_sizes(config["data"], config["generate"])
 SIZES["journey"] = SIZES["gen"]  # one trajectory per generated sample
 check_encoded_pool(config, SIZES["train"])
+check_counterfactual(config, SIZES["train"], SIZES["gen"])
+check_report(config, SIZES)
 CKPT_STEPS = checkpoint_steps(
     config["train"]["steps"], config["train"]["checkpoint_fractions"]
 )
@@ -71,6 +77,21 @@ SCORE_BENCHMARK = f"{OUT}/benchmarks/score/{{method}}/{{set}}.tsv"
 SELECT_BENCHMARK = f"{OUT}/benchmarks/select_lambda/{METHOD_MODEL_KEY}.tsv"
 RESIDUAL_BENCHMARK = f"{OUT}/benchmarks/residuals/{METHOD_MODEL_KEY}.tsv"
 
+CF_MODEL = f"{OUT}/counterfactual/models/{{cf_method}}/s{{sample}}_k{{k}}.safetensors"
+CF_REMOVED = f"{OUT}/counterfactual/removed/{{cf_method}}/s{{sample}}_k{{k}}.csv"
+CF_EVAL = f"{OUT}/counterfactual/eval/{{cf_method}}.csv"
+COUNTERFACTUAL = f"{OUT}/counterfactual.csv"
+COUNTERFACTUAL_SUMMARY = f"{OUT}/counterfactual_summary.csv"
+COUNTERFACTUAL_MARKDOWN = f"{OUT}/counterfactual.md"
+CF = config.get("counterfactual") or {"methods": []}
+CF_METHODS = [RANDOM_CONTROL, *CF["methods"]] if CF["methods"] else []
+"""The random-removal control and the methods whose top-k the counterfactual stage removes (§4.5)."""
+CF_SAMPLES = (
+    counterfactual_samples(SIZES["gen"], CF["count"], CF["seed"]).tolist()
+    if CF_METHODS
+    else []
+)
+
 ARTIFACTS = {"data": DATA, "generated": GENERATED}
 
 _RES = config.get("resources", {})
@@ -96,10 +117,13 @@ wildcard_constraints:
     subset=r"\d+",
     seed=r"\d+",
     set="|".join(SETS),
-    method="|".join(METHODS) if METHODS else "none",
+    method="|".join(dict.fromkeys(METHODS + CF["methods"])) or "none",
     spec="|".join(SPECS) if SPECS else "none",
     split="train|val|gen|journey",
     shard=r"\d+",
+    cf_method="|".join(CF_METHODS) if CF_METHODS else "none",
+    sample=r"\d+",
+    k=r"\d+",
 
 
 def checkpoint(pool, subset, seed, step=CKPT_STEPS[-1]):
@@ -125,9 +149,9 @@ def data_inputs():
     return [path] if path else []
 
 
-def print_table(path):
+def print_table(title, path):
     if Path(path).exists():
-        print(f"\nLDS ({path}):\n{Path(path).read_text()}")
+        print(f"\n{title} ({path}):\n{Path(path).read_text()}")
 
 
 def feature_step(spec):
@@ -319,3 +343,32 @@ ORACLE_MODELS = {
     if config["methods"][m]["kind"] == "trak" and len(method_models(m)) == 1
 }
 """Single-model kernel methods: their λ tuned on the lds pool is reported as a labelled diagnostic."""
+
+
+def cf_run(w):
+    """One retraining's removal: the sample, k and (control only) the draw seed; the retraining
+    seed is the generating model's."""
+    run = {"method": w.cf_method, "sample": int(w.sample), "k": int(w.k)}
+    if w.cf_method == RANDOM_CONTROL:
+        run["seed"] = CF["seed"]
+    return run | {"model_seed": config["generate"]["model_seed"]}
+
+
+def cf_scores(w):
+    """The attribution method's scores on the generated set (the control needs none)."""
+    if w.cf_method == RANDOM_CONTROL:
+        return {}
+    return {"scores": SCORES.format(method=w.cf_method, set="gen")}
+
+
+def cf_runs(w):
+    """Checkpoints and removal tables of one method's retrained models, sample-major."""
+    keys = [
+        {"cf_method": w.cf_method, "sample": s, "k": k}
+        for s in CF_SAMPLES
+        for k in CF["ks"]
+    ]
+    return {
+        "models": [CF_MODEL.format(**key) for key in keys],
+        "removed": [CF_REMOVED.format(**key) for key in keys],
+    }

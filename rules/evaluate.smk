@@ -57,7 +57,12 @@ rule lds_table:
             for m, models in ORACLE_MODELS.items()
         ],
     output:
-        csv=LDS_TABLE,
+        csv=report(
+            LDS_TABLE,
+            caption="../report/lds_table.rst",
+            category="1 LDS",
+            labels={"figure": "LDS table"},
+        ),
         markdown=LDS_MARKDOWN,
     log:
         f"{OUT}/logs/lds_table.log",

@@ -108,6 +108,23 @@ def test_run_and_report_print_and_run_the_built_command(results, tmp_path, monke
     assert FakePopen.calls[-1][0][-2:] == ["--report", str(tmp_path / "r.html")]
 
 
+def test_a_whole_run_that_succeeds_also_writes_the_report(results, monkeypatch, capsys):
+    import diffattr.cli
+
+    monkeypatch.setattr(diffattr.cli.subprocess, "Popen", FakePopen)
+    monkeypatch.setattr(FakePopen, "wait", lambda self: 0)
+    FakePopen.calls.clear()
+    assert main(["run", "--config", results["config"]]) == 0
+    (run, _), (report, _) = FakePopen.calls
+    assert "--report" not in run
+    assert report == [sys.executable, "-m", "snakemake", "--profile", str(REPO / "profiles" / "local"),
+                      "--report", str(results["out"] / "report.html"), "--configfile", results["config"]]
+    assert capsys.readouterr().out.strip().endswith(f"report: {results['out'] / 'report.html'}")
+    FakePopen.calls.clear()
+    assert main(["run", "--config", results["config"], "--", "lds_table"]) == 0  # a partial run: no report
+    assert len(FakePopen.calls) == 1
+
+
 def test_configfile_after_double_dash_is_refused(capsys):
     assert main(["run", "--", "--configfile", "x.yaml"]) == 2
     err = capsys.readouterr().err

@@ -67,3 +67,36 @@ def test_encoded_pool_must_give_every_sample_its_own_code(count, sentence):
         check_encoded_pool(merged({"subsets": {"pools": pools}}), 1597)
     assert str(err.value) == sentence
     check_encoded_pool(merged({"subsets": {"pools": {**pools, "encoded": {"count": 14, "seeds": [0]}}}}), 1597)
+
+
+@pytest.mark.parametrize("update,sentence", [
+    ({"methods": ["das", "nope"]}, "Config key 'counterfactual.methods' names 'nope', which is not a block under methods."),
+    ({"methods": ["random_removal"]}, "Config key 'counterfactual.methods' names 'random_removal', the random-removal "
+                                      "control, which always runs; remove it."),
+    ({"count": 200}, "Config key 'counterfactual.count' is 200, but only 200 images are generated; use fewer."),
+    ({"ks": [10, 1597]}, "Config key 'counterfactual.ks' asks to remove 1597 of the 1597 training images; use fewer."),
+])
+def test_counterfactual_block_is_checked(update, sentence):
+    """§4.5: existing methods, fewer samples than generated images, fewer removals than training images."""
+    from diffattr.config import check_counterfactual
+
+    with pytest.raises(ConfigError) as err:
+        check_counterfactual(merged({"counterfactual": update}), 1597, 200)
+    assert str(err.value) == sentence
+    with pytest.raises(ConfigError, match="add 'gen' to evaluation.sets"):
+        check_counterfactual(merged({"evaluation": {"sets": ["val"]}}), 1597, 200)
+    check_counterfactual(merged({}), 1597, 200)
+    check_counterfactual(merged({"counterfactual": {"methods": [], "count": 500}}), 1597, 200)  # off: nothing checked
+
+
+def test_report_block_is_checked():
+    from diffattr.config import check_report
+
+    sizes = {"train": 1597, "val": 200, "gen": 200}
+    with pytest.raises(ConfigError) as err:
+        check_report(merged({"report": {"methods": ["das", "nope"]}}), sizes)
+    assert str(err.value) == "Config key 'report.methods' names 'nope', which is not a block under methods."
+    with pytest.raises(ConfigError) as err:
+        check_report(merged({"report": {"set": "val", "samples": [3, 200]}}), sizes)
+    assert str(err.value) == "Config key 'report.samples' names sample 200, but the 'val' set has 200 images."
+    check_report(merged({}), sizes)

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 from conftest import SCHEDULER, TINY_UNET
 from diffattr import counterfactual as cf
+from diffattr.atomic import write_csv
 from diffattr.methods.embedding import EmbeddingConfig, embed
 from diffattr.models.ddpm import build_unet, load_unet, save_weights
 from diffattr.noise import gaussian_noise
@@ -138,41 +139,26 @@ def test_removal_mask_removes_exactly_the_indices():
             cf.removal_mask(9, np.array(bad))
 
 
-def test_counterfactual_jobs_plan_every_method_sample_and_k():
+def test_removal_for_reads_the_sample_row_or_draws_the_control(tmp_path):
+    from diffattr.scores import write_scores
+
     rng = np.random.default_rng(1)
-    n_train, samples, ks = 12, np.array([3, 0]), [2, 4]
-    s1, s2 = rng.normal(size=(5, n_train)), rng.integers(-2, 3, size=(5, n_train)).astype(float)
-    plan = cf.counterfactual_jobs({"trak": (s1, -1), "emp": (s2, +1)}, samples, ks, n_train, seed=9)
-    assert len(plan) == 3 * 2 * 2
-    assert plan["job"].is_unique and plan["method"].iloc[0] == "random"
-    assert list(dict.fromkeys(plan["method"])) == ["random", "trak", "emp"]
-    scores = {"trak": (s1, -1), "emp": (s2, +1)}
-    seen = set()
-    for row in plan.itertuples():
-        removed = cf.parse_removed(row.removed)
-        if row.method == "random":
-            expected = np.sort(np.random.default_rng([9, row.sample, row.k]).choice(n_train, row.k, replace=False))
-        else:
-            tau, sign = scores[row.method]
-            expected = np.lexsort((np.arange(n_train), sign * tau[row.sample]))[: row.k]
-        np.testing.assert_array_equal(removed, expected)
-        assert row.n_keep == n_train - row.k and row.job == f"{row.method}_s{row.sample}_k{row.k}"
-        seen.add((row.method, row.sample, row.k))
-    assert seen == {(m, s, k) for m in ("random", "trak", "emp") for s in (3, 0) for k in ks}
-    with pytest.raises(ValueError, match="random"):
-        cf.counterfactual_jobs({"random": (s1, -1)}, samples, ks, n_train, 0)
-    with pytest.raises(ValueError):
-        cf.counterfactual_jobs({"trak": (s1, -1)}, np.array([5]), ks, n_train, 0)
-
-
-def test_plan_survives_a_csv_round_trip(tmp_path):
-    s1 = np.arange(24, dtype=float).reshape(2, 12)
-    plan = cf.counterfactual_jobs({"trak": (s1, -1)}, np.array([1]), [0, 3], 12, 0)
-    cf.write_table(plan, tmp_path / "plan.csv")
-    back = pd.read_csv(tmp_path / "plan.csv")
-    for a, b in zip(plan["removed"], back["removed"]):
-        np.testing.assert_array_equal(cf.parse_removed(a), cf.parse_removed(b))
-    assert cf.parse_removed(back.loc[back["job"] == "trak_s1_k3", "removed"].item()).tolist() == [11, 10, 9]
+    n_train = 12
+    tau = rng.integers(-2, 3, size=(5, n_train)).astype(np.float32)  # ties
+    for sign, name in ((-1, "helps"), (+1, "loss")):
+        path = tmp_path / f"{name}.zarr"
+        write_scores(path, 5, n_train, lambda a, b: tau[a:b], 2, {"sign": sign})
+        removed = cf.removal_for(path, n_train, 3, 4, seed=9)
+        # ascending s·τ (most responsible first), ties by ascending index
+        np.testing.assert_array_equal(removed, np.lexsort((np.arange(n_train), sign * tau[3].astype(np.float64)))[:4])
+    control = cf.removal_for(None, n_train, 3, 4, seed=9)
+    np.testing.assert_array_equal(control, np.sort(np.random.default_rng([9, 3, 4]).choice(n_train, 4, replace=False)))
+    with pytest.raises(ValueError, match="training columns"):
+        cf.removal_for(tmp_path / "helps.zarr", n_train + 1, 3, 4, 0)
+    with pytest.raises(ValueError, match="outside"):
+        cf.removal_for(tmp_path / "helps.zarr", n_train, 5, 4, 0)
+    assert cf.parse_removed(cf.format_removed(removed)).tolist() == removed.tolist()
+    assert cf.parse_removed(np.nan).tolist() == []
 
 
 # ---------------------------------------------------------------------------------------- retraining
@@ -211,6 +197,44 @@ def test_train_without_trains_the_same_model_as_training_on_the_kept_images(tmp_
     train(kept, TINY_UNET, SCHEDULER, TRAIN, 5, direct, str(tmp_path / "dlog.csv"), str(tmp_path / "dresume"))
     a, b = load_file(str(ckpt)), load_file(direct[1])
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_counterfactual_jobs_train_without_the_removal_set_and_evaluate_their_sample(digits_store, models, tmp_path):
+    """The workflow's two job functions: train_counterfactual removes the row's top-k and records it;
+    evaluate_runs evaluates each model on its own sample's stored image and seed."""
+    from diffattr.data.store import read_images
+    from diffattr.sample import generate_set
+    from diffattr.scores import write_scores
+
+    n_train = len(read_images(digits_store, "train"))
+    tau = np.random.default_rng(10).normal(size=(6, n_train)).astype(np.float32)
+    write_scores(tmp_path / "gen.zarr", 6, n_train, lambda a, b: tau[a:b], 6, {"sign": -1})
+    runs = []
+    for method, scores, sample in (("trak", str(tmp_path / "gen.zarr"), 4), (cf.RANDOM_CONTROL, None, 1)):
+        run = {"method": method, "sample": sample, "k": 7, "seed": 3, "model_seed": 2}
+        model, removed = str(tmp_path / f"{method}.safetensors"), str(tmp_path / f"{method}.csv")
+        got = cf.train_counterfactual(digits_store, scores, PARAMS, run, model, removed, str(tmp_path / f"{method}_log.csv"),
+                                      str(tmp_path / f"resume_{method}"))
+        expected = np.argsort(-tau[sample], kind="stable")[:7] if scores else cf.random_removal_set(n_train, 7, 3, sample)
+        np.testing.assert_array_equal(got, expected)
+        table = pd.read_csv(removed)
+        assert table[["method", "sample", "k", "n_train"]].values.tolist() == [[method, sample, 7, n_train]]
+        assert cf.parse_removed(table["removed"].item()).tolist() == expected.tolist()
+        with safe_open(model, framework="pt") as f:
+            assert json.loads(f.metadata()["n_train"]) == n_train - 7 and json.loads(f.metadata()["seed"]) == 2
+        runs.append((model, removed))
+
+    params = {**PARAMS, "embedding": {"encoder": "ddpm", "layer": "mid", "batch_size": 2}}
+    generate_set(models[0], params, str(tmp_path / "generated.zarr"), str(tmp_path / "generated.csv"))
+    out = cf.evaluate_runs(models[0], runs, str(tmp_path / "generated.zarr"), str(tmp_path / "generated.csv"), params)
+    assert out[["method", "sample", "k", "seed"]].values.tolist() == [["trak", 4, 7, 4], [cf.RANDOM_CONTROL, 1, 7, 1]]
+    stored = read_images(str(tmp_path / "generated.zarr"), "gen")
+    encoder = EmbeddingConfig(encoder="ddpm", path=models[0], layer="mid", batch_size=2)
+    for row, (model, _) in zip(out.itertuples(), runs):
+        direct = cf.evaluate_counterfactual(models[0], model, np.array([row.seed]), stored[row.sample : row.sample + 1],
+                                            PARAMS, encoder)
+        for name, values in direct.items():
+            assert getattr(row, name) == pytest.approx(float(values[0]), rel=1e-12)
 
 
 # -------------------------------------------------------------------------------------- regenerating
@@ -311,12 +335,12 @@ def test_evaluate_counterfactual_against_independent_pieces(models):
 def test_summary_table_matches_pandas_groupby(tmp_path):
     rng = np.random.default_rng(7)
     rows = [{"method": m, "k": k, "sample": s, "pixel_l2": rng.gamma(2.0), "embedding_cosine": rng.uniform(0.5, 1),
-             "loss_change": rng.normal()} for m in ("trak", "random", "dtrak") for k in (10, 5) for s in range(7)]
+             "loss_change": rng.normal()} for m in ("trak", cf.RANDOM_CONTROL, "dtrak") for k in (10, 5) for s in range(7)]
     results = pd.DataFrame(rows).sample(frac=1.0, random_state=0).reset_index(drop=True)
     table = cf.summary_table(results)
     # random first, then the methods in order of first appearance, k ascending
-    first = [m for m in dict.fromkeys(results["method"]) if m != "random"]
-    assert list(zip(table["method"], table["k"])) == [(m, k) for m in ["random", *first] for k in (5, 10)]
+    first = [m for m in dict.fromkeys(results["method"]) if m != cf.RANDOM_CONTROL]
+    assert list(zip(table["method"], table["k"])) == [(m, k) for m in [cf.RANDOM_CONTROL, *first] for k in (5, 10)]
     expected = results.groupby(["method", "k"])[["pixel_l2", "embedding_cosine", "loss_change"]].agg(["mean", "median"])
     for row in table.itertuples():
         assert row.n == 7
@@ -324,5 +348,53 @@ def test_summary_table_matches_pandas_groupby(tmp_path):
             for stat in ("mean", "median"):
                 assert getattr(row, f"{metric}_{stat}") == pytest.approx(expected.loc[(row.method, row.k), (metric, stat)],
                                                                          rel=1e-12)
-    cf.write_table(table, tmp_path / "summary.csv")
+    write_csv(table, tmp_path / "summary.csv")
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "summary.csv"), table, check_dtype=False)
+
+
+def test_paired_vs_control_against_hand_differences():
+    rng = np.random.default_rng(8)
+    samples = [4, 9, 1, 7, 3]
+    control = pd.DataFrame({"method": cf.RANDOM_CONTROL, "k": 5, "sample": samples, "pixel_l2": rng.gamma(2.0, size=5),
+                            "embedding_cosine": rng.uniform(0.8, 1.0, size=5), "loss_change": rng.normal(size=5)})
+    shift = np.array([0.5, -0.1, 0.7, 0.2, 0.3])
+    method = control.assign(method="das", pixel_l2=control["pixel_l2"] + shift,
+                            embedding_cosine=control["embedding_cosine"] - shift / 10, loss_change=control["loss_change"] + 1.0)
+    method = method.iloc[[3, 0, 4, 1, 2]]  # rows in another order: pairing is by sample, not position
+    unpaired = control.assign(method="trak", k=50)  # no control at k = 50: left out
+    out = cf.paired_vs_control(pd.concat([control, method, unpaired]), resamples=200, confidence=0.9, seed=0)
+    assert out[["method", "k", "n"]].values.tolist() == [["das", 5, 5]]
+    row = out.iloc[0]
+    assert row["pixel_l2_diff"] == pytest.approx(shift.mean(), rel=1e-12)
+    assert row["pixel_l2_wins"] == pytest.approx(0.8) and row["embedding_cosine_wins"] == pytest.approx(0.8)
+    assert row["embedding_cosine_diff"] == pytest.approx(-shift.mean() / 10, rel=1e-9)
+    # a constant difference has a zero-width interval; a varying one's interval lies within its extremes
+    assert row["loss_change_ci_low"] == pytest.approx(1.0) and row["loss_change_ci_high"] == pytest.approx(1.0)
+    assert shift.min() <= row["pixel_l2_ci_low"] < shift.mean() < row["pixel_l2_ci_high"] <= shift.max()
+
+
+def test_gather_writes_results_summary_and_markdown(tmp_path):
+    rng = np.random.default_rng(9)
+    paths = []
+    for method in (cf.RANDOM_CONTROL, "das"):
+        part = pd.DataFrame({"method": method, "sample": [2, 0, 1], "k": 3, "seed": [2, 0, 1],
+                             "pixel_l2": rng.gamma(2.0, size=3) + (method == "das"),
+                             "embedding_cosine": rng.uniform(0.5, 1, size=3), "loss_original": 0.1,
+                             "loss_retrained": 0.2, "loss_change": rng.normal(size=3)})
+        paths.append(str(tmp_path / f"{method}.csv"))
+        part.to_csv(paths[-1], index=False)
+    results = cf.gather(paths[::-1], str(tmp_path / "cf.csv"), str(tmp_path / "summary.csv"), str(tmp_path / "cf.md"),
+                        100, 0.95, 0)
+    back = pd.read_csv(tmp_path / "cf.csv")
+    assert len(back) == 6 and back[["method", "sample"]].values.tolist() == [
+        ["das", 0], ["das", 1], ["das", 2], [cf.RANDOM_CONTROL, 0], [cf.RANDOM_CONTROL, 1], [cf.RANDOM_CONTROL, 2]]
+    pd.testing.assert_frame_equal(back, results, check_dtype=False)
+    summary = pd.read_csv(tmp_path / "summary.csv")
+    assert summary["method"].tolist() == [cf.RANDOM_CONTROL, "das"]
+    das = results[results["method"] == "das"].set_index("sample")
+    ctl = results[results["method"] == cf.RANDOM_CONTROL].set_index("sample")
+    assert summary["pixel_l2_diff"].iloc[1] == pytest.approx((das["pixel_l2"] - ctl["pixel_l2"]).mean())
+    assert np.isnan(summary["pixel_l2_diff"].iloc[0])
+    md = (tmp_path / "cf.md").read_text()
+    mean, median = das["pixel_l2"].mean(), das["pixel_l2"].median()
+    assert f"| das | 3 | 3 | {mean:.3f} ({median:.3f}) |" in md and "Paired with random_removal" in md

@@ -34,7 +34,7 @@ def test_smoke_through_slurm_equals_local(cluster, smoke, tmp_path):
     # runs the same rules, so the local smoke run covers it.
     methods = ["pixel_l2", "random"]
     cfg = overlay(tmp_path, "slurm", {"output_dir": str(out), "resources": {"gpus": 1, "gpu_model": "fake"},
-                                      "evaluation": {"methods": methods}})
+                                      "evaluation": {"methods": methods}, "counterfactual": {"methods": []}})
     # larger groups than the profile's: on one 2-CPU node each SLURM job costs a status-poll round trip
     groups = ["train=32", "measure=32", "featurize=16", "solve=16", "score=16"]
     result = snakemake("--profile", "profiles/slurm", "--group-components", *groups, "--configfile", "config/smoke.yaml",

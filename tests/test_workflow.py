@@ -4,7 +4,9 @@ driven by params, restart after jobs killed mid-way. These tests share the sessi
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -16,6 +18,7 @@ import pandas as pd
 import pytest
 import yaml
 import zarr
+from safetensors import safe_open
 
 from conftest import REPO, Smoke
 from workflow import SNAKEMAKE, job_counts, overlay, planned_jobs, snakemake, snakemake_concurrently
@@ -56,6 +59,9 @@ def test_default_dry_run_lists_the_expected_jobs_without_torch(tmp_path):
         "evaluate_lds": 28,
         "retraining_curve": 2,  # empirical influence, datamodels: LDS vs number of models
         "lds_table": 1,
+        "counterfactual_train": 48,  # 12 generated samples × k = 320 × (das, dtrak, trak, random removal)
+        "counterfactual_evaluate": 4,
+        "counterfactual_table": 1,
         "all": 1,
     }
 
@@ -98,6 +104,28 @@ def test_smoke_run_end_to_end(smoke):
     assert len(list((smoke.out / "kernels" / "loss" / "full" / "0" / "seed0" / "gram").iterdir())) == 2
 
 
+def test_counterfactual_through_the_workflow(smoke):
+    """§4.5 on the smoke run: each retrained model left out exactly its sample's top-k of the DAS
+    scores (or the control's draw), and the table holds one finite row per (method, sample, k)."""
+    from diffattr.counterfactual import RANDOM_CONTROL, counterfactual_samples, parse_removed, random_removal_set
+
+    results = pd.read_csv(smoke.out / "counterfactual.csv")
+    samples = counterfactual_samples(40, 2, 42)
+    assert sorted(map(tuple, results[["method", "sample", "k"]].values.tolist())) == sorted(
+        (m, int(s), 40) for m in ("das", RANDOM_CONTROL) for s in samples)
+    assert np.isfinite(results[["pixel_l2", "embedding_cosine", "loss_change"]].to_numpy()).all()
+    assert (results["pixel_l2"] >= 0).all() and (results["embedding_cosine"] <= 1 + 1e-9).all()
+    das = read_scores(smoke.out / "scores" / "das" / "gen.zarr")
+    for sample in samples:
+        removed = pd.read_csv(smoke.out / "counterfactual" / "removed" / "das" / f"s{sample}_k40.csv")["removed"].item()
+        assert set(parse_removed(removed)) == set(np.argsort(-das[sample])[:40])  # sign −1: largest τ
+        control = pd.read_csv(smoke.out / "counterfactual" / "removed" / RANDOM_CONTROL / f"s{sample}_k40.csv")
+        assert parse_removed(control["removed"].item()).tolist() == random_removal_set(300, 40, 42, int(sample)).tolist()
+        with safe_open(str(smoke.out / "counterfactual" / "models" / "das" / f"s{sample}_k40.safetensors"), "pt") as f:
+            assert json.loads(f.metadata()["n_train"]) == 260
+    assert "Counterfactual (" in smoke.result.stdout and "| das | 40 | 2 |" in smoke.result.stdout
+
+
 def changed_jobs(smoke: Smoke, tmp: Path, changes: dict[str, dict]) -> dict[str, list[tuple[str, dict]]]:
     """The jobs a dry-run plans after each change (dry-runs of all changes at once)."""
     runs = [("-n", *smoke.args(overlay(tmp, name, change))) for name, change in changes.items()]
@@ -112,19 +140,23 @@ def test_a_changed_knob_reruns_only_what_it_touches(smoke, tmp_path):
     planned = changed_jobs(smoke, tmp_path, {"a": {"methods": {"trak": {"lambdas": [0.01, 1.0]}}},
                                              "b": {"features": {"loss": {"projection": {"dim": 128}}}},
                                              "c": {"evaluation": {"lds": {"bootstrap_resamples": 32}}}})
-    # (a) one method's λ grid: its λ selection, scores and evaluation only
+    # (a) one method's λ grid: its λ selection, scores and evaluation only (and the report's figures of them)
+    figures = {"plot_lds", "plot_lambda", "plot_runtime"}
     jobs = planned["a"]
-    assert {r for r, _ in jobs} == {"select_lambda", "score", "evaluate_lds", "lds_table"}
-    assert {w.get("method") for r, w in jobs if r != "lds_table"} == {"trak"}
+    assert {r for r, _ in jobs} == {"select_lambda", "score", "evaluate_lds", "lds_table", "attribution_grids", *figures}
+    assert {w.get("method") for r, w in jobs if r != "lds_table" and r not in figures} == {"trak"}
     # (b) one feature spec's projection dim: that spec's features, kernels and its methods only
     jobs = planned["b"]
     assert {r for r, _ in jobs} == {"featurize", "gather_features", "gram_partial", "kernel", "select_lambda",
-                                    "score", "evaluate_lds", "lds_table"}
+                                    "score", "evaluate_lds", "lds_table", "attribution_grids", "score_trajectory",
+                                    "trajectory_lds", "plot_trajectory", *figures}
     assert {w["spec"] for r, w in jobs if "spec" in w} == {"loss"}
-    assert {w["method"] for r, w in jobs if "method" in w} == {"trak", "trak_ens", "relatif", "grad_cos", "tracin", "gas"}
+    assert {w["method"] for r, w in jobs if "method" in w} == {"trak", "trak_ens", "relatif", "grad_cos", "tracin", "gas",
+                                                               "journey_trak"}
     # (c) the LDS bootstrap count: evaluation only
     jobs = planned["c"]
-    assert {r for r, _ in jobs} == {"evaluate_lds", "lds_table"}
+    assert {r for r, _ in jobs} == {"evaluate_lds", "lds_table", "trajectory_lds", "plot_lds", "plot_runtime",
+                                    "plot_trajectory"}
     never = {"train_model", "measure_outputs", "prepare_data", "generate"}
     # (a) for real: outputs it does not touch keep their mtimes
     untouched = [smoke.out / "scores" / "dtrak" / "val.zarr" / "zarr.json",
@@ -161,6 +193,11 @@ def kill_run_when(ready, args: list[str], timeout: float = 600) -> str:
     return output
 
 
+def mid_bar(log_text: str) -> bool:
+    """Whether a job's progress bar (diffattr.progress) shows it part-way: "| 32/160 [" with 0 < 32 < 160."""
+    return any(0 < int(n) < int(total) for n, total in re.findall(r"\| (\d+)/(\d+) \[", log_text))
+
+
 def read_scores(path: Path) -> np.ndarray:
     return np.asarray(zarr.open_group(str(path), mode="r")["scores"][:])
 
@@ -186,7 +223,7 @@ def test_killed_jobs_restart_and_reproduce_the_uninterrupted_run(smoke):
     shutil.rmtree(shard)
     log = out / "logs" / "featurize" / "square" / "full" / "0" / "seed0" / "train" / "shard0.log"
     log.unlink()
-    kill_run_when(lambda: log.exists() and "featurized 32/" in log.read_text(), [str(shard), "--cores", "1", *smoke.args()])
+    kill_run_when(lambda: log.exists() and mid_bar(log.read_text()), [str(shard), "--cores", "1", *smoke.args()])
     assert not (shard / "complete.json").exists()
 
     # restart both, then bring what depends on them up to date (newer inputs: Snakemake's mtime trigger)

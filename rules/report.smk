@@ -1,0 +1,169 @@
+# Figures of the HTML report (`snakemake --report results/report.html`, `diffattr report`).
+# Each is a local job: plotting takes seconds and needs no cluster slot.
+REPORT_DIR = f"{OUT}/report"
+_REP = config["report"]
+REPORT_SET = _REP["set"]
+REPORT_SAMPLES = _REP["samples"]
+REPORT_METHODS = [
+    m
+    for m in (_REP["methods"] or METHODS)
+    if m in METHODS and REPORT_SET in method_sets(m)
+]
+"""The methods whose attribution grids the report shows: those configured that were run on its set."""
+GRID = f"{REPORT_DIR}/attributions/{{method}}/{REPORT_SET}_{{sample}}.png"
+STEP_FIGURE = f"{REPORT_DIR}/trajectory/{{method}}.png"
+LAMBDA_METHODS = {
+    m: method_models(m)[0] for m in METHODS if config["methods"][m]["kind"] == "trak"
+}
+"""Kernel methods and the model whose λ sweep (select pool) the report plots."""
+FINAL_OUTPUTS = [
+    LDS_TABLE,
+    *expand(SUBSET_MASKS, pool=POOLS),
+    *expand(RETRAINING_CURVE, method=RETRAINING_METHODS),
+    *expand(STEP_LDS, method=JOURNEY_METHODS),
+    *([COUNTERFACTUAL] if CF_METHODS else []),
+]
+"""What the run delivers; the runtime figure waits for all of it."""
+REPORT_FIGURES = [
+    f"{REPORT_DIR}/lds.png",
+    f"{REPORT_DIR}/runtime.png",
+    *([f"{REPORT_DIR}/lambda.png"] if LAMBDA_METHODS else []),
+    *([f"{REPORT_DIR}/counterfactual.png"] if CF_METHODS else []),
+    *expand(STEP_FIGURE, method=JOURNEY_METHODS),
+    *[GRID.format(method=m, sample=s) for m in REPORT_METHODS for s in REPORT_SAMPLES],
+]
+
+
+rule plot_lds:
+    input:
+        table=LDS_TABLE,
+    output:
+        png=report(
+            f"{REPORT_DIR}/lds.png",
+            caption="../report/lds.rst",
+            category="1 LDS",
+            labels={"figure": "LDS per method and set"},
+        ),
+    log:
+        f"{OUT}/logs/plot_lds.log",
+    conda:
+        "../envs/eval.yaml"
+    script:
+        "../workflow_scripts/plot_lds.py"
+
+
+rule plot_lambda:
+    input:
+        curves=[
+            LAMBDA_CURVE.format(
+                method=m, **dict(zip(("pool", "subset", "seed"), model))
+            )
+            for m, model in LAMBDA_METHODS.items()
+        ],
+    output:
+        png=report(
+            f"{REPORT_DIR}/lambda.png",
+            caption="../report/lambda.rst",
+            category="2 λ selection",
+            labels={"figure": "LDS vs λ"},
+        ),
+    log:
+        f"{OUT}/logs/plot_lambda.log",
+    conda:
+        "../envs/eval.yaml"
+    params:
+        methods=list(LAMBDA_METHODS),
+    script:
+        "../workflow_scripts/plot_lambda.py"
+
+
+rule plot_counterfactual:
+    input:
+        results=COUNTERFACTUAL,
+    output:
+        png=report(
+            f"{REPORT_DIR}/counterfactual.png",
+            caption="../report/counterfactual.rst",
+            category="3 Counterfactual",
+            labels={"figure": "per-sample changes"},
+        ),
+    log:
+        f"{OUT}/logs/plot_counterfactual.log",
+    conda:
+        "../envs/eval.yaml"
+    script:
+        "../workflow_scripts/plot_counterfactual.py"
+
+
+rule attribution_grids:
+    input:
+        scores=SCORES.format(method="{method}", set=REPORT_SET),
+        data=DATA,
+        attributed=set_store(REPORT_SET),
+    output:
+        pngs=[
+            report(
+                GRID.replace("{sample}", str(s)),
+                caption="../report/attribution.rst",
+                category="4 Attributions",
+                subcategory="{method}",
+                labels={"method": "{method}", "sample": f"{REPORT_SET} #{s}"},
+            )
+            for s in REPORT_SAMPLES
+        ],
+    log:
+        f"{OUT}/logs/attribution_grids/{{method}}.log",
+    conda:
+        "../envs/eval.yaml"
+    params:
+        set=REPORT_SET,
+        split=ATTRIBUTED_SPLIT_STORES[REPORT_SET][1],
+        samples=REPORT_SAMPLES,
+        top=_REP["top"],
+    script:
+        "../workflow_scripts/attribution_grids.py"
+
+
+rule plot_trajectory:
+    input:
+        steps=STEP_LDS,
+        lds=METHOD_LDS,
+    output:
+        png=report(
+            STEP_FIGURE,
+            caption="../report/trajectory.rst",
+            category="5 Journey-TRAK",
+            labels={"method": "{method}"},
+        ),
+    log:
+        f"{OUT}/logs/plot_trajectory/{{method}}.log",
+    conda:
+        "../envs/eval.yaml"
+    script:
+        "../workflow_scripts/plot_trajectory.py"
+
+
+rule plot_runtime:
+    input:
+        FINAL_OUTPUTS,
+    output:
+        png=report(
+            f"{REPORT_DIR}/runtime.png",
+            caption="../report/runtime.rst",
+            category="6 Runtime and memory",
+            labels={"figure": "per rule"},
+        ),
+        table=report(
+            f"{REPORT_DIR}/runtime.csv",
+            caption="../report/runtime.rst",
+            category="6 Runtime and memory",
+            labels={"figure": "table"},
+        ),
+    log:
+        f"{OUT}/logs/plot_runtime.log",
+    conda:
+        "../envs/eval.yaml"
+    params:
+        output_dir=lambda w, output: str(Path(output.table).parents[1]),  # holds benchmarks/
+    script:
+        "../workflow_scripts/plot_runtime.py"

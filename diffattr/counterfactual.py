@@ -141,11 +141,14 @@ def read_method_scores(path: str | os.PathLike) -> tuple[Any, int]:
     return root["scores"], int(root.attrs["sign"])
 
 
-def removal_for(scores_path: str | os.PathLike | None, n_train: int, sample: int, k: int, seed: int) -> np.ndarray:
+def removal_for(scores_path: str | os.PathLike | None, n_train: int, sample: int, k: int,
+                seed: int | None = None) -> np.ndarray:
     """R_k of generated sample ``sample`` (§4.5 step 2): :func:`removal_set` of its row of the score
     store at ``scores_path`` (attributed set ``gen``), or, with no store, the random control's
     :func:`random_removal_set` drawn with ``seed``."""
     if scores_path is None:
+        if seed is None:
+            raise ValueError("the random-removal control needs a seed")
         return random_removal_set(n_train, k, seed, sample)
     scores, sign = read_method_scores(scores_path)
     if scores.shape[1] != n_train:
@@ -181,13 +184,13 @@ def train_without(data_images: np.ndarray, removed: np.ndarray, params: dict[str
 def train_counterfactual(data_store: str, scores_path: str | None, params: dict[str, Any], run: dict[str, Any],
                          model_path: str, removed_path: str, log_table: str, resume_dir: str) -> np.ndarray:
     """counterfactual_train: remove R_k (:func:`removal_for`) of ``run`` (``method``, ``sample``,
-    ``k``, ``seed`` of the control's draws, ``model_seed`` of the retraining) from the training set
+    ``k``, ``model_seed`` of the retraining and, for the control only, ``seed`` of its draws) from the training set
     of ``data_store``, retrain with :func:`train_without`, and write the removed indices, most
     responsible first, as a one-row table (``method``, ``sample``, ``k``, ``n_train``, ``removed``)."""
     from diffattr.data.store import read_images
 
     images = read_images(data_store, "train")
-    removed = removal_for(scores_path, len(images), int(run["sample"]), int(run["k"]), int(run["seed"]))
+    removed = removal_for(scores_path, len(images), int(run["sample"]), int(run["k"]), run.get("seed"))
     train_without(images, removed, params, int(run["model_seed"]), model_path, log_table, resume_dir)
     write_csv(pd.DataFrame([{"method": run["method"], "sample": int(run["sample"]), "k": int(run["k"]),
                                "n_train": len(images), "removed": format_removed(removed)}]), removed_path)

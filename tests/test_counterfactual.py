@@ -157,6 +157,8 @@ def test_removal_for_reads_the_sample_row_or_draws_the_control(tmp_path):
         cf.removal_for(tmp_path / "helps.zarr", n_train + 1, 3, 4, 0)
     with pytest.raises(ValueError, match="outside"):
         cf.removal_for(tmp_path / "helps.zarr", n_train, 5, 4, 0)
+    with pytest.raises(ValueError, match="needs a seed"):
+        cf.removal_for(None, n_train, 3, 4)
     assert cf.parse_removed(cf.format_removed(removed)).tolist() == removed.tolist()
     assert cf.parse_removed(np.nan).tolist() == []
 
@@ -211,7 +213,7 @@ def test_counterfactual_jobs_train_without_the_removal_set_and_evaluate_their_sa
     write_scores(tmp_path / "gen.zarr", 6, n_train, lambda a, b: tau[a:b], 6, {"sign": -1})
     runs = []
     for method, scores, sample in (("trak", str(tmp_path / "gen.zarr"), 4), (cf.RANDOM_CONTROL, None, 1)):
-        run = {"method": method, "sample": sample, "k": 7, "seed": 3, "model_seed": 2}
+        run = {"method": method, "sample": sample, "k": 7, "model_seed": 2} | ({} if scores else {"seed": 3})
         model, removed = str(tmp_path / f"{method}.safetensors"), str(tmp_path / f"{method}.csv")
         got = cf.train_counterfactual(digits_store, scores, PARAMS, run, model, removed, str(tmp_path / f"{method}_log.csv"),
                                       str(tmp_path / f"resume_{method}"))

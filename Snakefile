@@ -16,9 +16,9 @@ include: "rules/ground_truth.smk"  # measure_outputs, gather_ground_truth
 include: "rules/features.smk"  # featurize (sharded), gather_features
 include: "rules/kernel.smk"  # gram_partial, kernel, select_lambda
 include: "rules/score.smk"  # score (every method in the registry), score_trajectory (Journey-TRAK per step)
-include: "rules/evaluate.smk"  # evaluate_lds, lds_table, retraining_curve, trajectory_lds
+include: "rules/evaluate.smk"  # evaluate_lds, lds_table, retraining_curve, trajectory_lds, sweep_table
 include: "rules/counterfactual.smk"  # counterfactual_train (remove top-k, retrain), counterfactual_evaluate, counterfactual_table
-include: "rules/report.smk"  # plot_lds, plot_lambda, plot_counterfactual, attribution_grids, plot_trajectory, plot_runtime
+include: "rules/report.smk"  # plot_lds, plot_lambda, plot_counterfactual, attribution_grids, plot_trajectory, plot_sweep, plot_runtime
 
 
 # Light bookkeeping runs on the submitting node; everything else is a cluster job.
@@ -31,12 +31,14 @@ localrules:
     lds_table,
     retraining_curve,
     trajectory_lds,
+    sweep_table,
     counterfactual_table,
     plot_lds,
     plot_lambda,
     plot_counterfactual,
     attribution_grids,
     plot_trajectory,
+    plot_sweep,
     plot_runtime,
 
 

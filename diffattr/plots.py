@@ -16,6 +16,7 @@ state), like :mod:`diffattr.show`.
   and grey lines join one sample across methods at equal k.
 - :func:`trajectory_plot` — Journey-TRAK (METHODS.md §2.12): the LDS of the score from one DDIM step
   alone, step 0 the noisiest, with its CI band and the mean-over-steps method as a reference line.
+- :func:`sweep_plot` — an ablation sweep (:mod:`diffattr.sweeps`): LDS against the swept value per set.
 - :func:`runtime_plot` — wall-clock seconds and peak memory per Snakemake rule, from the ``benchmark:``
   files (:func:`read_benchmarks`, :func:`runtime_table`).
 """
@@ -248,6 +249,32 @@ def trajectory_plot(steps: pd.DataFrame, path: str | os.PathLike, overall: float
     ax.set_ylabel("LDS (Spearman)")
     ax.set_title("Journey-TRAK per sampler step (METHODS.md §2.12)")
     ax.legend(fontsize=7)
+    _save(fig, path)
+
+
+# --------------------------------------------------------------------------------------------- sweeps
+
+def sweep_plot(table: pd.DataFrame, path: str | os.PathLike) -> None:
+    """LDS against the swept value (in the sweep's order), one line per attributed set, CI whiskers."""
+    values = list(dict.fromkeys(table["value"].astype(str)))
+    fig = _figure(1.5 + 0.9 * max(len(values), 3), 3.4)
+    ax = fig.add_subplot()
+    if not len(table):
+        _no_data(ax)
+    for split in _ordered_sets(table["set"]) if len(table) else []:
+        d = table[table["set"] == split].copy()
+        x = [values.index(v) for v in d["value"].astype(str)]
+        lds, low, high = (d[c].astype(float).to_numpy() for c in ("lds", "ci_low", "ci_high"))
+        err = np.nan_to_num(np.vstack([lds - low, high - lds]), nan=0.0)
+        ax.errorbar(x, lds, yerr=err, marker="o", capsize=3, color=SET_COLORS.get(split), label=split)
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(values)), values)
+    key = str(table["key"].iloc[0]) if len(table) else ""
+    ax.set_xlabel(f"{key} ({table['method'].iloc[0].split('-')[0] if len(table) else ''})")
+    ax.set_ylabel("LDS (Spearman)")
+    ax.set_title(f"Sweep {table['sweep'].iloc[0] if len(table) else ''}: LDS vs {key}", fontsize=9)
+    if len(table):
+        ax.legend(fontsize=7)
     _save(fig, path)
 
 

@@ -1,5 +1,6 @@
 # Config validation and the names of every artifact. Imports nothing heavy: no torch at DAG time.
 import os
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -23,6 +24,7 @@ from diffattr.methods.gradient import checkpoint_weights
 from diffattr.methods.registry import method_kind
 from diffattr.schedule import checkpoint_steps
 from diffattr.show import ATTRIBUTED_SPLIT_STORES
+from diffattr.sweeps import expand_sweeps
 from diffattr.store import kernel_form, shard_ranges, spec_hash
 
 min_version("9.0")
@@ -30,6 +32,8 @@ min_version("9.0")
 SCHEMA = Path(workflow.basedir) / "schemas" / "config.schema.yaml"
 validate_config(config, load_yaml(SCHEMA))  # one sentence naming the key
 validate(config, str(SCHEMA))  # Snakemake's own check (also fills schema defaults)
+SWEEPS = expand_sweeps(config)  # derived methods and feature specs of every ablation sweep
+validate_config(config, load_yaml(SCHEMA))  # ... which must be valid blocks too
 check_inputs(config)
 
 OUT = config["output_dir"]
@@ -83,6 +87,7 @@ CF_EVAL = f"{OUT}/counterfactual/eval/{{cf_method}}.csv"
 COUNTERFACTUAL = f"{OUT}/counterfactual.csv"
 COUNTERFACTUAL_SUMMARY = f"{OUT}/counterfactual_summary.csv"
 COUNTERFACTUAL_MARKDOWN = f"{OUT}/counterfactual.md"
+SWEEP_TABLE = f"{OUT}/sweeps/{{sweep}}.csv"
 CF = config.get("counterfactual") or {"methods": []}
 CF_METHODS = [RANDOM_CONTROL, *CF["methods"]] if CF["methods"] else []
 """The random-removal control and the methods whose top-k the counterfactual stage removes (§4.5)."""
@@ -117,13 +122,14 @@ wildcard_constraints:
     subset=r"\d+",
     seed=r"\d+",
     set="|".join(SETS),
-    method="|".join(dict.fromkeys(METHODS + CF["methods"])) or "none",
-    spec="|".join(SPECS) if SPECS else "none",
+    method="|".join(map(re.escape, dict.fromkeys(METHODS + CF["methods"]))) or "none",
+    spec="|".join(map(re.escape, SPECS)) or "none",
     split="train|val|gen|journey",
     shard=r"\d+",
     cf_method="|".join(CF_METHODS) if CF_METHODS else "none",
     sample=r"\d+",
     k=r"\d+",
+    sweep="|".join(map(re.escape, SWEEPS)) or "none",
 
 
 def checkpoint(pool, subset, seed, step=CKPT_STEPS[-1]):

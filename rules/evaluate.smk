@@ -100,3 +100,25 @@ rule retraining_curve:
         lds=config["evaluation"]["lds"],
     script:
         "../workflow_scripts/retraining_curve.py"
+
+
+rule sweep_table:
+    input:
+        tables=lambda w: [METHOD_LDS.format(method=p["method"]) for p in SWEEPS[w.sweep]],
+    output:
+        table=report(
+            SWEEP_TABLE,
+            caption="../report/sweep_table.rst",
+            category="7 Sweeps",
+            subcategory="{sweep}",
+            labels={"figure": "table"},
+        ),
+    log:
+        f"{OUT}/logs/sweep_table/{{sweep}}.log",
+    conda:
+        "../envs/eval.yaml"
+    params:
+        key=lambda w: config["sweeps"][w.sweep]["key"],
+        points=lambda w: [(p["value"], p["method"]) for p in SWEEPS[w.sweep]],
+    script:
+        "../workflow_scripts/sweep_table.py"

@@ -12,6 +12,7 @@ REPORT_METHODS = [
 """The methods whose attribution grids the report shows: those configured that were run on its set."""
 GRID = f"{REPORT_DIR}/attributions/{{method}}/{REPORT_SET}_{{sample}}.png"
 STEP_FIGURE = f"{REPORT_DIR}/trajectory/{{method}}.png"
+SWEEP_FIGURE = f"{REPORT_DIR}/sweeps/{{sweep}}.png"
 LAMBDA_METHODS = {
     m: method_models(m)[0] for m in METHODS if config["methods"][m]["kind"] == "trak"
 }
@@ -22,6 +23,7 @@ FINAL_OUTPUTS = [
     *expand(RETRAINING_CURVE, method=RETRAINING_METHODS),
     *expand(STEP_LDS, method=JOURNEY_METHODS),
     *([COUNTERFACTUAL] if CF_METHODS else []),
+    *expand(SWEEP_TABLE, sweep=SWEEPS),
 ]
 """What the run delivers; the runtime figure waits for all of it."""
 REPORT_FIGURES = [
@@ -30,6 +32,7 @@ REPORT_FIGURES = [
     *([f"{REPORT_DIR}/lambda.png"] if LAMBDA_METHODS else []),
     *([f"{REPORT_DIR}/counterfactual.png"] if CF_METHODS else []),
     *expand(STEP_FIGURE, method=JOURNEY_METHODS),
+    *expand(SWEEP_FIGURE, sweep=SWEEPS),
     *[GRID.format(method=m, sample=s) for m in REPORT_METHODS for s in REPORT_SAMPLES],
 ]
 
@@ -141,6 +144,25 @@ rule plot_trajectory:
         "../envs/eval.yaml"
     script:
         "../workflow_scripts/plot_trajectory.py"
+
+
+rule plot_sweep:
+    input:
+        table=SWEEP_TABLE,
+    output:
+        png=report(
+            SWEEP_FIGURE,
+            caption="../report/sweep.rst",
+            category="7 Sweeps",
+            subcategory="{sweep}",
+            labels={"figure": "LDS vs value"},
+        ),
+    log:
+        f"{OUT}/logs/plot_sweep/{{sweep}}.log",
+    conda:
+        "../envs/eval.yaml"
+    script:
+        "../workflow_scripts/plot_sweep.py"
 
 
 rule plot_runtime:

@@ -233,3 +233,14 @@ def test_runtime_plot_writes_a_png(benchmark_root, tmp_path):
     summary = plots.runtime_table(plots.read_benchmarks(benchmark_root))
     assert_png_after(plots.runtime_plot, summary, tmp_path / "some")
     assert_png_after(plots.runtime_plot, summary.iloc[:0], tmp_path / "none")
+
+
+def test_sweep_plot_writes_a_png(tmp_path):
+    from diffattr.plots import sweep_plot
+
+    table = pd.DataFrame({"sweep": "k", "method": ["m__dim8", "m__dim8", "m", "m"], "key": "projection.dim",
+                          "value": ["8", "8", "16", "16"], "set": ["val", "gen", "val", "gen"],
+                          "lds": [0.1, 0.05, 0.2, 0.1], "std": 0.01, "ci_low": [0.05, np.nan, 0.15, 0.05],
+                          "ci_high": [0.15, np.nan, 0.25, 0.15], "chosen": ""})
+    sweep_plot(table, tmp_path / "s.png")
+    assert (tmp_path / "s.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

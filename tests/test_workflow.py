@@ -48,20 +48,29 @@ def test_default_dry_run_lists_the_expected_jobs_without_torch(tmp_path):
         # loss, square × 5 models (full + 4 ensemble) + loss_c25/50/75, das, dtracin(_c50), retrac(_c50) ×
         # the full model, × 3 splits: trak, trak_ens, relatif, renorm_if, grad_*, tracin*, gas share loss
         # + the generated samples' trajectory features of Journey-TRAK (split "journey")
-        "featurize": 55,
-        "gather_features": 55,
-        "kernel": 11,  # k = 2048 > N = 1597: dual form, no partial Grams
+        "featurize": 70,  # + 5 sweep specs (dim 512, 1024, 4096; timesteps 5, 20) × 3 splits
+        "gather_features": 70,
+        "gram_partial": 2,  # the sweep's k = 512, 1024 ≤ N: primal form, one train shard each
+        "kernel": 16,  # k = 2048 > N = 1597: dual form, no partial Grams (+ 5 sweep kernels)
         "residuals": 1,  # DAS's training-residual weight
-        "select_lambda": 14,  # 6 single-model kernel methods + (trak_ens, dtrak_ens) × 4 models
-        "score": 55,  # 27 methods × {val, gen} + Journey-TRAK × {gen}
+        "select_lambda": 19,  # 6 single-model kernel methods + (trak_ens, dtrak_ens) × 4 models + 5 sweep methods
+        "score": 65,  # 32 methods × {val, gen} + Journey-TRAK × {gen}
         "score_trajectory": 1,  # Journey-TRAK's per-step scores
         "trajectory_lds": 1,
-        "evaluate_lds": 28,
-        "retraining_curve": 2,  # empirical influence, datamodels: LDS vs number of models
+        "evaluate_lds": 33,
+        "retraining_curve": 2,  # empirical influence, datamodels: LDS vs number of retrained models
+        "sweep_table": 2,  # dtrak_dim, dtrak_timesteps
         "lds_table": 1,
         "counterfactual_train": 48,  # 12 generated samples × k = 320 × (das, dtrak, trak, random removal)
         "counterfactual_evaluate": 4,
         "counterfactual_table": 1,
+        "plot_lds": 1,  # the report's figures
+        "plot_lambda": 1,
+        "plot_counterfactual": 1,
+        "attribution_grids": 7,  # report.methods
+        "plot_trajectory": 1,
+        "plot_sweep": 2,
+        "plot_runtime": 1,
         "all": 1,
     }
 
@@ -139,7 +148,10 @@ def changed_jobs(smoke: Smoke, tmp: Path, changes: dict[str, dict]) -> dict[str,
 def test_a_changed_knob_reruns_only_what_it_touches(smoke, tmp_path):
     planned = changed_jobs(smoke, tmp_path, {"a": {"methods": {"trak": {"lambdas": [0.01, 1.0]}}},
                                              "b": {"features": {"loss": {"projection": {"dim": 128}}}},
-                                             "c": {"evaluation": {"lds": {"bootstrap_resamples": 32}}}})
+                                             "c": {"evaluation": {"lds": {"bootstrap_resamples": 32}}},
+                                             "d": {"counterfactual": {"ks": [40, 60]}},
+                                             "e": {"sweeps": {"k": {"method": "trak", "key": "projection.dim",
+                                                                    "values": [128, 256]}}}})
     # (a) one method's λ grid: its λ selection, scores and evaluation only (and the report's figures of them)
     figures = {"plot_lds", "plot_lambda", "plot_runtime"}
     jobs = planned["a"]
@@ -157,6 +169,18 @@ def test_a_changed_knob_reruns_only_what_it_touches(smoke, tmp_path):
     jobs = planned["c"]
     assert {r for r, _ in jobs} == {"evaluate_lds", "lds_table", "trajectory_lds", "plot_lds", "plot_runtime",
                                     "plot_trajectory"}
+    # (d) one more counterfactual k: its retrainings only (k = 40's are kept), then evaluation and table
+    jobs = planned["d"]
+    assert {r for r, _ in jobs} == {"counterfactual_train", "counterfactual_evaluate", "counterfactual_table",
+                                    "plot_counterfactual", "plot_runtime"}
+    assert {w["k"] for r, w in jobs if r == "counterfactual_train"} == {"60"}
+    assert len([r for r, _ in jobs if r == "counterfactual_train"]) == 4  # 2 samples × (das, random removal)
+    # (e) a projection-dim sweep of TRAK: the new dimension's features, kernel and method; 256 is trak itself
+    jobs = planned["e"]
+    assert {r for r, _ in jobs} == {"featurize", "gather_features", "gram_partial", "kernel", "select_lambda", "score",
+                                    "evaluate_lds", "sweep_table", "plot_sweep", "lds_table", *figures}
+    assert {w["spec"] for r, w in jobs if "spec" in w} == {"loss__dim128"}
+    assert {w["method"] for r, w in jobs if "method" in w} == {"trak__dim128"}
     never = {"train_model", "measure_outputs", "prepare_data", "generate"}
     # (a) for real: outputs it does not touch keep their mtimes
     untouched = [smoke.out / "scores" / "dtrak" / "val.zarr" / "zarr.json",

@@ -1,0 +1,130 @@
+"""Ablation sweeps: one knob of one method over a list of values, each value its own method.
+
+A config entry ``sweeps: {name: {method: M, key: K, values: [v1, v2, …]}}`` expands at DAG time
+(:func:`expand_sweeps`) into derived methods ``M__{leaf}{v}`` (``leaf`` = the last part of ``K``,
+v's non-alphanumerics as "_"), each a copy of M with K set to v. K is looked up in M's own block first (``lambdas``, ``damping``,
+``similarity``, …), then in the block of M's feature spec (``timesteps``, ``projection.dim``,
+``noise_seeds``, …), which is copied the same way into ``{spec}__{leaf}{v}``. Everything the value
+does not change is shared: a ``projection.dim`` sweep re-featurizes, but trains, measures and
+generates nothing again; a value equal to M's own is M itself (no new job). Each derived method runs
+and is evaluated like any other (METHODS.md §4.4), and :func:`sweep_table` gathers LDS against the
+value, per attributed set: D-TRAK's per-timestep-count (§5.1, 10 / 100 / 1000 timesteps) and per-k
+(projection dimension) ablations are two such sweeps.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import pandas as pd
+
+from diffattr.config import ConfigError
+
+SWEEP_COLUMNS = ["sweep", "method", "key", "value", "set", "lds", "std", "ci_low", "ci_high", "chosen"]
+
+
+def _get(block: Mapping[str, Any], key: str) -> Any:
+    node: Any = block
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            raise KeyError(key)
+        node = node[part]
+    return node
+
+
+def _with(block: Mapping[str, Any], key: str, value: Any) -> dict[str, Any]:
+    out = copy.deepcopy(dict(block))
+    node = out
+    *parents, leaf = key.split(".")
+    for part in parents:
+        node = node[part]
+    node[leaf] = value
+    return out
+
+
+def _label(value: Any) -> str:
+    """A value as printed in tables: lists joined by "-", floats in %g."""
+    return "-".join(map(_label, value)) if isinstance(value, list) else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _name(base: str, leaf: str, value: Any) -> str:
+    """A derived block name, ``{base}__{leaf}{value}`` with the value's non-alphanumerics as "_"
+    (config names are identifiers)."""
+    return f"{base}__{leaf}{re.sub(r'[^A-Za-z0-9]', '_', _label(value))}"
+
+
+def sweep_points(name: str, sweep: Mapping[str, Any], methods: Mapping[str, Any],
+                 features: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The points of one sweep, in value order: ``value``, ``method`` (derived, or the swept method
+    itself at its own value), and the derived ``method_block`` / ``spec`` / ``spec_block`` to add
+    (None when nothing new is needed)."""
+    method, key = sweep["method"], sweep["key"]
+    if method not in methods:
+        raise ConfigError(f"Config key 'sweeps.{name}.method' names '{method}', which is not a block under methods.")
+    block = methods[method]
+    spec = block.get("features") if isinstance(block.get("features"), str) else None
+    try:
+        base, where = _get(block, key), "method"
+    except KeyError:
+        try:
+            if spec is None:
+                raise KeyError(key) from None
+            base, where = _get(features[spec], key), "spec"
+        except KeyError:
+            raise ConfigError(f"Config key 'sweeps.{name}.key' is '{key}', which neither methods.{method} nor its "
+                              f"feature spec sets.") from None
+    leaf = key.split(".")[-1]
+    points = []
+    for value in sweep["values"]:
+        if value == base:
+            points.append({"value": value, "method": method, "method_block": None, "spec": None, "spec_block": None})
+            continue
+        derived = _name(method, leaf, value)
+        if where == "method":
+            points.append({"value": value, "method": derived, "method_block": _with(block, key, value), "spec": None,
+                           "spec_block": None})
+        else:
+            derived_spec = _name(spec, leaf, value)
+            points.append({"value": value, "method": derived, "method_block": {**copy.deepcopy(block), "features": derived_spec},
+                           "spec": derived_spec, "spec_block": _with(features[spec], key, value)})
+    return points
+
+
+def expand_sweeps(config: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Add every sweep's derived methods and feature specs to ``config["methods"]`` and
+    ``config["features"]`` (in place) and, when ``evaluation.methods`` lists the swept method, to
+    that list too; returns each sweep's points (:func:`sweep_points`). A derived name that is already
+    a config block is refused."""
+    plans = {}
+    for name, sweep in (config.get("sweeps") or {}).items():
+        points = sweep_points(name, sweep, config["methods"], config.get("features", {}))
+        for p in points:
+            for table, entry, block in (("methods", p["method"], p["method_block"]), ("features", p["spec"], p["spec_block"])):
+                if block is None:
+                    continue
+                if entry in config[table] and config[table][entry] != block:
+                    raise ConfigError(f"Config key 'sweeps.{name}' derives '{entry}', which {table} already defines "
+                                      f"differently; rename that block.")
+                config[table][entry] = block
+        evaluated = config.get("evaluation", {}).get("methods")
+        if evaluated and sweep["method"] in evaluated:
+            evaluated.extend(p["method"] for p in points if p["method"] not in evaluated)
+        plans[name] = points
+    return plans
+
+
+def sweep_table(name: str, key: str, points: Iterable[tuple[Any, str]], lds_tables: Iterable[str]) -> pd.DataFrame:
+    """One sweep's ablation table: for each (value, method) point, its rows of the per-method LDS
+    tables (``eval/lds/{method}.csv``, given in the same order): LDS, std, CI and the chosen
+    hyper-parameter per attributed set."""
+    rows = []
+    for (value, method), path in zip(points, lds_tables):
+        table = pd.read_csv(path, keep_default_na=False, na_values=[""])
+        for r in table.to_dict("records"):
+            rows.append({"sweep": name, "method": method, "key": key, "value": _label(value), "set": r["set"],
+                         "lds": r["lds"], "std": r.get("std"), "ci_low": r.get("ci_low"), "ci_high": r.get("ci_high"),
+                         "chosen": r.get("chosen", "")})
+    return pd.DataFrame(rows, columns=SWEEP_COLUMNS)

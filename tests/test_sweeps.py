@@ -1,0 +1,84 @@
+"""Ablation sweeps (diffattr/sweeps.py): one knob of one method over a list of values, each value a
+derived method sharing everything the value does not change."""
+
+from __future__ import annotations
+
+import copy
+
+import pandas as pd
+import pytest
+
+from conftest import REPO
+from diffattr.config import ConfigError, load_yaml
+from diffattr.sweeps import expand_sweeps, sweep_table
+
+BASE = load_yaml(REPO / "config.yaml")
+
+
+def with_sweeps(sweeps: dict, evaluated: list | None = None) -> dict:
+    config = copy.deepcopy(BASE)
+    config["sweeps"] = sweeps
+    config["evaluation"]["methods"] = evaluated
+    return config
+
+
+def test_a_feature_knob_derives_a_spec_and_a_method_and_the_own_value_is_the_method_itself():
+    config = with_sweeps({"k": {"method": "dtrak", "key": "projection.dim", "values": [512, 2048, 4096]}}, ["dtrak", "pixel_l2"])
+    plans = expand_sweeps(config)
+    assert [(p["value"], p["method"]) for p in plans["k"]] == [(512, "dtrak__dim512"), (2048, "dtrak"), (4096, "dtrak__dim4096")]
+    for dim in (512, 4096):
+        spec = config["features"][f"square__dim{dim}"]
+        expected = copy.deepcopy(BASE["features"]["square"])
+        expected["projection"]["dim"] = dim
+        assert spec == expected  # the base spec with one value changed
+        assert config["methods"][f"dtrak__dim{dim}"] == {**BASE["methods"]["dtrak"], "features": f"square__dim{dim}"}
+    assert config["features"]["square"] == BASE["features"]["square"]  # the base is untouched
+    assert config["evaluation"]["methods"] == ["dtrak", "pixel_l2", "dtrak__dim512", "dtrak__dim4096"]
+
+
+def test_a_method_knob_derives_a_method_only():
+    config = with_sweeps({"lam": {"method": "trak", "key": "lambdas", "values": [[0.1, 1.0], [10.0]]},
+                          "t": {"method": "influence_lissa", "key": "damping", "values": [0.01, 0.001]}})
+    specs = set(config["features"])
+    plans = expand_sweeps(config)
+    assert set(config["features"]) == specs
+    assert [p["method"] for p in plans["lam"]] == ["trak__lambdas0_1_1", "trak__lambdas10"]
+    assert config["methods"]["trak__lambdas10"] == {**BASE["methods"]["trak"], "lambdas": [10.0]}
+    assert [p["method"] for p in plans["t"]] == ["influence_lissa__damping0_01", "influence_lissa"]
+    assert config["evaluation"]["methods"] is None  # null: every block, the derived ones included
+
+
+@pytest.mark.parametrize("sweep,sentence", [
+    ({"method": "nope", "key": "timesteps", "values": [1]},
+     "Config key 'sweeps.s.method' names 'nope', which is not a block under methods."),
+    ({"method": "trak", "key": "projection.depth", "values": [1]},
+     "Config key 'sweeps.s.key' is 'projection.depth', which neither methods.trak nor its feature spec sets."),
+    ({"method": "pixel_l2", "key": "timesteps", "values": [1]},
+     "Config key 'sweeps.s.key' is 'timesteps', which neither methods.pixel_l2 nor its feature spec sets."),
+])
+def test_bad_sweeps_are_one_sentence_errors(sweep, sentence):
+    with pytest.raises(ConfigError) as err:
+        expand_sweeps(with_sweeps({"s": sweep}))
+    assert str(err.value) == sentence
+
+
+def test_a_derived_name_clashing_with_another_block_is_refused():
+    config = with_sweeps({"s": {"method": "trak", "key": "timesteps", "values": [20]}})
+    config["methods"]["trak__timesteps20"] = {"kind": "random", "seed": 0}
+    with pytest.raises(ConfigError, match="already defines"):
+        expand_sweeps(config)
+
+
+def test_sweep_table_gathers_the_points_rows(tmp_path):
+    paths = []
+    for i, method in enumerate(["dtrak__dim512", "dtrak"]):
+        path = tmp_path / f"{method}.csv"
+        pd.DataFrame({"method": method, "kind": "trak", "set": ["val", "gen"], "lds": [0.1 + i, 0.2 + i],
+                      "std": 0.01, "ci_low": [0.05 + i, 0.15 + i], "ci_high": [0.15 + i, 0.25 + i], "n_subsets": 8,
+                      "n_queries": 40, "sign": -1, "chosen": "λ=0.1 (select pool)", "seconds": 3.0}).to_csv(path, index=False)
+        paths.append(str(path))
+    table = sweep_table("k", "projection.dim", [(512, "dtrak__dim512"), (2048, "dtrak")], paths)
+    assert table[["method", "value", "set", "lds"]].values.tolist() == [
+        ["dtrak__dim512", "512", "val", 0.1], ["dtrak__dim512", "512", "gen", 0.2],
+        ["dtrak", "2048", "val", 1.1], ["dtrak", "2048", "gen", 1.2]]
+    assert (table["key"] == "projection.dim").all() and (table["chosen"] == "λ=0.1 (select pool)").all()

@@ -55,7 +55,8 @@ class NonFiniteGradientError(ValueError):
 
 
 def prepare_for_vmap(model: torch.nn.Module) -> torch.nn.Module:
-    """Eval mode, and the plain attention processor instead of fused SDPA (vmap cannot batch it)."""
+    """Eval mode, and the plain attention processor instead of fused SDPA (vmap has no batching rule for
+    it and falls back to a slow per-sample loop, METHODS.md §7.1)."""
     from diffusers.models.attention_processor import Attention, AttnProcessor
 
     model.eval()

@@ -270,7 +270,7 @@ def sweep_plot(table: pd.DataFrame, path: str | os.PathLike) -> None:
     ax.axhline(0.0, color="black", linewidth=0.8)
     ax.set_xticks(range(len(values)), values)
     key = str(table["key"].iloc[0]) if len(table) else ""
-    ax.set_xlabel(f"{key} ({table['method'].iloc[0].split('-')[0] if len(table) else ''})")
+    ax.set_xlabel(f"{key} ({table['method'].iloc[0].split('__')[0] if len(table) else ''})")
     ax.set_ylabel("LDS (Spearman)")
     ax.set_title(f"Sweep {table['sweep'].iloc[0] if len(table) else ''}: LDS vs {key}", fontsize=9)
     if len(table):

@@ -96,10 +96,13 @@ def sweep_points(name: str, sweep: Mapping[str, Any], methods: Mapping[str, Any]
 def expand_sweeps(config: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
     """Add every sweep's derived methods and feature specs to ``config["methods"]`` and
     ``config["features"]`` (in place) and, when ``evaluation.methods`` lists the swept method, to
-    that list too; returns each sweep's points (:func:`sweep_points`). A derived name that is already
-    a config block is refused."""
+    that list too; returns each sweep's points (:func:`sweep_points`). A sweep set to null is
+    skipped (how a layered config drops one it inherits); a derived name that is already a config
+    block is refused."""
     plans = {}
     for name, sweep in (config.get("sweeps") or {}).items():
+        if sweep is None:  # a layered config drops an inherited sweep by setting it to null
+            continue
         points = sweep_points(name, sweep, config["methods"], config.get("features", {}))
         for p in points:
             for table, entry, block in (("methods", p["method"], p["method_block"]), ("features", p["spec"], p["spec_block"])):

@@ -32,7 +32,9 @@ min_version("9.0")
 SCHEMA = Path(workflow.basedir) / "schemas" / "config.schema.yaml"
 validate_config(config, load_yaml(SCHEMA))  # one sentence naming the key
 validate(config, str(SCHEMA))  # Snakemake's own check (also fills schema defaults)
-SWEEPS = expand_sweeps(config)  # derived methods and feature specs of every ablation sweep
+SWEEPS = expand_sweeps(
+    config
+)  # derived methods and feature specs of every ablation sweep
 validate_config(config, load_yaml(SCHEMA))  # ... which must be valid blocks too
 check_inputs(config)
 

@@ -104,7 +104,9 @@ rule retraining_curve:
 
 rule sweep_table:
     input:
-        tables=lambda w: [METHOD_LDS.format(method=p["method"]) for p in SWEEPS[w.sweep]],
+        tables=lambda w: [
+            METHOD_LDS.format(method=p["method"]) for p in SWEEPS[w.sweep]
+        ],
     output:
         table=report(
             SWEEP_TABLE,

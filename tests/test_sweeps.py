@@ -62,6 +62,11 @@ def test_bad_sweeps_are_one_sentence_errors(sweep, sentence):
     assert str(err.value) == sentence
 
 
+def test_a_null_sweep_is_dropped():
+    config = with_sweeps({"gone": None, "t": {"method": "dtrak", "key": "timesteps", "values": [20]}})
+    assert list(expand_sweeps(config)) == ["t"]
+
+
 def test_a_derived_name_clashing_with_another_block_is_refused():
     config = with_sweeps({"s": {"method": "trak", "key": "timesteps", "values": [20]}})
     config["methods"]["trak__timesteps20"] = {"kind": "random", "seed": 0}

@@ -151,7 +151,8 @@ def test_a_changed_knob_reruns_only_what_it_touches(smoke, tmp_path):
                                              "c": {"evaluation": {"lds": {"bootstrap_resamples": 32}}},
                                              "d": {"counterfactual": {"ks": [40, 60]}},
                                              "e": {"sweeps": {"k": {"method": "trak", "key": "projection.dim",
-                                                                    "values": [128, 256]}}}})
+                                                                    "values": [128, 256]},
+                                                              "dtrak_dim": None, "dtrak_timesteps": None}}})
     # (a) one method's λ grid: its λ selection, scores and evaluation only (and the report's figures of them)
     figures = {"plot_lds", "plot_lambda", "plot_runtime"}
     jobs = planned["a"]
@@ -175,7 +176,8 @@ def test_a_changed_knob_reruns_only_what_it_touches(smoke, tmp_path):
                                     "plot_counterfactual", "plot_runtime"}
     assert {w["k"] for r, w in jobs if r == "counterfactual_train"} == {"60"}
     assert len([r for r, _ in jobs if r == "counterfactual_train"]) == 4  # 2 samples × (das, random removal)
-    # (e) a projection-dim sweep of TRAK: the new dimension's features, kernel and method; 256 is trak itself
+    # (e) a projection-dim sweep of TRAK (dropping the default config's sweeps): the new dimension's features,
+    # kernel and method; 256 is trak itself
     jobs = planned["e"]
     assert {r for r, _ in jobs} == {"featurize", "gather_features", "gram_partial", "kernel", "select_lambda", "score",
                                     "evaluate_lds", "sweep_table", "plot_sweep", "lds_table", *figures}

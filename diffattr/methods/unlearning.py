@@ -156,8 +156,9 @@ def fisher_diagonal(model: torch.nn.Module, images: np.ndarray, cfg: UnlearningC
     images = np.ascontiguousarray(images, dtype=np.float32)
 
     def sample_loss(sel: Params, x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        pred = functional_call(work, ({**everything, **sel}, buffers), (add_noise(x[None], eps[None], t[None], abar), t[None]))
-        return l_simple(pred.sample, eps[None])[0]
+        x_t = add_noise(x[None], eps[None], t[None], abar)
+        pred = functional_call(work, ({**everything, **sel}, buffers), (x_t, t[None])).sample
+        return l_simple(pred, eps[None])[0]
 
     per_sample = vmap(grad(sample_loss), in_dims=(None, 0, 0, 0))
     total = {n: torch.zeros_like(p, dtype=torch.float64) for n, p in selected.items()}
@@ -167,14 +168,17 @@ def fisher_diagonal(model: torch.nn.Module, images: np.ndarray, cfg: UnlearningC
         ts, eps = fisher_draws(cfg.seed, rows, cfg.fisher_passes, len(abar), images.shape[1:])
         x0 = torch.from_numpy(images[rows]).to(device)
         for p in range(cfg.fisher_passes):
-            g = per_sample(selected, x0, torch.from_numpy(ts[:, p]).to(device), torch.from_numpy(eps[:, p]).to(device))
+            t, e = torch.from_numpy(ts[:, p]).to(device), torch.from_numpy(eps[:, p]).to(device)
+            g = per_sample(selected, x0, t, e)
             for n in names:
                 if not torch.isfinite(g[n]).all():
-                    raise NonFiniteGradientError(f"a Fisher gradient of train rows {rows[0]}–{rows[-1]} is not finite")
+                    raise NonFiniteGradientError(f"a Fisher gradient of train rows {rows[0]}–{rows[-1]} "
+                                                 f"is not finite (NaN or inf)")
                 total[n] += (g[n].double() ** 2).sum(dim=0)
     count = len(images) * cfg.fisher_passes
     log.info("Fisher diagonal of %d parameters from %d × %d per-sample gradients in %.1f s",
-             sum(p.numel() for p in selected.values()), len(images), cfg.fisher_passes, time.perf_counter() - start_time)
+             sum(p.numel() for p in selected.values()), len(images), cfg.fisher_passes,
+             time.perf_counter() - start_time)
     return {n: (v / count).float() for n, v in total.items()}
 
 
@@ -264,7 +268,8 @@ def unlearning_method_scores(inputs: dict[str, str], params: dict[str, Any], que
 
     if "ground_truth" not in params:
         raise ValueError("the unlearning scorer needs params['ground_truth'] for the (seed, t) pairs of L̄")
-    cfg = UnlearningConfig.from_dict({k: v for k, v in params.items() if k not in ("unet", "scheduler", "ground_truth")})
+    settings = {k: v for k, v in params.items() if k not in ("unet", "scheduler", "ground_truth")}
+    cfg = UnlearningConfig.from_dict(settings)
     where = device()
     abar = alphas_cumprod(params["scheduler"])
     pairs = GroundTruthConfig.from_dict(params["ground_truth"]).pairs(len(abar))

@@ -25,7 +25,7 @@ Protocol, for a seeded set of generated samples x (:func:`counterfactual_samples
      DDPM-UNet encoder of :mod:`diffattr.methods.embedding` (D-TRAK: CLIP ViT-B/32 ``encode_image``);
    - the change of x's L_Simple, ΔL(x) = (1/P) Σ_p [ℓ(x, t_p, ε_p; θ') − ℓ(x, t_p, ε_p; θ)] over
      the ground truth's fixed (noise seed, t) pairs (METHODS.md §4.3), θ the original and θ' the
-     retrained model (:func:`loss_change`). Removing helpful images should raise it (ΔL > 0).
+     retrained model (the difference of :func:`mean_losses`). Removing helpful images should raise it (ΔL > 0).
 5. **Report** mean and median over the samples per (method, k) (:func:`summary_table`). A better
    attribution gives a larger L2, a lower cosine and a larger ΔL than the random control; the
    paired differences to the control on the same samples, with a bootstrap CI over samples, say
@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -220,15 +220,6 @@ def embedding_cosine(encoder_embed_original: np.ndarray, encoder_embed_regen: np
     return (a * b).sum(axis=1) / norms
 
 
-def loss_change(original_model: torch.nn.Module, retrained_model: torch.nn.Module, images: np.ndarray, split: str,
-                pairs: np.ndarray, abar: torch.Tensor, batch_size: int, device: str = "cpu") -> np.ndarray:
-    """ΔL (n,) float64: pair-averaged L_Simple of float images (n, C, H, W) in [−1, 1] under the
-    retrained model minus under the original, both on the same fixed (noise seed, t) draws of
-    :func:`diffattr.measure.measure_losses` (ε is a function of (seed, split, row in ``images``, t))."""
-    before = mean_losses(original_model, images, split, pairs, abar, batch_size, device)
-    return mean_losses(retrained_model, images, split, pairs, abar, batch_size, device) - before
-
-
 def mean_losses(model: torch.nn.Module, images: np.ndarray, split: str, pairs: np.ndarray, abar: torch.Tensor,
                 batch_size: int, device: str = "cpu") -> np.ndarray:
     """(n,) float64: :func:`diffattr.measure.measure_losses` averaged over the (noise seed, t) pairs."""
@@ -270,13 +261,38 @@ def quantized(images: np.ndarray) -> np.ndarray:
     return to_model_range(to_uint8(images))
 
 
+@dataclass(frozen=True)
+class Original:
+    """What every retrained model of one evaluation job is compared with: the original model (and its
+    checkpoint path) and the embedding encoder (None: no cosine), each loaded once."""
+
+    model: Any
+    path: str
+    encoder_cfg: EmbeddingConfig | None
+    encoder: Any
+
+
+def load_original(original_model_path: str, params: dict[str, Any], encoder_cfg: EmbeddingConfig | None,
+                  device: str = "cpu") -> Original:
+    """The original model and the encoder of ``encoder_cfg`` (its device replaced by ``device``; a
+    ``ddpm`` encoder uses ``params["unet"]``/``["scheduler"]``)."""
+    from diffattr.methods.embedding import load_encoder
+    from diffattr.models.ddpm import load_unet
+
+    model = load_unet(original_model_path, params["unet"], device)
+    if encoder_cfg is None:
+        return Original(model, original_model_path, None, None)
+    cfg = replace(encoder_cfg, device=device)
+    return Original(model, original_model_path, cfg, load_encoder(cfg, params.get("unet"), params.get("scheduler")))
+
+
 def evaluate_counterfactual(original_model_path: str, retrained_model_path: str, sample_seeds: np.ndarray,
                             sample_images: np.ndarray, params: dict[str, Any], encoder_cfg: EmbeddingConfig | None,
                             device: str = "cpu") -> dict[str, np.ndarray]:
     """Metrics of one retrained model for its generated sample(s), each an (n,) array:
     ``pixel_l2`` (:func:`image_change`), ``embedding_cosine`` (:func:`embedding_cosine`; NaN when
     ``encoder_cfg`` is None), ``loss_original``, ``loss_retrained`` and ``loss_change``
-    (:func:`loss_change` on the ``ground_truth`` block's pairs, split ``gen``).
+    (:func:`mean_losses` of both models on the ``ground_truth`` block's pairs, split ``gen``).
 
     ``sample_images`` are the stored generated images (uint8 (n, H, W, C), or float (n, C, H, W) in
     [−1, 1]) made from ``sample_seeds`` by the original model. They are re-made from those seeds with
@@ -287,36 +303,43 @@ def evaluate_counterfactual(original_model_path: str, retrained_model_path: str,
     :func:`diffattr.measure.measure_losses` keys them by), identical for both models but not the
     ground-truth measurement's draws for that generated index. ``encoder_cfg``'s
     device is replaced by ``device``; a ``ddpm`` encoder uses ``params["unet"]``/``["scheduler"]``."""
+    from diffattr.models.ddpm import load_unet
+
+    original = load_original(original_model_path, params, encoder_cfg, device)
+    retrained = load_unet(retrained_model_path, params["unet"], device)
+    return compare_with_original(original, retrained, sample_seeds, sample_images, params, device)
+
+
+def compare_with_original(original: Original, retrained_model: torch.nn.Module, sample_seeds: np.ndarray,
+                          sample_images: np.ndarray, params: dict[str, Any], device: str = "cpu") -> dict[str, np.ndarray]:
+    """:func:`evaluate_counterfactual` with the original side already loaded (:func:`load_original`)."""
     from diffattr.ground_truth import GroundTruthConfig
-    from diffattr.methods.embedding import embed, load_encoder
-    from diffattr.models.ddpm import alphas_cumprod, load_unet
+    from diffattr.methods.embedding import embed
+    from diffattr.models.ddpm import alphas_cumprod
 
     seeds = np.asarray(sample_seeds, dtype=np.int64).reshape(-1)
-    original = as_model_range(sample_images)
-    if len(original) != len(seeds):
-        raise ValueError(f"{len(seeds)} sample seeds but {len(original)} sample images")
-    original_model = load_unet(original_model_path, params["unet"], device)
-    rerun = quantized(regenerate(original_model, params, seeds, device))
-    if rerun.shape != original.shape or np.abs(rerun - original).max() > 1.5 / 127.5:
-        raise ValueError(f"the original model {original_model_path} does not regenerate the given samples from "
+    images = as_model_range(sample_images)
+    if len(images) != len(seeds):
+        raise ValueError(f"{len(seeds)} sample seeds but {len(images)} sample images")
+    rerun = quantized(regenerate(original.model, params, seeds, device))
+    if rerun.shape != images.shape or np.abs(rerun - images).max() > 1.5 / 127.5:
+        raise ValueError(f"the original model {original.path} does not regenerate the given samples from "
                          f"their seeds (was the generated set made by another model or sampler?)")
-    retrained_model = load_unet(retrained_model_path, params["unet"], device)
     regenerated = quantized(regenerate(retrained_model, params, seeds, device))
 
     gt = GroundTruthConfig.from_dict(params["ground_truth"])
     abar = alphas_cumprod(params["scheduler"])
     pairs = gt.pairs(len(abar))
-    before = mean_losses(original_model, original, "gen", pairs, abar, gt.batch_size, device)
-    after = mean_losses(retrained_model, original, "gen", pairs, abar, gt.batch_size, device)
+    before = mean_losses(original.model, images, "gen", pairs, abar, gt.batch_size, device)
+    after = mean_losses(retrained_model, images, "gen", pairs, abar, gt.batch_size, device)
 
-    if encoder_cfg is None:
+    if original.encoder is None:
         cosine = np.full(len(seeds), np.nan)
     else:
-        cfg = replace(encoder_cfg, device=device)
-        encoder = load_encoder(cfg, params.get("unet"), params.get("scheduler"))
-        cosine = embedding_cosine(embed(original, cfg, encoder=encoder), embed(regenerated, cfg, encoder=encoder))
+        cfg, encoder = original.encoder_cfg, original.encoder
+        cosine = embedding_cosine(embed(images, cfg, encoder=encoder), embed(regenerated, cfg, encoder=encoder))
     return {
-        "pixel_l2": image_change(original, regenerated),
+        "pixel_l2": image_change(images, regenerated),
         "embedding_cosine": cosine,
         "loss_original": before,
         "loss_retrained": after,
@@ -334,9 +357,11 @@ def evaluate_runs(original_model_path: str, runs: Sequence[tuple[str, str]], gen
     uses the original model) sets the cosine's encoder; None skips it."""
     from diffattr.data.store import read_images
     from diffattr.methods.embedding import EmbeddingConfig
+    from diffattr.models.ddpm import load_unet
 
     embedding = params.get("embedding")
     encoder_cfg = None if embedding is None else EmbeddingConfig.from_params({"path": original_model_path, **embedding})
+    original = load_original(original_model_path, params, encoder_cfg, device)  # once, not per retrained model
 
     seeds = pd.read_csv(generated_table).set_index("index")["seed"]
     generated = read_images(generated_store, "gen")
@@ -344,8 +369,8 @@ def evaluate_runs(original_model_path: str, runs: Sequence[tuple[str, str]], gen
     for model_path, removed_path in runs:
         run = pd.read_csv(removed_path).iloc[0]
         sample = int(run["sample"])
-        metrics = evaluate_counterfactual(original_model_path, model_path, np.array([seeds[sample]]),
-                                          generated[sample : sample + 1], params, encoder_cfg, device)
+        metrics = compare_with_original(original, load_unet(model_path, params["unet"], device),
+                                        np.array([seeds[sample]]), generated[sample : sample + 1], params, device)
         rows.append({"method": run["method"], "sample": sample, "k": int(run["k"]), "seed": int(seeds[sample]),
                      **{name: float(values[0]) for name, values in metrics.items()}})
     return pd.DataFrame(rows)

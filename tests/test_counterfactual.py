@@ -284,16 +284,16 @@ def test_embedding_cosine_is_the_hand_formula():
     np.testing.assert_allclose(cf.embedding_cosine(e, -e), -1.0, rtol=1e-12)
 
 
-def test_loss_change_is_the_hand_l_simple_difference(models):
+def test_mean_loss_difference_is_the_hand_l_simple_difference(models):
     from diffattr.models.ddpm import alphas_cumprod
 
     a, b = load_unet(models[0], TINY_UNET), load_unet(models[1], TINY_UNET)
     images = np.random.default_rng(6).uniform(-1, 1, size=(5, 1, 8, 8)).astype(np.float32)
     pairs = np.array([[0, 10], [1, 500], [0, 999]])
     abar = alphas_cumprod(SCHEDULER)
-    same = cf.loss_change(a, a, images, "gen", pairs, abar, 2)
+    same = cf.mean_losses(a, images, "gen", pairs, abar, 2) - cf.mean_losses(a, images, "gen", pairs, abar, 2)
     assert same.shape == (5,) and (same == 0).all()
-    delta = cf.loss_change(a, b, images, "gen", pairs, abar, 2)
+    delta = cf.mean_losses(b, images, "gen", pairs, abar, 2) - cf.mean_losses(a, images, "gen", pairs, abar, 2)
     expected = hand_l_simple(b, images, "gen", pairs) - hand_l_simple(a, images, "gen", pairs)
     assert np.abs(expected).min() > 1e-3  # the two models really differ
     np.testing.assert_allclose(delta, expected, rtol=1e-4, atol=1e-6)

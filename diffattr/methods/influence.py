@@ -44,7 +44,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -53,7 +53,7 @@ from torch.func import functional_call, grad, vjp, vmap
 
 from diffattr.featurize import NonFiniteGradientError, prepare_for_vmap
 from diffattr.models.ddpm import noisy_draws
-from diffattr.methods.registry import ScoreBlocks
+from diffattr.methods.registry import ScoreBlocks, method_settings
 from diffattr.noise import gaussian_noise, sample_timesteps
 from diffattr.outputs import OUTPUT_FUNCTIONS, output_values
 
@@ -120,12 +120,7 @@ class InfluenceConfig:
     @classmethod
     def from_dict(cls, cfg: dict[str, Any]) -> InfluenceConfig:
         """From a config block; unknown keys are an error (``kind`` of a methods entry is ignored)."""
-        known = {f.name for f in fields(cls)}
-        cfg = {k: v for k, v in cfg.items() if k != "kind"}
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise ValueError(f"unknown influence settings {unknown}; known: {sorted(known)}")
-        return cls(**cfg)
+        return cls(**method_settings(cls, cfg, "influence"))
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -65,6 +65,17 @@ KINDS: dict[str, MethodKind] = {
                             "diffattr.methods.embedding:embedding_method_scores",
                             "Embedding similarity: a local CLIP vision model or the trained DDPM's UNet as encoder (§2.2)"),
 }
+
+
+def method_settings(settings: type, block: dict[str, Any], what: str) -> dict[str, Any]:
+    """A method's config block as keyword arguments of its settings dataclass ``settings``:
+    ``kind`` dropped, a key that is not a field refused in one sentence naming ``what``."""
+    known = {f.name for f in fields(settings)}
+    cfg = {k: v for k, v in block.items() if k != "kind"}
+    unknown = sorted(set(cfg) - known)
+    if unknown:
+        raise ValueError(f"unknown {what} settings {unknown}; known: {sorted(known)}")
+    return cfg
 
 
 def method_kind(method_config: dict[str, Any]) -> MethodKind:

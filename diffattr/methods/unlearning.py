@@ -42,7 +42,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -51,7 +51,7 @@ from torch.func import functional_call, grad, vmap
 
 from diffattr.featurize import NonFiniteGradientError, prepare_for_vmap
 from diffattr.measure import measure_losses
-from diffattr.methods.registry import ScoreBlocks
+from diffattr.methods.registry import ScoreBlocks, method_settings
 from diffattr.models.ddpm import add_noise
 from diffattr.noise import gaussian_noise, split_code
 from diffattr.outputs import l_simple
@@ -95,11 +95,7 @@ class UnlearningConfig:
     @classmethod
     def from_dict(cls, cfg: dict[str, Any]) -> UnlearningConfig:
         """From a config block; unknown keys are an error (``kind`` of a methods entry is ignored)."""
-        known = {f.name for f in fields(cls)}
-        cfg = {k: v for k, v in cfg.items() if k != "kind"}
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise ValueError(f"unknown unlearning settings {unknown}; known: {sorted(known)}")
+        cfg = method_settings(cls, cfg, "unlearning")
         if "params" in cfg:
             cfg["params"] = (cfg["params"],) if isinstance(cfg["params"], str) else tuple(cfg["params"])
         return cls(**cfg)

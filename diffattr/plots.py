@@ -40,20 +40,25 @@ BENCH_COLUMNS = ["rule", "job", "seconds", "max_rss_mb"]
 RUNTIME_COLUMNS = ["rule", "jobs", "seconds_total", "seconds_mean", "seconds_max", "max_rss_mb"]
 
 
-def _figure(width: float, height: float) -> Any:
+def new_figure(width: float, height: float, layout: str | None = "constrained") -> Any:
+    """A :class:`~matplotlib.figure.Figure` of ``width`` × ``height`` inches at :data:`DPI` on its own
+    Agg canvas (no pyplot state)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    fig = Figure(figsize=(width, height), dpi=DPI, layout=layout)
     FigureCanvasAgg(fig)
     return fig
 
 
-def _save(fig: Any, path: str | os.PathLike) -> None:
+def save_png(fig: Any, path: str | os.PathLike) -> Path:
+    """Write ``fig`` as a PNG to ``path`` atomically; the path."""
     from diffattr.atomic import atomic_path
 
-    with atomic_path(Path(path)) as tmp:
+    path = Path(path)
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=DPI)
+    return path
 
 
 def _no_data(ax: Any, message: str = "no data") -> None:
@@ -101,7 +106,7 @@ def lds_bars(table: pd.DataFrame, path: str | os.PathLike) -> None:
     data = lds_plot_data(table)
     methods = list(dict.fromkeys(data["method"]))
     sets = _ordered_sets(data["set"]) if len(data) else []
-    fig = _figure(7.0, 1.2 + 0.22 * max(len(methods), 1) * max(len(sets), 1))
+    fig = new_figure(7.0, 1.2 + 0.22 * max(len(methods), 1) * max(len(sets), 1))
     ax = fig.add_subplot()
     if not methods:
         _no_data(ax)
@@ -126,7 +131,7 @@ def lds_bars(table: pd.DataFrame, path: str | os.PathLike) -> None:
     ax.set_title("LDS (Spearman, METHODS.md §4.4)")
     if methods:
         ax.legend(fontsize=7, loc="lower right")
-    _save(fig, path)
+    save_png(fig, path)
 
 
 # ---------------------------------------------------------------------------------------- λ selection
@@ -144,7 +149,7 @@ def lambda_curves(curves: dict[str, pd.DataFrame], path: str | os.PathLike) -> N
 
     frames = [c for c in curves.values() if len(c)]
     sets = _ordered_sets(pd.concat([c["set"] for c in frames])) if frames else []
-    fig = _figure(1.8 + 4.2 * max(len(sets), 1), 3.6)
+    fig = new_figure(1.8 + 4.2 * max(len(sets), 1), 3.6)
     axes = fig.subplots(1, max(len(sets), 1), squeeze=False)[0]
     if not sets:
         _no_data(axes[0])
@@ -169,7 +174,7 @@ def lambda_curves(curves: dict[str, pd.DataFrame], path: str | os.PathLike) -> N
                 Line2D([], [], color="black", marker="o", linestyle="none", label="chosen λ")]
     if sets:
         fig.legend(handles=handles, loc="outside right upper", fontsize=7)
-    _save(fig, path)
+    save_png(fig, path)
 
 
 # ------------------------------------------------------------------------------------ counterfactual
@@ -197,7 +202,7 @@ def counterfactual_plot(results: pd.DataFrame, path: str | os.PathLike) -> None:
     """Box plot per (method, k) of each metric, samples as jittered points joined across methods."""
     groups = counterfactual_groups(results)
     metrics = counterfactual_metrics(results)
-    fig = _figure(1.0 + max(len(metrics), 1) * (1.2 + 0.45 * len(groups)), 4.2)
+    fig = new_figure(1.0 + max(len(metrics), 1) * (1.2 + 0.45 * len(groups)), 4.2)
     axes = fig.subplots(1, max(len(metrics), 1), squeeze=False)[0]
     if not metrics:
         _no_data(axes[0], "no counterfactual metrics")
@@ -217,7 +222,7 @@ def counterfactual_plot(results: pd.DataFrame, path: str | os.PathLike) -> None:
         ax.set_xlim(-0.6, len(groups) - 0.4)
         ax.set_title(label, fontsize=9)
     fig.suptitle("Counterfactual evaluation (METHODS.md §4.5)")
-    _save(fig, path)
+    save_png(fig, path)
 
 
 # ---------------------------------------------------------------------------------------- trajectory
@@ -236,7 +241,7 @@ def step_ticks(steps: pd.DataFrame, count: int = 6) -> tuple[list[int], list[str
 def trajectory_plot(steps: pd.DataFrame, path: str | os.PathLike, overall: float | None = None) -> None:
     """LDS of the single-step Journey-TRAK score against the DDIM step, CI shaded, mean as reference."""
     d = steps.sort_values("step")
-    fig = _figure(6.5, 3.6)
+    fig = new_figure(6.5, 3.6)
     ax = fig.add_subplot()
     ax.fill_between(d["step"], d["ci_low"].astype(float), d["ci_high"].astype(float), color="tab:blue",
                     alpha=0.25, linewidth=0, label="bootstrap CI")
@@ -249,7 +254,7 @@ def trajectory_plot(steps: pd.DataFrame, path: str | os.PathLike, overall: float
     ax.set_ylabel("LDS (Spearman)")
     ax.set_title("Journey-TRAK per sampler step (METHODS.md §2.12)")
     ax.legend(fontsize=7)
-    _save(fig, path)
+    save_png(fig, path)
 
 
 # --------------------------------------------------------------------------------------------- sweeps
@@ -257,7 +262,7 @@ def trajectory_plot(steps: pd.DataFrame, path: str | os.PathLike, overall: float
 def sweep_plot(table: pd.DataFrame, path: str | os.PathLike) -> None:
     """LDS against the swept value (in the sweep's order), one line per attributed set, CI whiskers."""
     values = list(dict.fromkeys(table["value"].astype(str)))
-    fig = _figure(1.5 + 0.9 * max(len(values), 3), 3.4)
+    fig = new_figure(1.5 + 0.9 * max(len(values), 3), 3.4)
     ax = fig.add_subplot()
     if not len(table):
         _no_data(ax)
@@ -275,7 +280,7 @@ def sweep_plot(table: pd.DataFrame, path: str | os.PathLike) -> None:
     ax.set_title(f"Sweep {table['sweep'].iloc[0] if len(table) else ''}: LDS vs {key}", fontsize=9)
     if len(table):
         ax.legend(fontsize=7)
-    _save(fig, path)
+    save_png(fig, path)
 
 
 # -------------------------------------------------------------------------------------------- runtime
@@ -306,7 +311,7 @@ def runtime_table(bench: pd.DataFrame) -> pd.DataFrame:
 
 def runtime_plot(summary: pd.DataFrame, path: str | os.PathLike) -> None:
     """Two horizontal bar panels per rule: total seconds (job count annotated) and peak RSS (MB)."""
-    fig = _figure(9.0, 1.2 + 0.25 * max(len(summary), 1))
+    fig = new_figure(9.0, 1.2 + 0.25 * max(len(summary), 1))
     left, right = fig.subplots(1, 2, sharey=True)
     for ax in (left, right) if summary.empty else ():
         _no_data(ax, "no benchmarks")
@@ -321,4 +326,4 @@ def runtime_plot(summary: pd.DataFrame, path: str | os.PathLike) -> None:
     right.set_xlabel("peak RSS (MB)")
     right.set_title("Peak memory per rule", fontsize=9)
     left.margins(x=0.2)
-    _save(fig, path)
+    save_png(fig, path)

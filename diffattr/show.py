@@ -31,8 +31,7 @@ from typing import Any
 
 import numpy as np
 
-DPI = 100
-"""Resolution of the PNG grid (pixels per inch of :func:`grid_figsize`)."""
+from diffattr.plots import DPI, new_figure, save_png  # DPI: the grid's pixels per inch of grid_figsize
 
 ATTRIBUTED_SPLIT_STORES = {"val": ("data/dataset.zarr", "val"), "gen": ("data/generated.zarr", "gen")}
 """Attributed set → (image store under output_dir, split inside it), as rules/common.smk names them."""
@@ -126,14 +125,8 @@ def draw_grid(path: str | os.PathLike, sample_image: np.ndarray, sample_title: s
     """Write the PNG grid to ``path`` (atomically): ``sample_image`` (H, W, C) uint8 on the left,
     ``proponents`` on the top row and ``opponents`` on the bottom row, each tile from
     ``train_images[index]`` titled with its training index and raw score."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    from diffattr.atomic import atomic_path
-
     k = max(len(proponents.index), len(opponents.index))
-    fig = Figure(figsize=grid_figsize(k), dpi=DPI)
-    FigureCanvasAgg(fig)
+    fig = new_figure(*grid_figsize(k), layout=None)
     grid = fig.add_gridspec(2, k + 2, width_ratios=[2.0, 0.3] + [1.0] * k,
                             left=0.02, right=0.98, bottom=0.04, top=0.82, hspace=0.45, wspace=0.15)
     _show(fig.add_subplot(grid[:, 0]), sample_image, sample_title)
@@ -145,10 +138,7 @@ def draw_grid(path: str | os.PathLike, sample_image: np.ndarray, sample_title: s
                 ax.set_ylabel(name, fontsize=7)
     if suptitle:
         fig.suptitle(suptitle, fontsize=8)
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=DPI)
-    return path
+    return save_png(fig, path)
 
 
 def _open_split(store: Path, split: str, what: str) -> Any:

@@ -17,6 +17,7 @@ include: "rules/features.smk"  # featurize (sharded), gather_features
 include: "rules/kernel.smk"  # gram_partial, kernel, select_lambda
 include: "rules/score.smk"  # score (every method in the registry), score_trajectory (Journey-TRAK per step)
 include: "rules/evaluate.smk"  # evaluate_lds, lds_table, retraining_curve, trajectory_lds, sweep_table
+include: "rules/customization.smk"  # customize (AbC: fine-tune on exemplars, synthesize), customization_eval
 include: "rules/counterfactual.smk"  # counterfactual_train (remove top-k, retrain), counterfactual_evaluate, counterfactual_table
 include: "rules/report.smk"  # plot_lds, plot_lambda, plot_counterfactual, attribution_grids, plot_trajectory, plot_sweep, plot_runtime
 
@@ -52,3 +53,4 @@ rule all:
 onsuccess:
     print_table("LDS", LDS_MARKDOWN)
     print_table("Counterfactual", COUNTERFACTUAL_MARKDOWN)
+    print_table("Customization (AbC)", CUSTOMIZATION_MARKDOWN)

@@ -16,6 +16,10 @@ import jsonschema
 import yaml
 
 SOURCES_WITH_PATH = {"cifar10", "image_folder", "npz"}
+MODEL_KEYS = ("family", "unet", "scheduler", "text_to_image", "base")
+"""Keys of :func:`model_params` (what a job needs to build, load or condition the model)."""
+TEXT_TO_IMAGE_UNSUPPORTED = {"influence", "ekfac", "embedding", "encoded"}
+"""Method kinds that run the DDPM directly and are not wired for the text_to_image family yet."""
 
 
 class ConfigError(ValueError):
@@ -87,14 +91,20 @@ def check_inputs(config: dict[str, Any], base: str | os.PathLike = ".") -> None:
             raise ConfigError(f"Config key 'data.path' points at '{data['path']}', which does not exist.")
     if data["source"] == "image_folder" and not data.get("resolution"):
         raise ConfigError("Config key 'data.resolution' is required for data.source 'image_folder'.")
-    unet = config["model"]["unet"]
+    if config.get("customization") and config["model"].get("family", "ddpm") != "text_to_image":
+        raise ConfigError("Config key 'customization' needs model.family text_to_image (it customizes a LoRA).")
+    if config["model"].get("family", "ddpm") == "text_to_image":
+        check_text_to_image(config)
+        unet = {"sample_size": None, "in_channels": config["model"]["text_to_image"].get("vae", {}).get("in_channels")}
+    else:
+        unet = config["model"]["unet"]
     resolution = {"digits": 8, "cifar10": 32}.get(data["source"], data.get("resolution"))
-    if resolution and unet["sample_size"] != resolution:
+    if resolution and unet["sample_size"] not in (None, resolution):
         raise ConfigError(
             f"Config key 'model.unet.sample_size' is {unet['sample_size']} but the images are {resolution}×{resolution}."
         )
     channels = {"digits": 1, "cifar10": 3}.get(data["source"], 1 if data.get("color") == "gray" else None)
-    if channels and unet["in_channels"] != channels:
+    if channels and unet["in_channels"] not in (None, channels):
         raise ConfigError(f"Config key 'model.unet.in_channels' is {unet['in_channels']} but the images have {channels} channel(s).")
     methods = config.get("methods", {})
     for name in config["evaluation"].get("methods") or []:
@@ -118,6 +128,32 @@ def check_inputs(config: dict[str, Any], base: str | os.PathLike = ".") -> None:
         if wanted > retrain:
             raise ConfigError(f"Config key 'methods.{name}' needs {wanted} retrain-pool models but "
                               f"'subsets.pools.retrain.count' is {retrain}.")
+
+
+def check_text_to_image(config: dict[str, Any]) -> None:
+    """What the text_to_image family needs and what it does not support yet (one sentence each)."""
+    model, methods = config["model"], config.get("methods", {})
+    t2i = model["text_to_image"]
+    if t2i.get("pipeline_path"):
+        if not Path(t2i["pipeline_path"]).is_dir():
+            raise ConfigError(f"Config key 'model.text_to_image.pipeline_path' points at '{t2i['pipeline_path']}', "
+                              f"which is not a directory.")
+    elif not config["data"].get("n_base"):
+        raise ConfigError("Config key 'data.n_base' is required when 'model.text_to_image' builds its base pipeline "
+                          "(no pipeline_path): the base is pretrained on that split.")
+    if not config["generate"].get("prompts") and "gen" in config["evaluation"]["sets"]:
+        raise ConfigError("Config key 'generate.prompts' is required for the text_to_image family.")
+    if config["train"].get("hflip"):
+        raise ConfigError("Config key 'train.hflip' must be false for the text_to_image family (its inputs are latents).")
+    for name in config["evaluation"].get("methods") or methods:
+        method = methods[name]
+        if method["kind"] in TEXT_TO_IMAGE_UNSUPPORTED or method.get("query") == "journey" or method.get("residual"):
+            raise ConfigError(f"Config key 'methods.{name}' is not supported for the text_to_image family yet; "
+                              f"evaluate it with a ddpm model or leave it out of evaluation.methods.")
+    counterfactual = config.get("counterfactual") or {}
+    if counterfactual.get("methods") and counterfactual.get("embedding") is not None:
+        raise ConfigError("Config key 'counterfactual.embedding' must be null for the text_to_image family "
+                          "(its encoders are the DDPM's UNet or CLIP on pixels; pixel L2 and ΔL_Simple remain).")
 
 
 def check_encoded_pool(config: dict[str, Any], n_train: int) -> None:
@@ -172,8 +208,7 @@ def check_report(config: dict[str, Any], set_sizes: dict[str, int]) -> None:
 
 def train_params(config: dict[str, Any], pool: str, subset: int) -> dict[str, Any]:
     """What a training job depends on: model, recipe and (for subset pools) its subset's definition."""
-    params: dict[str, Any] = {"unet": config["model"]["unet"], "scheduler": config["model"]["scheduler"],
-                              "train": config["train"], "pool": pool, "subset": int(subset)}
+    params: dict[str, Any] = {**model_params(config), "train": config["train"], "pool": pool, "subset": int(subset)}
     if pool != "full":
         s = config["subsets"]
         params["subsets"] = {"alpha": s["alpha"], "seed": s["seed"], "stratify": s["stratify"]}
@@ -188,5 +223,28 @@ def pool_params(config: dict[str, Any], pool: str) -> dict[str, Any]:
             "count": s["pools"][pool]["count"]}
 
 
+def base_pipeline(config: dict[str, Any]) -> str | None:
+    """The text-to-image base pipeline directory: the config's local SD pipeline, else the one the
+    ``pretrain_base`` job writes; None for the DDPM."""
+    model = config["model"]
+    if model.get("family", "ddpm") != "text_to_image":
+        return None
+    return model["text_to_image"].get("pipeline_path") or f"{config['output_dir']}/models/base/pipeline"
+
+
 def model_params(config: dict[str, Any]) -> dict[str, Any]:
-    return {"unet": config["model"]["unet"], "scheduler": config["model"]["scheduler"]}
+    """What a job needs to build, load or condition the model (:mod:`diffattr.models.family`)."""
+    model = config["model"]
+    if model.get("family", "ddpm") != "text_to_image":
+        return {"unet": model["unet"], "scheduler": model["scheduler"]}
+    return {"family": "text_to_image", "scheduler": model["scheduler"], "text_to_image": model["text_to_image"],
+            "base": base_pipeline(config)}
+
+
+def pretrain_params(config: dict[str, Any]) -> dict[str, Any]:
+    """The ``pretrain_base`` job's params: the built pipeline's config, the recipe and every word its
+    tokenizer must know (the fine-tuning captions' template and class names, and the prompts)."""
+    model = config["model"]
+    words = [model["text_to_image"].get("caption_template", "a {label} painting"), *(config["generate"].get("prompts") or [])]
+    return {"scheduler": model["scheduler"], "text_to_image": model["text_to_image"],
+            "pretrain": model.get("pretrain", {}), "words": words}

@@ -162,38 +162,43 @@ def removal_for(scores_path: str | os.PathLike | None, n_train: int, sample: int
 # --------------------------------------------------------------------------------------- retraining
 
 
-def train_without(data_images: np.ndarray, removed: np.ndarray, params: dict[str, Any], seed: int,
-                  checkpoint_path: str | Sequence[str], log_table: str, resume_dir: str) -> pd.DataFrame:
-    """Retrain from scratch on the uint8 training images (N, H, W, C) minus ``removed`` with
-    :func:`diffattr.train.train` and the full model's recipe (``params``: ``unet``, ``scheduler``,
-    ``train``) and ``seed`` (§4.5 step 3). A single ``checkpoint_path`` saves the final weights only
-    (``checkpoint_fractions`` → [1.0]; saving does not change the weights); a list passes through."""
+def train_without(model: Any, inputs: np.ndarray, cond: np.ndarray | None, removed: np.ndarray,
+                  train_config: dict[str, Any], seed: int, checkpoint_path: str | Sequence[str], log_table: str,
+                  resume_dir: str) -> pd.DataFrame:
+    """Retrain ``model`` (fresh, :func:`diffattr.models.family.fresh_model` with ``seed``) from scratch
+    on its training inputs (N, C, h, w) and conditions minus ``removed``, with
+    :func:`diffattr.train.train` and the full model's recipe ``train_config`` (§4.5 step 3). A single
+    ``checkpoint_path`` saves the final weights only (``checkpoint_fractions`` → [1.0]; saving does not
+    change the weights); a list passes through."""
     import diffattr.train as training
 
-    keep = removal_mask(len(data_images), removed)
-    train_config = dict(params["train"])
+    keep = removal_mask(len(inputs), removed)
+    train_config = dict(train_config)
     if isinstance(checkpoint_path, (str, os.PathLike)):
         train_config["checkpoint_fractions"] = [1.0]
         checkpoints = [str(checkpoint_path)]
     else:
         checkpoints = [str(p) for p in checkpoint_path]
-    return training.train(data_images[keep], params["unet"], params["scheduler"], train_config, seed, checkpoints,
+    return training.train(model, inputs[keep], None if cond is None else cond[keep], train_config, seed, checkpoints,
                           log_table, resume_dir)
 
 
 def train_counterfactual(data_store: str, scores_path: str | None, params: dict[str, Any], run: dict[str, Any],
-                         model_path: str, removed_path: str, log_table: str, resume_dir: str) -> np.ndarray:
+                         model_path: str, removed_path: str, log_table: str, resume_dir: str,
+                         device: str = "cpu") -> np.ndarray:
     """counterfactual_train: remove R_k (:func:`removal_for`) of ``run`` (``method``, ``sample``,
     ``k``, ``model_seed`` of the retraining and, for the control only, ``seed`` of its draws) from the training set
     of ``data_store``, retrain with :func:`train_without`, and write the removed indices, most
     responsible first, as a one-row table (``method``, ``sample``, ``k``, ``n_train``, ``removed``)."""
-    from diffattr.data.store import read_images
+    from diffattr.models.family import fresh_model
 
-    images = read_images(data_store, "train")
-    removed = removal_for(scores_path, len(images), int(run["sample"]), int(run["k"]), run.get("seed"))
-    train_without(images, removed, params, int(run["model_seed"]), model_path, log_table, resume_dir)
+    seed = int(run["model_seed"])
+    model = fresh_model(params, seed, device)
+    inputs, cond = model.inputs(data_store, "train")
+    removed = removal_for(scores_path, len(inputs), int(run["sample"]), int(run["k"]), run.get("seed"))
+    train_without(model, inputs, cond, removed, params["train"], seed, model_path, log_table, resume_dir)
     write_csv(pd.DataFrame([{"method": run["method"], "sample": int(run["sample"]), "k": int(run["k"]),
-                               "n_train": len(images), "removed": format_removed(removed)}]), removed_path)
+                               "n_train": len(inputs), "removed": format_removed(removed)}]), removed_path)
     return removed
 
 
@@ -221,26 +226,28 @@ def embedding_cosine(encoder_embed_original: np.ndarray, encoder_embed_regen: np
 
 
 def mean_losses(model: torch.nn.Module, images: np.ndarray, split: str, pairs: np.ndarray, abar: torch.Tensor,
-                batch_size: int, device: str = "cpu") -> np.ndarray:
+                batch_size: int, device: str = "cpu", cond: np.ndarray | None = None) -> np.ndarray:
     """(n,) float64: :func:`diffattr.measure.measure_losses` averaged over the (noise seed, t) pairs."""
     from diffattr.measure import measure_losses
 
-    return measure_losses(model, images, split, pairs, abar, batch_size, device).astype(np.float64).mean(axis=0)
+    return measure_losses(model, images, split, pairs, abar, batch_size, device, cond).astype(np.float64).mean(axis=0)
 
 
 # ---------------------------------------------------------------------------------- regenerating
 
 
-def regenerate(model: torch.nn.Module, params: dict[str, Any], seeds: np.ndarray, device: str = "cpu") -> np.ndarray:
+def regenerate(model: Any, params: dict[str, Any], seeds: np.ndarray, device: str = "cpu",
+               prompts: list[str] | None = None) -> np.ndarray:
     """Float images (n, C, H, W) in [−1, 1] from the per-image initial noise of ``seeds`` with the
     ``generate`` block's DDIM sampler (steps, η, batch size) and ``params["scheduler"]`` (§4.5 step 4);
-    each image depends on its own seed only."""
-    from diffattr.sample import GenerateConfig, ddim_trajectory
+    each image depends on its own seed (and, for a text-to-image model, its prompt) only. ``model``: a
+    :class:`diffattr.models.family.Model`."""
+    from diffattr.sample import ddim_trajectory, generate_config
 
-    cfg = GenerateConfig(**params["generate"])
+    cfg = generate_config(params["generate"])
     seeds = np.asarray(seeds, dtype=np.int64).reshape(-1)
-    return ddim_trajectory(model, params["scheduler"], seeds, cfg.steps, cfg.eta, cfg.batch_size, device,
-                           record=False)[0]
+    return ddim_trajectory(model.network, params["scheduler"], seeds, cfg.steps, cfg.eta, cfg.batch_size, device,
+                           record=False, cond=model.condition(prompts), to_images=model.to_images)[0]
 
 
 def as_model_range(images: np.ndarray) -> np.ndarray:
@@ -274,12 +281,13 @@ class Original:
 
 def load_original(original_model_path: str, params: dict[str, Any], encoder_cfg: EmbeddingConfig | None,
                   device: str = "cpu") -> Original:
-    """The original model and the encoder of ``encoder_cfg`` (its device replaced by ``device``; a
-    ``ddpm`` encoder uses ``params["unet"]``/``["scheduler"]``)."""
+    """The original model (:func:`diffattr.models.family.load_model`) and the encoder of
+    ``encoder_cfg`` (its device replaced by ``device``; a ``ddpm`` encoder uses
+    ``params["unet"]``/``["scheduler"]``)."""
     from diffattr.methods.embedding import load_encoder
-    from diffattr.models.ddpm import load_unet
+    from diffattr.models.family import load_model
 
-    model = load_unet(original_model_path, params["unet"], device)
+    model = load_model(original_model_path, params, device)
     if encoder_cfg is None:
         return Original(model, original_model_path, None, None)
     cfg = replace(encoder_cfg, device=device)
@@ -303,16 +311,19 @@ def evaluate_counterfactual(original_model_path: str, retrained_model_path: str,
     :func:`diffattr.measure.measure_losses` keys them by), identical for both models but not the
     ground-truth measurement's draws for that generated index. ``encoder_cfg``'s
     device is replaced by ``device``; a ``ddpm`` encoder uses ``params["unet"]``/``["scheduler"]``."""
-    from diffattr.models.ddpm import load_unet
+    from diffattr.models.family import load_model
 
     original = load_original(original_model_path, params, encoder_cfg, device)
-    retrained = load_unet(retrained_model_path, params["unet"], device)
+    retrained = load_model(retrained_model_path, params, device)
     return compare_with_original(original, retrained, sample_seeds, sample_images, params, device)
 
 
-def compare_with_original(original: Original, retrained_model: torch.nn.Module, sample_seeds: np.ndarray,
-                          sample_images: np.ndarray, params: dict[str, Any], device: str = "cpu") -> dict[str, np.ndarray]:
-    """:func:`evaluate_counterfactual` with the original side already loaded (:func:`load_original`)."""
+def compare_with_original(original: Original, retrained_model: Any, sample_seeds: np.ndarray,
+                          sample_images: np.ndarray, params: dict[str, Any], device: str = "cpu",
+                          prompts: list[str] | None = None) -> dict[str, np.ndarray]:
+    """:func:`evaluate_counterfactual` with the original side already loaded (:func:`load_original`);
+    models are :class:`diffattr.models.family.Model`. A text-to-image sample is regenerated from its
+    ``prompts`` entry and its loss is measured on its VAE latent with that prompt."""
     from diffattr.ground_truth import GroundTruthConfig
     from diffattr.methods.embedding import embed
     from diffattr.models.ddpm import alphas_cumprod
@@ -321,17 +332,20 @@ def compare_with_original(original: Original, retrained_model: torch.nn.Module, 
     images = as_model_range(sample_images)
     if len(images) != len(seeds):
         raise ValueError(f"{len(seeds)} sample seeds but {len(images)} sample images")
-    rerun = quantized(regenerate(original.model, params, seeds, device))
+    rerun = quantized(regenerate(original.model, params, seeds, device, prompts))
     if rerun.shape != images.shape or np.abs(rerun - images).max() > 1.5 / 127.5:
         raise ValueError(f"the original model {original.path} does not regenerate the given samples from "
                          f"their seeds (was the generated set made by another model or sampler?)")
-    regenerated = quantized(regenerate(retrained_model, params, seeds, device))
+    regenerated = quantized(regenerate(retrained_model, params, seeds, device, prompts))
 
     gt = GroundTruthConfig.from_dict(params["ground_truth"])
     abar = alphas_cumprod(params["scheduler"])
     pairs = gt.pairs(len(abar))
-    before = mean_losses(original.model, images, "gen", pairs, abar, gt.batch_size, device)
-    after = mean_losses(retrained_model, images, "gen", pairs, abar, gt.batch_size, device)
+    inputs = original.model.encode(images)
+    before = mean_losses(original.model.network, inputs, "gen", pairs, abar, gt.batch_size, device,
+                         original.model.condition(prompts))
+    after = mean_losses(retrained_model.network, inputs, "gen", pairs, abar, gt.batch_size, device,
+                        retrained_model.condition(prompts))
 
     if original.encoder is None:
         cosine = np.full(len(seeds), np.nan)
@@ -357,7 +371,7 @@ def evaluate_runs(original_model_path: str, runs: Sequence[tuple[str, str]], gen
     uses the original model) sets the cosine's encoder; None skips it."""
     from diffattr.data.store import read_images
     from diffattr.methods.embedding import EmbeddingConfig
-    from diffattr.models.ddpm import load_unet
+    from diffattr.models.family import load_model, split_captions
 
     embedding = params.get("embedding")
     encoder_cfg = None if embedding is None else EmbeddingConfig.from_params({"path": original_model_path, **embedding})
@@ -365,12 +379,14 @@ def evaluate_runs(original_model_path: str, runs: Sequence[tuple[str, str]], gen
 
     seeds = pd.read_csv(generated_table).set_index("index")["seed"]
     generated = read_images(generated_store, "gen")
+    prompts = split_captions(generated_store, "gen", params) if original.model.components is not None else None
     rows = []
     for model_path, removed_path in runs:
         run = pd.read_csv(removed_path).iloc[0]
         sample = int(run["sample"])
-        metrics = compare_with_original(original, load_unet(model_path, params["unet"], device),
-                                        np.array([seeds[sample]]), generated[sample : sample + 1], params, device)
+        metrics = compare_with_original(original, load_model(model_path, params, device),
+                                        np.array([seeds[sample]]), generated[sample : sample + 1], params, device,
+                                        None if prompts is None else prompts[sample : sample + 1])
         rows.append({"method": run["method"], "sample": sample, "k": int(run["k"]), "seed": int(seeds[sample]),
                      **{name: float(values[0]) for name, values in metrics.items()}})
     return pd.DataFrame(rows)
@@ -438,7 +454,8 @@ def paired_vs_control(results: pd.DataFrame, resamples: int, confidence: float, 
 
 def summary_markdown(summary: pd.DataFrame, paired: pd.DataFrame) -> str:
     """§5.4's table — mean (median) per (method, k) of pixel L2 ↑, embedding cosine ↓ and ΔL_Simple ↑
-    — then each method's paired difference to the random control with its CI and win fraction."""
+    — then each method's paired difference to the random control with its CI and win fraction (a
+    metric that was not measured, e.g. the cosine without an encoder, is left blank)."""
     def cell(mean: float, median: float, digits: int) -> str:
         return "" if np.isnan(mean) else f"{mean:.{digits}f} ({median:.{digits}f})"
 
@@ -452,7 +469,8 @@ def summary_markdown(summary: pd.DataFrame, paired: pd.DataFrame) -> str:
                       "samples changed more than by the control).", "",
                   "| method | k | samples | Δ pixel L2 | Δ embedding cosine | Δ ΔL_Simple |", "|---|---|---|---|---|---|"]
         for r in paired.to_dict("records"):
-            cells = [f"{r[f'{m}_diff']:+.4g} [{r[f'{m}_ci_low']:+.3g}, {r[f'{m}_ci_high']:+.3g}] ({r[f'{m}_wins']:.0%})"
+            cells = ["" if np.isnan(r[f"{m}_diff"]) else
+                     f"{r[f'{m}_diff']:+.4g} [{r[f'{m}_ci_low']:+.3g}, {r[f'{m}_ci_high']:+.3g}] ({r[f'{m}_wins']:.0%})"
                      for m in METRICS]
             lines.append(f"| {r['method']} | {r['k']} | {r['n']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

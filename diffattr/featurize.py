@@ -20,6 +20,7 @@ import torch
 from torch.func import functional_call, grad, vmap
 
 from diffattr.models.ddpm import count_parameters, noisy_draws
+from diffattr.models.family import condition_kwargs
 from diffattr.noise import gaussian_noise, sample_timesteps
 from diffattr.outputs import output_values
 from diffattr.progress import progress
@@ -75,31 +76,40 @@ def per_sample_gradients(
     abar: torch.Tensor,
     betas: torch.Tensor,
     normalize: bool = False,
+    cond: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(B, p) gradients of (1/D) Σ_d F(x_b, t_{b,d}, ε_{b,d}) over the D = K·S draws of each sample.
 
-    ``x0`` (B, C, H, W); ``timesteps`` (B, D); ``noise`` (B, D, C, H, W). Parameters are flattened
-    in ``model.named_parameters()`` order (the row order of the projection). ``normalize``: DAS's
+    ``x0`` (B, C, H, W); ``timesteps`` (B, D); ``noise`` (B, D, C, H, W); ``cond`` (B,) the samples'
+    conditions (None: unconditional, :mod:`diffattr.models.family`). Only the parameters with
+    ``requires_grad`` are differentiated — every DDPM weight, or a LoRA adapter's weights; the others
+    enter as constants, so no gradient of a frozen weight is ever computed — flattened in
+    ``model.named_parameters()`` order (the row order of the projection). ``normalize``: DAS's
     per-timestep normalisation (METHODS.md §2.13 step 2), (1/D) Σ_d ∇F_d / ‖∇F_d‖ — each draw's
     gradient is scaled to unit norm before the average (with one noise seed, one draw per t).
     """
-    params = {n: p.detach() for n, p in model.named_parameters()}
+    params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    frozen = {n: p.detach() for n, p in model.named_parameters() if not p.requires_grad}
     buffers = {n: b.detach() for n, b in model.named_buffers()}
 
-    def sample_output(p: dict[str, torch.Tensor], x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    def sample_output(p: dict[str, torch.Tensor], x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor,
+                      c: torch.Tensor | None) -> torch.Tensor:
         x_t, tt, ee = noisy_draws(x[None], t[None], eps[None], abar)
-        pred = functional_call(model, (p, buffers), (x_t, tt)).sample
+        labels = None if c is None else c[None].expand(len(tt))
+        pred = functional_call(model, (p, frozen, buffers), (x_t, tt), condition_kwargs(labels)).sample
         return output_values(output, pred, ee, tt, betas, abar).mean()
 
+    c_dim = None if cond is None else 0
     if not normalize:
-        grads = vmap(grad(sample_output), in_dims=(None, 0, 0, 0))(params, x0, timesteps, noise)
+        grads = vmap(grad(sample_output), in_dims=(None, 0, 0, 0, c_dim))(params, x0, timesteps, noise, cond)
         return torch.cat([grads[n].reshape(x0.shape[0], -1) for n in params], dim=1)
 
-    def draw_gradients(p: dict[str, torch.Tensor], x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> dict:
-        one_draw = grad(lambda q, t1, e1: sample_output(q, x, t1[None], e1[None]))
+    def draw_gradients(p: dict[str, torch.Tensor], x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor,
+                       c: torch.Tensor | None) -> dict:
+        one_draw = grad(lambda q, t1, e1: sample_output(q, x, t1[None], e1[None], c))
         return vmap(one_draw, in_dims=(None, 0, 0))(p, t, eps)
 
-    grads = vmap(draw_gradients, in_dims=(None, 0, 0, 0))(params, x0, timesteps, noise)
+    grads = vmap(draw_gradients, in_dims=(None, 0, 0, 0, c_dim))(params, x0, timesteps, noise, cond)
     flat = torch.cat([grads[n].reshape(*timesteps.shape, -1) for n in params], dim=2)
     return (flat / flat.norm(dim=2, keepdim=True).clamp_min(1e-30)).mean(dim=1)
 
@@ -114,8 +124,10 @@ def featurize(
     device: str = "cpu",
     projector: Projector | None = None,
     timesteps: np.ndarray | None = None,
+    cond: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Projected features (n, k) float32 of float images (n, C, H, W) in [−1, 1] with ids ``sample_ids``.
+    """Projected features (n, k) float32 of the network's float inputs (n, C, H, W) — pixels in
+    [−1, 1], or latents — with ids ``sample_ids`` and conditions ``cond`` (n,) (None: unconditional).
 
     ``timesteps`` (n, K), when given, are each row's own timesteps instead of the spec's set:
     Diffusion-TracIn's trained timesteps (METHODS.md §2.5) or Journey-TRAK's sampling steps (§2.12).
@@ -148,6 +160,7 @@ def featurize(
                 abar,
                 betas,
                 spec.normalize_timesteps,
+                None if cond is None else torch.from_numpy(cond[start : start + spec.batch_size]).to(device),
             )
             bad = ~torch.isfinite(g).all(dim=1)
             if bad.any():
@@ -180,12 +193,14 @@ def featurize_shard(model_path: str, image_store: str, split: str, start: int, s
     """featurize job: rows [start, stop) of ``split`` → one shard store with its completion marker.
     Split ``journey`` reads the generated samples' DDIM trajectory (``image_store`` is the
     trajectory store) and also stores the per-step features (§2.12)."""
-    from diffattr.data.store import read_images, to_model_range
-    from diffattr.models.ddpm import build_scheduler, load_unet
+    from diffattr.data.store import read_labels
+    from diffattr.models.ddpm import build_scheduler
+    from diffattr.models.family import load_model
     from diffattr.store import spec_hash, write_shard
 
     spec = FeatureSpec.from_dict({k: v for k, v in spec_config.items() if k != "trained"})
-    model = load_unet(model_path, model_config["unet"], device)
+    loaded = load_model(model_path, model_config, device)
+    model = loaded.network
     scheduler = build_scheduler(model_config["scheduler"])
     attrs, extras = {"split": split, "model": model_path}, None
     if split == "journey":
@@ -197,13 +212,14 @@ def featurize_shard(model_path: str, image_store: str, split: str, start: int, s
                                                   scheduler, device)
         extras = {"steps": per_step, "step_timesteps": np.tile(step_timesteps, (len(trajectory), 1))}
     else:
-        all_images = read_images(image_store, split)
-        images = to_model_range(all_images[start:stop])
-        _check_rows(len(images), start, stop, image_store, split)
+        inputs, cond = loaded.inputs(image_store, split, slice(start, stop))
+        _check_rows(len(inputs), start, stop, image_store, split)
         timesteps = None
         if spec.timestep_strategy == "trained" and split == "train":
-            timesteps = _trained_timesteps(spec_config["trained"], len(all_images), model_config)[start:stop, None]
-        features = featurize(model, images, np.arange(start, stop), split, spec, scheduler, device, timesteps=timesteps)
+            n_train = len(read_labels(image_store, split))
+            timesteps = _trained_timesteps(spec_config["trained"], n_train, model_config)[start:stop, None]
+        features = featurize(model, inputs, np.arange(start, stop), split, spec, scheduler, device,
+                             timesteps=timesteps, cond=cond)
     write_shard(out_path, features, start, stop, spec_hash(spec_config), attrs, extras)
     return features
 

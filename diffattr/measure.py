@@ -14,6 +14,7 @@ import torch
 
 from diffattr.ground_truth import GroundTruthConfig, write_measurement
 from diffattr.models.ddpm import add_noise
+from diffattr.models.family import denoise
 from diffattr.noise import gaussian_noise
 from diffattr.outputs import l_simple
 
@@ -43,24 +44,31 @@ def measure_losses(
     abar: torch.Tensor,
     batch_size: int,
     device: str = "cpu",
+    cond: np.ndarray | None = None,
 ) -> np.ndarray:
-    """(P, N) float32 L_Simple of each sample (float (N, C, H, W) in [−1, 1]) at each (seed, t) pair."""
+    """(P, N) float32 L_Simple of each sample at each (seed, t) pair: ``images`` are the network's
+    float inputs (N, C, H, W) — pixels in [−1, 1], or latents — and ``cond`` (N,) their conditions
+    (None: unconditional; :mod:`diffattr.models.family`)."""
     out = np.empty((len(pairs), len(images)), dtype=np.float32)
+    labels = None if cond is None else torch.from_numpy(cond).to(device)
     for p, rows, x_t, eps, tt in ground_truth_draws(images, split, pairs, abar, batch_size, device):
-        out[p, rows] = l_simple(model(x_t, tt).sample, eps).float().cpu().numpy()
+        c = None if labels is None else labels[rows]
+        out[p, rows] = l_simple(denoise(model, x_t, tt, c), eps).float().cpu().numpy()
     return out
 
 
 def measure_model(model_path: str, stores: dict[str, str], params: dict, out_path: str, device: str = "cpu") -> dict[str, np.ndarray]:
     """measure_outputs: one model's per-pair losses on every attributed set (``stores``: set → image store)."""
-    from diffattr.data.store import read_images, to_model_range
-    from diffattr.models.ddpm import alphas_cumprod, load_unet
+    from diffattr.models.ddpm import alphas_cumprod
+    from diffattr.models.family import load_model
 
     cfg = GroundTruthConfig.from_dict(params["ground_truth"])
-    model = load_unet(model_path, params["unet"], device)
+    model = load_model(model_path, params, device)
     abar = alphas_cumprod(params["scheduler"])
     pairs = cfg.pairs(len(abar))
-    losses = {split: measure_losses(model, to_model_range(read_images(store, split)), split, pairs, abar, cfg.batch_size, device)
-              for split, store in stores.items()}
+    losses = {}
+    for split, store in stores.items():
+        inputs, cond = model.inputs(store, split)
+        losses[split] = measure_losses(model.network, inputs, split, pairs, abar, cfg.batch_size, device, cond)
     write_measurement(out_path, losses, pairs)
     return losses

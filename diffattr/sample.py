@@ -7,6 +7,7 @@ deterministic given x_T; for η > 0 the per-step noise is drawn from (image seed
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +16,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from diffattr.models.ddpm import build_scheduler
+from diffattr.models.family import denoise
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,14 @@ class GenerateConfig:
     eta: float = 0.0
     seed: int = 0
     batch_size: int = 256
+    prompts: tuple[str, ...] | None = None
+
+    def image_prompts(self) -> list[str] | None:
+        """Image i's prompt: ``prompts`` in equal consecutive blocks (METHODS.md §3: ArtBench-2's images
+        0–499 use the first prompt, 500–999 the second); None for an unconditional model."""
+        if not self.prompts:
+            return None
+        return [self.prompts[i * len(self.prompts) // self.count] for i in range(self.count)]
 
 
 def image_seeds(gen_seed: int, count: int) -> np.ndarray:
@@ -46,11 +56,15 @@ def ddim_trajectory(
     batch_size: int,
     device: str = "cpu",
     record: bool = True,
+    cond: np.ndarray | None = None,
+    to_images: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """DDIM from the per-image initial noise: (images (n, C, H, W) in [−1, 1], x̂₀ at every step
     (n, S, C, H, W) clamped to [−1, 1] — diffusers' ``pred_original_sample``, the trajectory
     Journey-TRAK attributes (METHODS.md §2.12) — or None unless ``record``, the S timesteps).
-    Image i starts from :func:`initial_noise` of its seed, so it does not depend on its batch."""
+    Image i starts from :func:`initial_noise` of its seed, so it does not depend on its batch.
+    ``cond`` (n,) conditions each image (a text-to-image model's caption indices); ``to_images`` maps
+    the final samples to images (a latent model's VAE decoder; default: clamp to [−1, 1])."""
     cfg = model.config
     shape = (cfg.in_channels, cfg.sample_size, cfg.sample_size)
     scheduler = DDIMScheduler.from_config(build_scheduler(scheduler_config).config)
@@ -59,9 +73,10 @@ def ddim_trajectory(
     for start in range(0, len(seeds), batch_size):
         batch_seeds = seeds[start : start + batch_size]
         x = torch.from_numpy(initial_noise(batch_seeds, shape)).to(device)
+        labels = None if cond is None else torch.from_numpy(cond[start : start + batch_size]).to(device)
         x0_hats = []
         for i, t in enumerate(scheduler.timesteps):
-            eps = model(x, t.to(device).expand(len(x))).sample
+            eps = denoise(model, x, t.to(device).expand(len(x)), labels)
             variance_noise = None
             if eta > 0:
                 variance_noise = torch.from_numpy(
@@ -71,11 +86,19 @@ def ddim_trajectory(
             x = step.prev_sample
             if record:
                 x0_hats.append(step.pred_original_sample.clamp(-1, 1).cpu().numpy())
-        images.append(x.clamp(-1, 1).cpu().numpy())
+        images.append((x.clamp(-1, 1) if to_images is None else to_images(x)).cpu().numpy())
         if record:
             trajectory.append(np.stack(x0_hats, axis=1))
     return (np.concatenate(images), np.concatenate(trajectory) if record else None,
             scheduler.timesteps.cpu().numpy().astype(np.int64))
+
+
+def generate_config(block: dict[str, Any]) -> GenerateConfig:
+    """The ``generate`` block (without ``model_seed``) as a :class:`GenerateConfig`."""
+    block = dict(block)
+    if block.get("prompts") is not None:
+        block["prompts"] = tuple(block["prompts"])
+    return GenerateConfig(**block)
 
 
 def generate_set(model_path: str, params: dict[str, Any], store_path: str, table_path: str, device: str = "cpu") -> np.ndarray:
@@ -86,17 +109,27 @@ def generate_set(model_path: str, params: dict[str, Any], store_path: str, table
     from diffattr.atomic import atomic_path
     from diffattr.data import ImageSet
     from diffattr.data.store import to_uint8, write_image_store
-    from diffattr.models.ddpm import load_unet
+    from diffattr.models.family import load_model
 
-    cfg = GenerateConfig(**params["generate"])
-    model = load_unet(model_path, params["unet"], device)
+    cfg = generate_config(params["generate"])
+    model = load_model(model_path, params, device)
     seeds = image_seeds(cfg.seed, cfg.count)
-    images = to_uint8(ddim_trajectory(model, params["scheduler"], seeds, cfg.steps, cfg.eta, cfg.batch_size, device,
-                                      record=False)[0])
-    labels = np.full(len(images), -1, dtype=np.int64)
-    write_image_store(store_path, {"gen": ImageSet(images, labels, [f"ddim:seed{s}" for s in seeds], [])})
+    prompts = cfg.image_prompts()
+    cond = model.condition(prompts)
+    images = to_uint8(ddim_trajectory(model.network, params["scheduler"], seeds, cfg.steps, cfg.eta, cfg.batch_size,
+                                      device, record=False, cond=cond, to_images=model.to_images)[0])
+    sources = [f"ddim:seed{s}" for s in seeds]
+    if prompts is None:
+        gen = ImageSet(images, np.full(len(images), -1, dtype=np.int64), sources, [])
+    else:
+        labels = np.asarray([cfg.prompts.index(p) for p in prompts], dtype=np.int64)
+        gen = ImageSet(images, labels, sources, list(cfg.prompts), prompts)
+    write_image_store(store_path, {"gen": gen})
+    table = {"index": np.arange(len(seeds)), "seed": seeds, "steps": cfg.steps, "eta": cfg.eta}
+    if prompts is not None:
+        table["prompt"] = prompts
     with atomic_path(table_path) as tmp:
-        pd.DataFrame({"index": np.arange(len(seeds)), "seed": seeds, "steps": cfg.steps, "eta": cfg.eta}).to_csv(tmp, index=False)
+        pd.DataFrame(table).to_csv(tmp, index=False)
     return images
 
 
@@ -110,7 +143,7 @@ def record_trajectory(model_path: str, params: dict[str, Any], generated_store: 
     from diffattr.data.store import read_images, to_uint8
     from diffattr.models.ddpm import load_unet
 
-    cfg = GenerateConfig(**params["generate"])
+    cfg = generate_config(params["generate"])
     model = load_unet(model_path, params["unet"], device)
     images, trajectory, timesteps = ddim_trajectory(model, params["scheduler"], image_seeds(cfg.seed, cfg.count),
                                                     cfg.steps, cfg.eta, cfg.batch_size, device)

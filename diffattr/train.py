@@ -25,8 +25,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from diffattr.atomic import atomic_path
-from diffattr.data.store import to_model_range
-from diffattr.models.ddpm import add_noise, alphas_cumprod, build_unet, save_weights
+from diffattr.models.ddpm import add_noise, alphas_cumprod
+from diffattr.models.family import Model, denoise, save_model
 from diffattr.progress import progress
 from diffattr.schedule import checkpoint_steps, learning_rate
 
@@ -107,16 +107,19 @@ def trained_timesteps(n: int, batch_size: int, seed: int, until_step: int, num_t
     return last
 
 
-def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+def _optimizer(model: Model, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters only (a LoRA adapter's, or every DDPM weight)."""
     return torch.optim.AdamW(
-        model.parameters(), lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps, weight_decay=cfg.weight_decay
+        list(model.trainable().values()), lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps,
+        weight_decay=cfg.weight_decay,
     )
 
 
-def _save_state(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, step: int, key: str) -> None:
-    """Model and AdamW moments as safetensors (no pickle), atomically."""
-    tensors = {f"model.{k}": v.detach().clone().contiguous() for k, v in model.state_dict().items()}
-    names = dict(enumerate(n for n, _ in model.named_parameters()))
+def _save_state(path: Path, model: Model, opt: torch.optim.Optimizer, step: int, key: str) -> None:
+    """Trainable weights and AdamW moments as safetensors (no pickle), atomically."""
+    trainable = model.trainable()
+    tensors = {f"model.{k}": v.detach().clone().contiguous() for k, v in trainable.items()}
+    names = dict(enumerate(trainable))
     for index, state in opt.state_dict()["state"].items():
         for field, value in state.items():
             tensors[f"opt.{names[index]}.{field}"] = torch.as_tensor(value).detach().clone().reshape(-1) if field == "step" else value.detach().clone().contiguous()
@@ -124,7 +127,7 @@ def _save_state(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, 
         save_file(tensors, str(tmp), metadata={"step": str(step), "key": key})
 
 
-def _load_state(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, key: str) -> int:
+def _load_state(path: Path, model: Model, opt: torch.optim.Optimizer, key: str) -> int:
     """Restore a saved state; returns its step, or 0 when absent or written for another config."""
     if not path.exists():
         return 0
@@ -136,8 +139,11 @@ def _load_state(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, 
         log.warning("ignoring resume state %s: it was written for a different configuration", path)
         return 0
     tensors = load_file(str(path))
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    index = {n: i for i, (n, _) in enumerate(model.named_parameters())}
+    trainable = model.trainable()
+    with torch.no_grad():
+        for name, param in trainable.items():
+            param.copy_(tensors[f"model.{name}"])
+    index = {n: i for i, n in enumerate(trainable)}
     state: dict[int, dict[str, torch.Tensor]] = {}
     for name, value in tensors.items():
         if name.startswith("opt."):
@@ -149,67 +155,73 @@ def _load_state(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, 
     return int(meta["step"])
 
 
-def _step(model: torch.nn.Module, opt: torch.optim.Optimizer, data: torch.Tensor, cfg: TrainConfig, seed: int,
-          step: int, abar: torch.Tensor) -> float:
+def _step(model: Model, opt: torch.optim.Optimizer, data: torch.Tensor, cond: torch.Tensor | None, cfg: TrainConfig,
+          seed: int, step: int, abar: torch.Tensor) -> float:
     """One optimiser step of L_Simple on the step's seeded draws (rows, t, ε, flips); its loss."""
     draws = training_draws(len(data), cfg.batch_size, seed, step, len(abar), tuple(data.shape[1:]))
-    x0 = data[draws.rows]
+    rows = torch.from_numpy(draws.rows).to(data.device)
+    x0 = data[rows]
     if cfg.hflip:
-        x0 = torch.where(torch.from_numpy(draws.flips).view(-1, 1, 1, 1), x0.flip(-1), x0)
-    t = torch.from_numpy(draws.timesteps)
-    eps = torch.from_numpy(draws.noise)
-    pred = model(add_noise(x0, eps, t, abar), t).sample
+        x0 = torch.where(torch.from_numpy(draws.flips).to(data.device).view(-1, 1, 1, 1), x0.flip(-1), x0)
+    t = torch.from_numpy(draws.timesteps).to(data.device)
+    eps = torch.from_numpy(draws.noise).to(data.device)
+    labels = None if cond is None else cond[rows]
+    pred = denoise(model.network, add_noise(x0, eps, t, abar), t, labels)
     loss = torch.nn.functional.mse_loss(pred, eps)
     for group in opt.param_groups:
         group["lr"] = learning_rate(step, cfg.steps, cfg.lr, cfg.warmup_fraction)
     opt.zero_grad(set_to_none=True)
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    torch.nn.utils.clip_grad_norm_(list(model.trainable().values()), cfg.grad_clip)
     opt.step()
     return loss.item()
 
 
 def train(
-    images: np.ndarray,
-    unet_config: dict[str, Any],
-    scheduler_config: dict[str, Any],
+    model: Model,
+    inputs: np.ndarray,
+    cond: np.ndarray | None,
     train_config: dict[str, Any],
     seed: int,
     checkpoints: list[str],
     log_table: str,
     resume_dir: str,
 ) -> pd.DataFrame:
-    """Train a DDPM on uint8 ``images`` (N, H, W, C) and write ``checkpoints`` (one per checkpoint
-    step, in order, the last = final weights) and a training-log table.
+    """Train ``model`` (from :func:`diffattr.models.family.fresh_model`) on its float ``inputs``
+    (N, C, h, w) — pixels, or latents — with conditions ``cond`` (N,) (None: unconditional), and write
+    ``checkpoints`` (one per checkpoint step, in order, the last = final weights) and a training-log table.
 
-    Progress (model state, AdamW moments, checkpoints reached) is kept in ``resume_dir`` every
+    Progress (trainable weights, AdamW moments, checkpoints reached) is kept in ``resume_dir`` every
     ``resume_every`` steps; a rerun continues from there. ``resume_dir`` is removed on success.
     """
     cfg = TrainConfig.from_dict(train_config)
     steps_to_save = checkpoint_steps(cfg.steps, cfg.checkpoint_fractions)
     if len(steps_to_save) != len(checkpoints):
         raise ValueError(f"expected {len(steps_to_save)} checkpoint paths, got {len(checkpoints)}")
-    if len(images) == 0:
+    if len(inputs) == 0:
         raise ValueError("the training set is empty")
-    torch.manual_seed(seed)
-    model = build_unet(unet_config).train()
+    if cfg.hflip and model.components is not None:
+        raise ValueError("train.hflip flips the network's inputs, which are latents for the text_to_image family; "
+                         "set it to false")
+    model.network.train()
     opt = _optimizer(model, cfg)
-    abar = alphas_cumprod(scheduler_config)
-    data = torch.from_numpy(to_model_range(images))
+    abar = alphas_cumprod(model.params["scheduler"])
+    data = torch.from_numpy(inputs).to(model.device)
+    labels = None if cond is None else torch.from_numpy(cond).to(model.device)
     resume = Path(resume_dir)
     resume.mkdir(parents=True, exist_ok=True)
-    key = json.dumps([unet_config, scheduler_config, train_config, seed, len(images)], sort_keys=True)
+    key = json.dumps([model.params, train_config, seed, len(inputs)], sort_keys=True)
     state_path = resume / "state.safetensors"
     start = _load_state(state_path, model, opt, key)
     if start:
         log.info("resuming from step %d of %d (%s)", start, cfg.steps, state_path)
     rows_log: list[dict[str, float]] = []
     running, epoch_loss, last_line, t0 = 0.0, 0.0, start, time.perf_counter()
-    meta = {"unet": unet_config, "scheduler": scheduler_config, "seed": seed, "n_train": len(images)}
-    epochs = -(-cfg.steps * cfg.batch_size // len(images))
+    meta = {**model.params, "seed": seed, "n_train": len(inputs)}
+    epochs = -(-cfg.steps * cfg.batch_size // len(inputs))
     with progress(cfg.steps, "train", "step", initial=start) as bar:
         for step in range(start, cfg.steps):
-            loss = _step(model, opt, data, cfg, seed, step, abar)
+            loss = _step(model, opt, data, labels, cfg, seed, step, abar)
             running += loss
             epoch_loss += loss
             bar.update(1)
@@ -219,15 +231,15 @@ def train(
                 rows_log.append({"step": done, "loss": running / span, "lr": opt.param_groups[0]["lr"],
                                  "seconds": time.perf_counter() - t0})
                 running = 0.0
-            epoch = done * cfg.batch_size // len(images)  # epochs completed (the last may be partial)
-            boundary = epoch > step * cfg.batch_size // len(images)
+            epoch = done * cfg.batch_size // len(inputs)  # epochs completed (the last may be partial)
+            boundary = epoch > step * cfg.batch_size // len(inputs)
             if boundary or done == cfg.steps:
                 log.info("epoch %d/%d (step %d/%d): loss %.4f, %.1f steps/s", epoch if boundary else epochs, epochs,
                          done, cfg.steps,
                          epoch_loss / (done - last_line), (done - start) / (time.perf_counter() - t0))
                 epoch_loss, last_line = 0.0, done
             if done in steps_to_save:
-                save_weights(model, resume / f"step{done}.safetensors", {**meta, "step": done})
+                save_model(model, str(resume / f"step{done}.safetensors"), {**meta, "step": done})
             if done % cfg.resume_every == 0 and done < cfg.steps:
                 _save_state(state_path, model, opt, done, key)
     for step, path in zip(steps_to_save, checkpoints):
@@ -238,20 +250,24 @@ def train(
         table.to_csv(tmp, index=False)
     state_path.unlink(missing_ok=True)
     resume.rmdir()
+    model.network.eval()
     return table
 
 
 def train_model(data_store: str, params: dict[str, Any], seed: int, checkpoints: list[str], log_table: str,
-                resume_dir: str) -> pd.DataFrame:
-    """train_model: the full model (``pool == "full"``) or one subset model of a pool."""
-    from diffattr.data.store import read_images, read_labels
+                resume_dir: str, device: str = "cpu") -> pd.DataFrame:
+    """train_model: the full model (``pool == "full"``) or one subset model of a pool, of the
+    configured family (a DDPM, or a LoRA on the base text-to-image pipeline)."""
+    from diffattr.data.store import read_labels
+    from diffattr.models.family import fresh_model
     from diffattr.subsets import subset_mask
 
-    images = read_images(data_store, "train")
+    model = fresh_model(params, seed, device)
+    inputs, cond = model.inputs(data_store, "train")
     if params["pool"] != "full":
         s = params["subsets"]
         mask = subset_mask(read_labels(data_store, "train"), s["alpha"], s["seed"], params["pool"], params["subset"],
                            s["stratify"], s.get("count"))
-        images = images[mask]
-    log.info("training %s subset %s seed %d on %d images", params["pool"], params["subset"], seed, len(images))
-    return train(images, params["unet"], params["scheduler"], params["train"], seed, checkpoints, log_table, resume_dir)
+        inputs, cond = inputs[mask], None if cond is None else cond[mask]
+    log.info("training %s subset %s seed %d on %d images", params["pool"], params["subset"], seed, len(inputs))
+    return train(model, inputs, cond, params["train"], seed, checkpoints, log_table, resume_dir)

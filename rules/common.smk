@@ -10,6 +10,7 @@ from diffattr.data.sizes import split_sizes
 from diffattr.counterfactual import RANDOM_CONTROL, counterfactual_samples
 from diffattr.config import (
     ConfigError,
+    base_pipeline,
     check_counterfactual,
     check_report,
     check_encoded_pool,
@@ -17,6 +18,7 @@ from diffattr.config import (
     load_yaml,
     model_params,
     pool_params,
+    pretrain_params,
     train_params,
     validate as validate_config,
 )
@@ -100,6 +102,19 @@ CF_SAMPLES = (
 )
 
 ARTIFACTS = {"data": DATA, "generated": GENERATED}
+CUSTOM = config.get("customization") or {}
+CUSTOM_GROUPS = CUSTOM.get("groups", 4) if CUSTOM else 0
+"""AbC customization groups (§2.16; text_to_image only): fine-tune on exemplars, attribute their images."""
+CUSTOM_MODEL = f"{OUT}/customization/models/g{{group}}.safetensors"
+CUSTOM_LOG = f"{OUT}/customization/models/g{{group}}_log.csv"
+CUSTOM_IMAGES = f"{OUT}/customization/images/g{{group}}.zarr"
+CUSTOMIZATION_TABLE = f"{OUT}/customization.csv"
+CUSTOMIZATION_MARKDOWN = f"{OUT}/customization.md"
+BASE = base_pipeline(config)
+"""The text-to-image base pipeline directory (a local SD pipeline, or pretrained by pretrain_base)."""
+BASE_INPUT = [BASE] if BASE else []
+"""Input of every job that loads the model: the base pipeline under a LoRA (nothing for a DDPM)."""
+PRETRAIN_LOG = f"{OUT}/models/base/pretrain_log.csv"
 
 _RES = config.get("resources", {})
 GPU = {"gpu": _RES.get("gpus", 0)} | (
@@ -132,6 +147,7 @@ wildcard_constraints:
     sample=r"\d+",
     k=r"\d+",
     sweep="|".join(map(re.escape, SWEEPS)) or "none",
+    group=r"\d+",
 
 
 def checkpoint(pool, subset, seed, step=CKPT_STEPS[-1]):
@@ -251,6 +267,8 @@ def method_inputs(w):
             inputs[f"member_{k}"] = checkpoint("encoded", k, pool["seeds"][0])
     if "full_model" in needs and method.get("encoder", "ddpm") == "ddpm":
         inputs["checkpoint"] = checkpoint("full", 0, config["full_model"]["seeds"][0])
+        if BASE:
+            inputs["base"] = BASE
     return inputs
 
 
@@ -289,7 +307,7 @@ def method_params(method):
         )
     if "full_model" in method_kind(params).needs:
         params |= model_params(config)
-    if "encoded_models" in method_kind(params).needs:
+    if "encoded_models" in method_kind(params).needs or params["kind"] == "unlearning":
         params |= model_params(config) | {"ground_truth": config["ground_truth"]}
     return params
 
@@ -380,3 +398,9 @@ def cf_runs(w):
         "models": [CF_MODEL.format(**key) for key in keys],
         "removed": [CF_REMOVED.format(**key) for key in keys],
     }
+
+
+def customization_params(w):
+    """A customization job's params: the model, the customization block and the DDIM sampler."""
+    generate = {k: v for k, v in config["generate"].items() if k != "model_seed"}
+    return {**model_params(config), "customization": CUSTOM, "generate": generate}

@@ -2,6 +2,7 @@ rule counterfactual_train:
     input:
         unpack(cf_scores),
         data=DATA,
+        base=BASE_INPUT,
     output:
         model=CF_MODEL,
         removed=CF_REMOVED,
@@ -34,6 +35,7 @@ rule counterfactual_evaluate:
         original=checkpoint("full", 0, config["generate"]["model_seed"]),
         generated=GENERATED,
         table=GENERATED_TABLE,
+        base=BASE_INPUT,
     output:
         table=CF_EVAL,
     log:

@@ -1,6 +1,7 @@
 rule featurize:
     input:
         model=lambda w: checkpoint(w.pool, w.subset, w.seed, feature_step(w.spec)),
+        base=BASE_INPUT,
         images=lambda w: set_store(w.split),
     output:
         shard=directory(FEATURE_SHARD),

@@ -1,6 +1,7 @@
 rule generate:
     input:
         model=checkpoint("full", 0, config["generate"]["model_seed"]),
+        base=BASE_INPUT,
     output:
         store=directory(GENERATED),
         table=GENERATED_TABLE,

@@ -1,6 +1,7 @@
 rule measure_outputs:
     input:
         model=lambda w: checkpoint(w.pool, w.subset, w.seed),
+        base=BASE_INPUT,
         stores=[set_store(s) for s in SETS],
     output:
         measurement=directory(MEASUREMENT),

@@ -24,6 +24,7 @@ FINAL_OUTPUTS = [
     *expand(STEP_LDS, method=JOURNEY_METHODS),
     *([COUNTERFACTUAL] if CF_METHODS else []),
     *expand(SWEEP_TABLE, sweep=SWEEPS),
+    *([CUSTOMIZATION_MARKDOWN] if CUSTOM_GROUPS else []),
 ]
 """What the run delivers; the runtime figure waits for all of it."""
 REPORT_FIGURES = [

@@ -1,6 +1,33 @@
+if BASE and not config["model"]["text_to_image"].get("pipeline_path"):
+
+    rule pretrain_base:
+        input:
+            data=DATA,
+        output:
+            pipeline=directory(BASE),
+            log_table=PRETRAIN_LOG,
+        log:
+            f"{OUT}/logs/pretrain_base.log",
+        benchmark:
+            f"{OUT}/benchmarks/pretrain_base.tsv"
+        conda:
+            "../envs/torch.yaml"
+        threads: 1
+        resources:
+            **GPU,
+            **SLURM,
+            mem_mb=4000,
+            runtime=120,
+        params:
+            cfg=pretrain_params(config),
+        script:
+            "../workflow_scripts/pretrain_base.py"
+
+
 rule train_model:
     input:
         data=DATA,
+        base=BASE_INPUT,
     output:
         checkpoints=[f"{MODEL_DIR}/step{step}.safetensors" for step in CKPT_STEPS],
         log_table=f"{MODEL_DIR}/train_log.csv",

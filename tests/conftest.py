@@ -24,6 +24,16 @@ TINY_UNET = {
 SCHEDULER = {"num_train_timesteps": 1000, "beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02}
 
 
+def train_ddpm(images, unet, scheduler, train_config, seed, checkpoints, log_table, resume_dir):
+    """:func:`diffattr.train.train` of a fresh DDPM on uint8 images (the train_model job's path)."""
+    from diffattr.data.store import to_model_range
+    from diffattr.models.family import fresh_model
+    from diffattr.train import train
+
+    model = fresh_model({"unet": unet, "scheduler": scheduler}, seed)
+    return train(model, to_model_range(images), None, train_config, seed, checkpoints, log_table, resume_dir)
+
+
 @pytest.fixture(scope="session")
 def digits_store(tmp_path_factory: pytest.TempPathFactory) -> str:
     from diffattr.data.prepare import prepare

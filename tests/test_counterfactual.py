@@ -18,6 +18,7 @@ from diffattr import counterfactual as cf
 from diffattr.atomic import write_csv
 from diffattr.methods.embedding import EmbeddingConfig, embed
 from diffattr.models.ddpm import build_unet, load_unet, save_weights
+from diffattr.models.family import Model
 from diffattr.noise import gaussian_noise
 from diffattr.sample import ddim_trajectory, image_seeds
 
@@ -167,36 +168,42 @@ def test_removal_for_reads_the_sample_row_or_draws_the_control(tmp_path):
 
 
 def test_train_without_passes_exactly_the_kept_images(monkeypatch, tmp_path):
-    data = np.random.default_rng(2).integers(0, 256, size=(30, 8, 8, 1), dtype=np.uint8)
+    data = np.random.default_rng(2).standard_normal((30, 1, 8, 8)).astype(np.float32)
+    cond = np.arange(30)
     removed = np.array([5, 0, 17, 29])
     captured = {}
 
-    def fake_train(images, unet_config, scheduler_config, train_config, seed, checkpoints, log_table, resume_dir):
-        captured.update(images=images, unet=unet_config, train=train_config, seed=seed, checkpoints=checkpoints)
+    def fake_train(model, inputs, conditions, train_config, seed, checkpoints, log_table, resume_dir):
+        captured.update(model=model, inputs=inputs, cond=conditions, train=train_config, seed=seed,
+                        checkpoints=checkpoints)
         return pd.DataFrame()
 
     monkeypatch.setattr("diffattr.train.train", fake_train)
-    cf.train_without(data, removed, PARAMS, 11, str(tmp_path / "m.safetensors"), str(tmp_path / "log.csv"),
-                     str(tmp_path / "resume"))
-    np.testing.assert_array_equal(captured["images"], np.delete(data, removed, axis=0))
+    cf.train_without("model", data, cond, removed, TRAIN, 11, str(tmp_path / "m.safetensors"),
+                     str(tmp_path / "log.csv"), str(tmp_path / "resume"))
+    np.testing.assert_array_equal(captured["inputs"], np.delete(data, removed, axis=0))
+    np.testing.assert_array_equal(captured["cond"], np.delete(cond, removed))
     assert captured["seed"] == 11 and captured["checkpoints"] == [str(tmp_path / "m.safetensors")]
-    assert captured["train"] == {**TRAIN, "checkpoint_fractions": [1.0]} and captured["unet"] == TINY_UNET
+    assert captured["train"] == {**TRAIN, "checkpoint_fractions": [1.0]} and captured["model"] == "model"
 
 
 def test_train_without_trains_the_same_model_as_training_on_the_kept_images(tmp_path):
-    from diffattr.train import train
+    from conftest import train_ddpm
+    from diffattr.data.store import to_model_range
+    from diffattr.models.family import fresh_model
 
     data = np.random.default_rng(3).integers(0, 256, size=(20, 8, 8, 1), dtype=np.uint8)
     removed = np.array([2, 3, 11])
     ckpt = tmp_path / "cf.safetensors"
-    cf.train_without(data, removed, PARAMS, 5, str(ckpt), str(tmp_path / "log.csv"), str(tmp_path / "resume"))
+    cf.train_without(fresh_model(PARAMS, 5), to_model_range(data), None, removed, PARAMS["train"], 5, str(ckpt),
+                     str(tmp_path / "log.csv"), str(tmp_path / "resume"))
     with safe_open(str(ckpt), framework="pt") as f:
         meta = f.metadata()
     assert json.loads(meta["n_train"]) == 17 and json.loads(meta["seed"]) == 5 and json.loads(meta["step"]) == 4
     # the single final checkpoint equals the last of the recipe's checkpoints trained on the kept rows directly
     kept = data[[i for i in range(20) if i not in {2, 3, 11}]]
     direct = [str(tmp_path / "d2.safetensors"), str(tmp_path / "d4.safetensors")]
-    train(kept, TINY_UNET, SCHEDULER, TRAIN, 5, direct, str(tmp_path / "dlog.csv"), str(tmp_path / "dresume"))
+    train_ddpm(kept, TINY_UNET, SCHEDULER, TRAIN, 5, direct, str(tmp_path / "dlog.csv"), str(tmp_path / "dresume"))
     a, b = load_file(str(ckpt)), load_file(direct[1])
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
@@ -245,17 +252,17 @@ def test_counterfactual_jobs_train_without_the_removal_set_and_evaluate_their_sa
 def test_regenerate_reproduces_ddim_from_identical_noise(models):
     model = load_unet(models[0], TINY_UNET)
     seeds = image_seeds(0, 5)
-    images = cf.regenerate(model, PARAMS, seeds)
+    images = cf.regenerate(Model(model, PARAMS), PARAMS, seeds)
     np.testing.assert_array_equal(images, ddim_trajectory(model, SCHEDULER, seeds, 5, 0.0, 2, record=False)[0])
     np.testing.assert_allclose(images, hand_ddim(model, seeds, 5), atol=2e-5)
     # one image does not depend on the other seeds of its batch (bit for bit at a fixed batch size) ...
-    swapped = cf.regenerate(model, PARAMS, seeds[[1, 4, 3, 0]])  # batches {1, 4}, {3, 0} instead of {0, 1}, {2, 3}
+    swapped = cf.regenerate(Model(model, PARAMS), PARAMS, seeds[[1, 4, 3, 0]])  # batches {1, 4}, {3, 0} instead of {0, 1}, {2, 3}
     np.testing.assert_array_equal(swapped[[0, 2]], images[[1, 3]])
     # ... nor, up to float rounding of batched convolutions, on the batch size
-    alone = cf.regenerate(model, {**PARAMS, "generate": {**PARAMS["generate"], "batch_size": 1}}, seeds[[1, 3]])
+    alone = cf.regenerate(Model(model, PARAMS), {**PARAMS, "generate": {**PARAMS["generate"], "batch_size": 1}}, seeds[[1, 3]])
     np.testing.assert_allclose(alone, images[[1, 3]], atol=1e-4)
     # another model from the same noise gives another image
-    other = cf.regenerate(load_unet(models[1], TINY_UNET), PARAMS, seeds)
+    other = cf.regenerate(Model(load_unet(models[1], TINY_UNET), PARAMS), PARAMS, seeds)
     assert np.abs(other - images).max() > 1e-2
 
 

@@ -261,7 +261,7 @@ def test_config_from_dict_validates():
                                  "modules": ["conv_out"], "measurement": "square"})
     assert cfg.modules == ("conv_out",) and cfg.strategy == "kfac"
     for bad in ({"strategy": "lissa"}, {"measurement": "l1"}, {"damping": 0.0}, {"fit_draws": 0},
-                {"kind": "ekfac"}, {"damping_mode": "scaled"}, {"fisher": "true"}):
+                {"dampng": 0.1}, {"damping_mode": "scaled"}, {"fisher": "true"}):
         with pytest.raises(ValueError):
             EkfacConfig.from_dict(bad)
     assert EkfacConfig.from_dict({"strategy": "identity", "damping": 0.0}).damping == 0.0

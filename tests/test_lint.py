@@ -9,7 +9,7 @@ from conftest import REPO
 from workflow import snakemake
 
 
-@pytest.mark.parametrize("config", ["config/smoke.yaml"])  # the rules are the same for every config
+@pytest.mark.parametrize("config", ["config/smoke.yaml", "config/text_to_image.yaml"])  # + pretrain_base, customize
 def test_snakemake_lint_is_clean(config, tmp_path):
     cifar = tmp_path / "cifar-10-batches-py"
     cifar.mkdir()

@@ -9,8 +9,7 @@ import sys
 
 import numpy as np
 
-from conftest import SCHEDULER, TINY_UNET
-from diffattr.train import train
+from conftest import SCHEDULER, TINY_UNET, train_ddpm
 
 
 def test_training_logs_one_line_per_epoch_and_a_bar(tmp_path, monkeypatch):
@@ -26,7 +25,7 @@ def test_training_logs_one_line_per_epoch_and_a_bar(tmp_path, monkeypatch):
     try:
         images = np.random.default_rng(0).integers(0, 256, size=(20, 8, 8, 1), dtype=np.uint8)
         cfg = {"steps": 12, "batch_size": 8, "lr": 1e-3, "checkpoint_fractions": [1.0], "resume_every": 6, "log_every": 6}
-        train(images, TINY_UNET, SCHEDULER, cfg, 0, [str(tmp_path / "m.safetensors")], str(tmp_path / "log.csv"),
+        train_ddpm(images, TINY_UNET, SCHEDULER, cfg, 0, [str(tmp_path / "m.safetensors")], str(tmp_path / "log.csv"),
               str(tmp_path / "resume"))
     finally:
         root.handlers[:] = old_handlers

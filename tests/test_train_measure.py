@@ -8,12 +8,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import SCHEDULER, TINY_UNET
+from conftest import SCHEDULER, TINY_UNET, train_ddpm
 from diffattr.data.store import read_images, to_model_range
 from diffattr.ground_truth import GroundTruthConfig, gather, read_ground_truth, split_half_reliability
 from diffattr.measure import measure_losses, measure_model
 from diffattr.models.ddpm import alphas_cumprod, load_unet
-from diffattr.train import batch_rows, train, training_draws
+from diffattr.train import batch_rows, training_draws
 
 TRAIN = {"steps": 12, "batch_size": 16, "lr": 2e-3, "checkpoint_fractions": [0.5, 1.0], "resume_every": 4, "log_every": 4}
 
@@ -21,7 +21,7 @@ TRAIN = {"steps": 12, "batch_size": 16, "lr": 2e-3, "checkpoint_fractions": [0.5
 def run_training(images, out: Path, **overrides):
     cfg = {**TRAIN, **overrides}
     ckpts = [str(out / "step6.safetensors"), str(out / "step12.safetensors")]
-    train(images, TINY_UNET, SCHEDULER, cfg, 0, ckpts, str(out / "log.csv"), str(out / "resume"))
+    train_ddpm(images, TINY_UNET, SCHEDULER, cfg, 0, ckpts, str(out / "log.csv"), str(out / "resume"))
     return [load_file(p) for p in ckpts]
 
 

@@ -91,6 +91,49 @@ def test_every_shipped_config_dry_runs_in_seconds_without_torch_or_data(tmp_path
         assert job_counts(result.stdout)["train_model"] > 0
 
 
+def test_text_to_image_configs_dry_run_with_the_expected_jobs(tmp_path):
+    """The embedded text-to-image default and config/artbench2.yaml (a fake ArtBench folder and an empty
+    pipeline directory: the dry-run reads neither) list the jobs of their settings, without torch."""
+    art = tmp_path / "artbench"
+    for split in ("train", "test"):
+        for style in ("post_impressionism", "ukiyo_e", "baroque"):
+            (art / split / style).mkdir(parents=True)
+            (art / split / style / "0.png").touch()
+    pipeline = tmp_path / "miniSD"
+    for sub in ("unet", "text_encoder", "tokenizer", "vae"):
+        (pipeline / sub).mkdir(parents=True)
+    out = overlay(tmp_path, "out", {"output_dir": str(tmp_path / "t2i")})
+    paths = overlay(tmp_path, "paths", {"output_dir": str(tmp_path / "art"), "data": {"path": str(art)},
+                                        "model": {"text_to_image": {"pipeline_path": str(pipeline)}}})
+    embedded, artbench = snakemake_concurrently(
+        [("-n", "--configfile", "config/text_to_image.yaml", out), ("-n", "--configfile", "config/artbench2.yaml", paths)],
+        env=torch_blocker(tmp_path), timeout=120)
+    assert embedded.returncode == 0, embedded.stderr[-2000:]
+    assert artbench.returncode == 0, artbench.stderr[-2000:]
+    report = {"plot_lds": 1, "plot_lambda": 1, "plot_runtime": 1, "lds_table": 1, "all": 1}
+    assert job_counts(embedded.stdout) == {
+        "prepare_data": 1, "make_subsets": 2, "pretrain_base": 1,  # the base pipeline, pretrained on "base"
+        "train_model": 41,  # full LoRA + 32 lds + 8 select
+        "generate": 1, "measure_outputs": 40, "gather_ground_truth": 2,
+        "featurize": 6, "gather_features": 6,  # loss, square × {train, val, gen}, one shard each
+        "kernel": 2, "select_lambda": 2,  # N = 840 < k = 2048: dual form
+        "score": 14, "evaluate_lds": 7,  # 7 methods × {val, gen}
+        "attribution_grids": 4, **report,
+        "customize": 4, "customization_eval": 1,  # AbC: 4 exemplar groups
+        "counterfactual_train": 12, "counterfactual_evaluate": 3,  # 4 samples × k = 168 × (dtrak, trak, random)
+        "counterfactual_table": 1, "plot_counterfactual": 1,
+    }
+    assert job_counts(artbench.stdout) == {
+        "prepare_data": 1, "make_subsets": 2,  # no pretrain_base: the pipeline is given
+        "train_model": 201,  # full LoRA + 64 lds × 3 seeds + 8 select
+        "generate": 1, "measure_outputs": 200, "gather_ground_truth": 2,
+        "featurize": 14,  # (loss, square) × (5 train shards of 1000 + val + gen)
+        "gather_features": 6, "gram_partial": 10, "kernel": 2, "select_lambda": 2,  # k = 4096 ≤ N = 5000: primal
+        "score": 12, "evaluate_lds": 6, "attribution_grids": 3, **report,
+    }
+    assert str(pipeline) in artbench.stdout  # the model jobs read the pipeline as an input
+
+
 def test_smoke_run_end_to_end(smoke):
     table = pd.read_csv(smoke.out / "lds.csv")
     methods = yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())["evaluation"]["methods"]

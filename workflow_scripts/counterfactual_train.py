@@ -1,5 +1,5 @@
 from diffattr.counterfactual import train_counterfactual
-from diffattr.jobs import job
+from diffattr.jobs import device, job
 
 with job(snakemake):
     train_counterfactual(
@@ -11,4 +11,5 @@ with job(snakemake):
         snakemake.output.removed,
         snakemake.output.log_table,
         snakemake.params.resume_dir,
+        device(),
     )

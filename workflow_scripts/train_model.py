@@ -1,4 +1,4 @@
-from diffattr.jobs import job
+from diffattr.jobs import device, job
 from diffattr.train import train_model
 
 with job(snakemake):
@@ -9,4 +9,5 @@ with job(snakemake):
         checkpoints=list(snakemake.output.checkpoints),
         log_table=snakemake.output.log_table,
         resume_dir=snakemake.params.resume_dir,
+        device=device(),
     )

@@ -14,12 +14,14 @@ import numpy as np
 
 @dataclass(frozen=True)
 class ImageSet:
-    """Images (N, H, W, C) uint8, integer labels (N,), a provenance string per image, class names."""
+    """Images (N, H, W, C) uint8, integer labels (N,), a provenance string per image, class names and,
+    optionally, a caption per image (text-to-image models; else captions come from a template)."""
 
     images: np.ndarray
     labels: np.ndarray
     sources: list[str]
     class_names: list[str]
+    captions: list[str] | None = None
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4 or self.images.dtype != np.uint8:
@@ -30,9 +32,13 @@ class ImageSet:
             raise ValueError(
                 f"{len(self.images)} images but {len(self.labels)} labels and {len(self.sources)} sources"
             )
+        if self.captions is not None and len(self.captions) != len(self.images):
+            raise ValueError(f"{len(self.images)} images but {len(self.captions)} captions")
 
     def take(self, rows: np.ndarray) -> ImageSet:
-        return ImageSet(self.images[rows], self.labels[rows], [self.sources[i] for i in rows], self.class_names)
+        captions = None if self.captions is None else [self.captions[i] for i in rows]
+        return ImageSet(self.images[rows], self.labels[rows], [self.sources[i] for i in rows], self.class_names,
+                        captions)
 
 
 def load_source(source: str, path: str | None, resolution: int | None, color: str) -> dict[str, ImageSet]:

@@ -26,6 +26,8 @@ class DataConfig:
     classes: list[str] | None = None
     n_train: int | None = None
     n_attributed: int = 200
+    n_base: int | None = None
+    style: str | None = None
     split_seed: int = 42
 
 
@@ -64,18 +66,38 @@ def stratified_rows(labels: np.ndarray, size: int | None, seed: int) -> tuple[np
     return np.sort(chosen), np.sort(rest)
 
 
+STYLES = ("invert",)
+
+
+def restyle(data: ImageSet, style: str | None) -> ImageSet:
+    """The images in a style: ``invert`` maps x to 255 − x (a distinct, exactly known look for the
+    text-to-image default's fine-tuning set); None keeps them."""
+    if style is None:
+        return data
+    if style not in STYLES:
+        raise ValueError(f"unknown data.style {style!r}; choose one of {STYLES}")
+    return ImageSet(255 - data.images, data.labels, [f"{s}|{style}" for s in data.sources], data.class_names,
+                    data.captions)
+
+
 def split_sets(pools: dict[str, ImageSet], cfg: DataConfig) -> dict[str, ImageSet]:
-    """``{"train": ..., "val": ...}`` from a source's pools."""
+    """``{"train": ..., "val": ...}`` from a source's pools, plus ``"base"`` — ``n_base`` stratified
+    images held out of the training pool, unstyled, for a text-to-image base pipeline's pretraining —
+    when ``n_base`` is set; train and val are restyled by ``style``."""
     pools = {name: filter_classes(pool, cfg.classes) for name, pool in pools.items()}
     if "all" in pools:
         everything = pools["all"]
         val_rows, rest = stratified_rows(everything.labels, cfg.n_attributed, cfg.split_seed)
-        remaining = everything.take(rest)
-        train_rows, _ = stratified_rows(remaining.labels, cfg.n_train, cfg.split_seed)
-        return {"train": remaining.take(train_rows), "val": everything.take(val_rows)}
-    train_rows, _ = stratified_rows(pools["train"].labels, cfg.n_train, cfg.split_seed)
-    val_rows, _ = stratified_rows(pools["test"].labels, cfg.n_attributed, cfg.split_seed)
-    return {"train": pools["train"].take(train_rows), "val": pools["test"].take(val_rows)}
+        pool, val = everything.take(rest), everything.take(val_rows)
+    else:
+        val_rows, _ = stratified_rows(pools["test"].labels, cfg.n_attributed, cfg.split_seed)
+        pool, val = pools["train"], pools["test"].take(val_rows)
+    sets = {}
+    if cfg.n_base:
+        base_rows, rest = stratified_rows(pool.labels, cfg.n_base, cfg.split_seed)
+        sets["base"], pool = pool.take(base_rows), pool.take(rest)
+    train_rows, _ = stratified_rows(pool.labels, cfg.n_train, cfg.split_seed)
+    return {"train": restyle(pool.take(train_rows), cfg.style), "val": restyle(val, cfg.style), **sets}
 
 
 def metadata_table(sets: dict[str, ImageSet]) -> pd.DataFrame:

@@ -45,7 +45,7 @@ def _npz_counts(path: str, prefix: str) -> dict[str, int]:
 
 
 def split_sizes(data: dict[str, Any], generate: dict[str, Any]) -> dict[str, int]:
-    """Rows of the ``train``, ``val`` and ``gen`` splits that :func:`diffattr.data.prepare.prepare`
+    """Rows of the ``train``, ``val``, ``gen`` (and ``base``) splits that :func:`diffattr.data.prepare.prepare`
     and ``generate`` will write."""
     source, classes = data["source"], data.get("classes")
     n_attr, n_train = data.get("n_attributed", 200), data.get("n_train")
@@ -65,4 +65,6 @@ def split_sizes(data: dict[str, Any], generate: dict[str, Any]) -> dict[str, int
         available = _kept(pools["all"], classes) - n_attr
     else:
         available = _kept(pools["train"], classes)
-    return {"train": n_train or available, "val": n_attr, "gen": generate["count"]}
+    n_base = data.get("n_base") or 0
+    sizes = {"train": n_train or available - n_base, "val": n_attr, "gen": generate["count"]}
+    return sizes | ({"base": n_base} if n_base else {})

@@ -1,5 +1,6 @@
 """The image store: one zarr group per data set, one subgroup per split (``train``, ``val``,
-``gen``) holding ``images`` (N, H, W, C) uint8 and ``labels`` (N,) int64."""
+``gen``, ``base``) holding ``images`` (N, H, W, C) uint8 and ``labels`` (N,) int64, with the class names
+and (when the images have them) the per-image captions as group attributes."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ def write_image_store(path: str | os.PathLike, sets: dict[str, ImageSet]) -> Non
             group.create_array("images", data=data.images, chunks=chunk)
             group.create_array("labels", data=data.labels, chunks=(min(len(data.labels), 65536),))
             group.attrs["class_names"] = list(data.class_names)
+            if data.captions is not None:
+                group.attrs["captions"] = list(data.captions)
 
 
 def _group(path: str | os.PathLike, split: str) -> zarr.Group:

@@ -52,7 +52,7 @@ import math
 import time
 import warnings
 from abc import abstractmethod
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -62,7 +62,7 @@ from kronfluence.arguments import FactorArguments, ScoreArguments
 from kronfluence.module.tracked_module import TrackedModule
 from kronfluence.task import Task
 
-from diffattr.methods.registry import ScoreBlocks
+from diffattr.methods.registry import ScoreBlocks, method_settings
 from diffattr.models.ddpm import noisy_draws
 from diffattr.noise import gaussian_noise, sample_timesteps
 from diffattr.outputs import l_simple, output_values
@@ -129,11 +129,7 @@ class EkfacConfig:
     @classmethod
     def from_dict(cls, cfg: dict[str, Any]) -> EkfacConfig:
         """From a config block; unknown keys raise (e.g. a method block's ``kind`` must be removed first)."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise ValueError(f"unknown EkfacConfig keys {unknown}; known: {sorted(known)}")
-        cfg = dict(cfg)
+        cfg = method_settings(cls, cfg, "EkfacConfig")
         if cfg.get("modules") is not None:
             cfg["modules"] = tuple(cfg["modules"])
         return cls(**cfg)

@@ -29,7 +29,8 @@ updates every parameter).
 
 **3. Score.** score(x̂, z) = L̄(z; θ') − L̄(z; θ), L̄ the L_Simple of z averaged over the ground
 truth's fixed (noise seed, t) pairs (:func:`diffattr.measure.measure_losses`: θ and θ' see
-identical draws; §2.17's fixed noise per batch). With ``hflip_max`` the score is also computed on
+identical draws; §2.17's fixed noise per batch) — or, with ``timesteps`` = K, over K uniformly spaced
+timesteps with one noise seed ``seed`` (§2.17: 20 timesteps, 0, 50, …, 950), which costs K/P of it. With ``hflip_max`` the score is also computed on
 the horizontally flipped z and the larger of the two is kept (§2.17). Rank by decreasing score:
 the training image the unlearned model forgot most is the most responsible for x̂.
 
@@ -53,8 +54,10 @@ from diffattr.featurize import NonFiniteGradientError, prepare_for_vmap
 from diffattr.measure import measure_losses
 from diffattr.methods.registry import ScoreBlocks, method_settings
 from diffattr.models.ddpm import add_noise
+from diffattr.models.family import condition_kwargs, denoise
 from diffattr.noise import gaussian_noise, split_code
 from diffattr.outputs import l_simple
+from diffattr.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +83,7 @@ class UnlearningConfig:
     seed: int = 0
     hflip_max: bool = False
     batch_size: int = 64
+    timesteps: int | None = None
 
     def __post_init__(self) -> None:
         if not self.eta > 0:
@@ -102,11 +106,13 @@ class UnlearningConfig:
 
 
 def selected_names(model: torch.nn.Module, patterns: tuple[str, ...]) -> list[str]:
-    """Names of the parameters updated by the unlearning step: those containing any of ``patterns``
-    (all parameters when empty), in ``named_parameters`` order."""
-    names = [n for n, _ in model.named_parameters() if not patterns or any(s in n for s in patterns)]
+    """Names of the parameters updated by the unlearning step: the trainable ones (every DDPM weight, or
+    a LoRA adapter's) containing any of ``patterns`` (all of them when empty), in ``named_parameters``
+    order."""
+    names = [n for n, p in model.named_parameters()
+             if p.requires_grad and (not patterns or any(s in n for s in patterns))]
     if not names:
-        raise ValueError(f"no parameter name contains any of {list(patterns)}")
+        raise ValueError(f"no trainable parameter name contains any of {list(patterns)}")
     return names
 
 
@@ -138,11 +144,11 @@ def query_draws(seed: int, micro_batch: int, copies: int, num_train_timesteps: i
 
 
 def fisher_diagonal(model: torch.nn.Module, images: np.ndarray, cfg: UnlearningConfig, abar: torch.Tensor,
-                    device: str = "cpu") -> dict[str, torch.Tensor]:
+                    device: str = "cpu", cond: np.ndarray | None = None) -> dict[str, torch.Tensor]:
     """F_diag per selected parameter (name → tensor of its shape, float32, on ``device``): the mean over
-    the N training images (float (N, C, H, W) in [−1, 1]) and ``cfg.fisher_passes`` passes of the
-    squared per-sample gradient of L_Simple (step 1 of the module docstring). ``model`` is not
-    modified (a copy is made ready for ``vmap``)."""
+    the N training inputs (float (N, C, H, W): pixels in [−1, 1] or latents, conditions ``cond``) and
+    ``cfg.fisher_passes`` passes of the squared per-sample gradient of L_Simple (step 1 of the module
+    docstring). ``model`` is not modified (a copy is made ready for ``vmap``)."""
     work = prepare_for_vmap(copy.deepcopy(model).to(device))
     names = selected_names(work, cfg.params)
     everything = {n: p.detach() for n, p in work.named_parameters()}
@@ -151,12 +157,15 @@ def fisher_diagonal(model: torch.nn.Module, images: np.ndarray, cfg: UnlearningC
     abar = abar.to(device=device, dtype=torch.float32)
     images = np.ascontiguousarray(images, dtype=np.float32)
 
-    def sample_loss(sel: Params, x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    def sample_loss(sel: Params, x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor,
+                    c: torch.Tensor | None) -> torch.Tensor:
         x_t = add_noise(x[None], eps[None], t[None], abar)
-        pred = functional_call(work, ({**everything, **sel}, buffers), (x_t, t[None])).sample
+        kwargs = condition_kwargs(None if c is None else c[None])
+        pred = functional_call(work, ({**everything, **sel}, buffers), (x_t, t[None]), kwargs).sample
         return l_simple(pred, eps[None])[0]
 
-    per_sample = vmap(grad(sample_loss), in_dims=(None, 0, 0, 0))
+    per_sample = vmap(grad(sample_loss), in_dims=(None, 0, 0, 0, None if cond is None else 0))
+    labels = None if cond is None else torch.from_numpy(np.asarray(cond)).to(device)
     total = {n: torch.zeros_like(p, dtype=torch.float64) for n, p in selected.items()}
     start_time = time.perf_counter()
     for start in range(0, len(images), cfg.fisher_batch_size):
@@ -165,7 +174,7 @@ def fisher_diagonal(model: torch.nn.Module, images: np.ndarray, cfg: UnlearningC
         x0 = torch.from_numpy(images[rows]).to(device)
         for p in range(cfg.fisher_passes):
             t, e = torch.from_numpy(ts[:, p]).to(device), torch.from_numpy(eps[:, p]).to(device)
-            g = per_sample(selected, x0, t, e)
+            g = per_sample(selected, x0, t, e, None if labels is None else labels[rows])
             for n in names:
                 if not torch.isfinite(g[n]).all():
                     raise NonFiniteGradientError(f"a Fisher gradient of train rows {rows[0]}–{rows[-1]} "
@@ -179,26 +188,30 @@ def fisher_diagonal(model: torch.nn.Module, images: np.ndarray, cfg: UnlearningC
 
 
 def query_gradient(model: torch.nn.Module, query_image: np.ndarray | torch.Tensor, names: list[str],
-                   cfg: UnlearningConfig, abar: torch.Tensor, device: str = "cpu") -> dict[str, torch.Tensor]:
-    """g = Σ_{m<M} ∇_θ mean_c ℓ(x̂, t_{m,c}, ε_{m,c}) for the parameters ``names`` (float64)."""
+                   cfg: UnlearningConfig, abar: torch.Tensor, device: str = "cpu",
+                   query_cond: int | None = None) -> dict[str, torch.Tensor]:
+    """g = Σ_{m<M} ∇_θ mean_c ℓ(x̂, t_{m,c}, ε_{m,c}) for the parameters ``names`` (float64); x̂ is
+    conditioned on ``query_cond`` (its caption index) when given."""
     x = torch.as_tensor(np.asarray(query_image, dtype=np.float32), device=device)
     abar = abar.to(device=device, dtype=torch.float32)
     params = dict(model.named_parameters())
     chosen = [params[n] for n in names]
     total = [torch.zeros_like(p, dtype=torch.float64) for p in chosen]
     x0 = x[None].expand(cfg.query_copies, *x.shape)
+    labels = None if query_cond is None else torch.full((cfg.query_copies,), int(query_cond), device=device)
     for m in range(cfg.micro_batches):
         ts, eps = query_draws(cfg.seed, m, cfg.query_copies, len(abar), tuple(x.shape))
         t = torch.from_numpy(ts).to(device)
         e = torch.from_numpy(eps).to(device)
-        loss = l_simple(model(add_noise(x0, e, t, abar), t).sample, e).mean()
+        loss = l_simple(denoise(model, add_noise(x0, e, t, abar), t, labels), e).mean()
         for acc, g in zip(total, torch.autograd.grad(loss, chosen)):
             acc += g.double()
     return dict(zip(names, total))
 
 
 def unlearning_step(model: torch.nn.Module, query_image: np.ndarray | torch.Tensor, fisher: dict[str, torch.Tensor],
-                    n_train: int, cfg: UnlearningConfig, abar: torch.Tensor, device: str = "cpu") -> torch.nn.Module:
+                    n_train: int, cfg: UnlearningConfig, abar: torch.Tensor, device: str = "cpu",
+                    query_cond: int | None = None) -> torch.nn.Module:
     """θ' = θ + η · g / ((F_diag + ε_F) · N · M) on the parameters of ``fisher`` (step 2 of the module
     docstring), as a new model in eval mode; ``model`` is not modified. ``query_image`` is x̂, float
     (C, H, W) in [−1, 1]; ``fisher`` comes from :func:`fisher_diagonal` with the same ``cfg.params``."""
@@ -206,7 +219,7 @@ def unlearning_step(model: torch.nn.Module, query_image: np.ndarray | torch.Tens
     if sorted(names) != sorted(fisher):
         raise ValueError("the Fisher was computed for other parameters than cfg.params selects")
     unlearned = copy.deepcopy(model).to(device).eval()
-    g = query_gradient(unlearned, query_image, names, cfg, abar, device)
+    g = query_gradient(unlearned, query_image, names, cfg, abar, device, query_cond)
     params = dict(unlearned.named_parameters())
     with torch.no_grad():
         for n in names:
@@ -218,33 +231,39 @@ def unlearning_step(model: torch.nn.Module, query_image: np.ndarray | torch.Tens
 
 
 def mean_losses(model: torch.nn.Module, images: np.ndarray, pairs: np.ndarray, abar: torch.Tensor,
-                cfg: UnlearningConfig, device: str = "cpu") -> np.ndarray:
+                cfg: UnlearningConfig, device: str = "cpu", cond: np.ndarray | None = None) -> np.ndarray:
     """L̄(z; θ) (float64, (n,)) over the (noise seed, t) ``pairs`` of the ground truth; with
     ``cfg.hflip_max``, (2, n): the images, then their horizontal flips (same draws by row)."""
     views = [images, images[..., ::-1].copy()] if cfg.hflip_max else [images]
-    out = [measure_losses(model, v, "train", pairs, abar, cfg.batch_size, device).astype(np.float64).mean(axis=0)
+    out = [measure_losses(model, v, "train", pairs, abar, cfg.batch_size, device, cond).astype(np.float64).mean(axis=0)
            for v in views]
     return np.stack(out) if cfg.hflip_max else out[0]
 
 
 def unlearning_scores(model: torch.nn.Module, query_images: np.ndarray, train_images: np.ndarray,
                       cfg: UnlearningConfig, gt_pairs: np.ndarray, abar: torch.Tensor, device: str = "cpu",
-                      fisher: dict[str, torch.Tensor] | None = None) -> np.ndarray:
+                      fisher: dict[str, torch.Tensor] | None = None, query_cond: np.ndarray | None = None,
+                      train_cond: np.ndarray | None = None) -> np.ndarray:
     """(n_queries, n_train) float32 scores L̄(z; θ'_x̂) − L̄(z; θ) (max over flips with
     ``cfg.hflip_max``): larger = z more responsible for x̂ (sign ``HELPS``). Images are float
     (n, C, H, W) in [−1, 1]; ``gt_pairs`` the ground truth's (noise seed, t) pairs; ``fisher`` a
-    precomputed :func:`fisher_diagonal` (computed here, once, when None)."""
+    precomputed :func:`fisher_diagonal` (computed here, once, when None); ``query_cond`` and
+    ``train_cond`` the samples' conditions (a text-to-image model's caption indices; None:
+    unconditional)."""
     base = copy.deepcopy(model).to(device).eval()
     train_images = np.ascontiguousarray(train_images, dtype=np.float32)
     if fisher is None:
-        fisher = fisher_diagonal(base, train_images, cfg, abar, device)
-    before = mean_losses(base, train_images, gt_pairs, abar, cfg, device)
+        fisher = fisher_diagonal(base, train_images, cfg, abar, device, train_cond)
+    before = mean_losses(base, train_images, gt_pairs, abar, cfg, device, train_cond)
     scores = np.empty((len(query_images), len(train_images)), dtype=np.float32)
     start_time = time.perf_counter()
-    for q, query in enumerate(np.asarray(query_images, dtype=np.float32)):
-        unlearned = unlearning_step(base, query, fisher, len(train_images), cfg, abar, device)
-        change = mean_losses(unlearned, train_images, gt_pairs, abar, cfg, device) - before
-        scores[q] = change.max(axis=0) if cfg.hflip_max else change
+    with progress(len(query_images), "unlearn", "query") as bar:
+        for q, query in enumerate(np.asarray(query_images, dtype=np.float32)):
+            unlearned = unlearning_step(base, query, fisher, len(train_images), cfg, abar, device,
+                                        None if query_cond is None else int(query_cond[q]))
+            change = mean_losses(unlearned, train_images, gt_pairs, abar, cfg, device, train_cond) - before
+            scores[q] = change.max(axis=0) if cfg.hflip_max else change
+            bar.update(1)
     log.info("unlearning scores of %d queries × %d train images in %.1f s (η = %g, %d × %d query draws)",
              len(query_images), len(train_images), time.perf_counter() - start_time, cfg.eta, cfg.micro_batches,
              cfg.query_copies)
@@ -254,25 +273,29 @@ def unlearning_scores(model: torch.nn.Module, query_images: np.ndarray, train_im
 def unlearning_method_scores(inputs: dict[str, str], params: dict[str, Any], query_set: str) -> ScoreBlocks:
     """Registry scorer (sign ``HELPS``): unlearning scores of the full model's training images for one
     attributed set. Inputs ``checkpoint``, ``data`` (and ``generated``); params: the
-    :class:`UnlearningConfig` fields plus ``unet``, ``scheduler`` and ``ground_truth`` (the (seed, t)
-    pairs of L̄)."""
-    from diffattr.data.store import read_images, to_model_range
+    :class:`UnlearningConfig` fields plus the model's params (:mod:`diffattr.models.family`) and
+    ``ground_truth`` (the (seed, t) pairs of L̄)."""
+    from diffattr.config import MODEL_KEYS
     from diffattr.ground_truth import GroundTruthConfig
     from diffattr.jobs import device
-    from diffattr.methods.similarity import query_images
-    from diffattr.models.ddpm import alphas_cumprod, load_unet
+    from diffattr.models.ddpm import alphas_cumprod
+    from diffattr.models.family import load_model
 
     if "ground_truth" not in params:
         raise ValueError("the unlearning scorer needs params['ground_truth'] for the (seed, t) pairs of L̄")
-    settings = {k: v for k, v in params.items() if k not in ("unet", "scheduler", "ground_truth")}
+    settings = {k: v for k, v in params.items() if k not in {*MODEL_KEYS, "ground_truth"}}
     cfg = UnlearningConfig.from_dict(settings)
     where = device()
     abar = alphas_cumprod(params["scheduler"])
-    pairs = GroundTruthConfig.from_dict(params["ground_truth"]).pairs(len(abar))
-    model = load_unet(inputs["checkpoint"], params["unet"], where)
-    train = to_model_range(read_images(inputs["data"], "train"))
-    queries = to_model_range(query_images(inputs, query_set))
-    scores = unlearning_scores(model, queries, train, cfg, pairs, abar, where)
+    truth = params["ground_truth"] if cfg.timesteps is None else {"timesteps": cfg.timesteps, "noise_seeds": [cfg.seed]}
+    pairs = GroundTruthConfig.from_dict(truth).pairs(len(abar))
+    model = load_model(inputs["checkpoint"], params, where)
+    if cfg.hflip_max and model.components is not None:
+        raise ValueError("hflip_max flips the network's inputs, which are latents for the text_to_image family; "
+                         "set it to false")
+    train, train_cond = model.inputs(inputs["data"], "train")
+    queries, query_cond = model.inputs(inputs["generated" if query_set == "gen" else "data"], query_set)
+    scores = unlearning_scores(model.network, queries, train, cfg, pairs, abar, where, None, query_cond, train_cond)
     return ScoreBlocks(scores.shape[0], scores.shape[1], lambda start, stop: scores[start:stop],
                        {"eta": cfg.eta, "micro_batches": cfg.micro_batches, "query_copies": cfg.query_copies,
                         "fisher_passes": cfg.fisher_passes, "hflip_max": cfg.hflip_max})

@@ -6,9 +6,10 @@ UNet (``to_q``, ``to_k``, ``to_v``, ``to_out.0`` of every self- and cross-attent
 weights train. Each image is captioned "a {label} painting" and training runs in the VAE's latent space
 (METHODS.md §0): z = ``latent_dist.mode()`` · ``scaling_factor``, and the per-sample loss is L_Simple,
 the mean over latent dimensions of (ε_θ(√ᾱ_t z + √(1−ᾱ_t) ε, t, c) − ε)² with c the text encoder's last
-hidden state. Attribution methods on this family (D-TRAK's ArtBench features, §2.10–2.11; AbC §2.16 and
-attribution by unlearning §2.17 later) differentiate with respect to the LoRA weights only
-(:func:`lora_gradient`); §2.17's "only ``attn2.to_k``/``attn2.to_v``" is the ``target_modules`` setting.
+hidden state. Attribution methods on this family (D-TRAK's ArtBench features, §2.10–2.11; attribution by
+unlearning, §2.17) differentiate with respect to the LoRA weights only (:func:`lora_gradient`, and the
+workflow's featurization through :mod:`diffattr.models.family`); §2.17's "only ``attn2.to_k``/``attn2.to_v``"
+is the unlearning method's ``params`` filter over the LoRA weights.
 
 Components come either from a local diffusers pipeline directory (``pipeline_path``; nothing is ever
 downloaded) or, for tests and smoke runs, are built tiny and randomly initialised from diffusers /

@@ -291,5 +291,5 @@ def test_counterfactual_regenerates_from_the_prompt_and_measures_in_latent_space
                                 torch.from_numpy(gaussian_noise(int(s), "gen", np.arange(1), np.asarray([t]),
                                                                 z.shape[1:])[:, 0]), alphas_cumprod(SCHEDULER))
                     for s, t in pairs]
-        losses.append(float(torch.stack(per_pair).mean()))
+        losses.append(float(torch.stack(per_pair).mean().detach()))
     assert other.loss_change == pytest.approx(losses[1] - losses[0], rel=1e-4, abs=1e-7)

@@ -94,18 +94,18 @@ def check_inputs(config: dict[str, Any], base: str | os.PathLike = ".") -> None:
     if config.get("customization") and config["model"].get("family", "ddpm") != "text_to_image":
         raise ConfigError("Config key 'customization' needs model.family text_to_image (it customizes a LoRA).")
     if config["model"].get("family", "ddpm") == "text_to_image":
-        check_text_to_image(config)
-        unet = {"sample_size": None, "in_channels": config["model"]["text_to_image"].get("vae", {}).get("in_channels")}
+        check_text_to_image(config)  # the VAE takes the images: its size is free, its channels are not
+        key, model = "model.text_to_image.vae", config["model"]["text_to_image"].get("vae", {})
     else:
-        unet = config["model"]["unet"]
+        key, model = "model.unet", config["model"]["unet"]
     resolution = {"digits": 8, "cifar10": 32}.get(data["source"], data.get("resolution"))
-    if resolution and unet["sample_size"] not in (None, resolution):
+    if resolution and key == "model.unet" and model["sample_size"] != resolution:
         raise ConfigError(
-            f"Config key 'model.unet.sample_size' is {unet['sample_size']} but the images are {resolution}×{resolution}."
+            f"Config key 'model.unet.sample_size' is {model['sample_size']} but the images are {resolution}×{resolution}."
         )
     channels = {"digits": 1, "cifar10": 3}.get(data["source"], 1 if data.get("color") == "gray" else None)
-    if channels and unet["in_channels"] not in (None, channels):
-        raise ConfigError(f"Config key 'model.unet.in_channels' is {unet['in_channels']} but the images have {channels} channel(s).")
+    if channels and model.get("in_channels", channels) != channels:
+        raise ConfigError(f"Config key '{key}.in_channels' is {model['in_channels']} but the images have {channels} channel(s).")
     methods = config.get("methods", {})
     for name in config["evaluation"].get("methods") or []:
         if name not in methods:

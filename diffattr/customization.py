@@ -117,10 +117,8 @@ def customize_group(data_store: str, full_checkpoint: str, params: dict[str, Any
     """customize: fine-tune the full model's LoRA on group ``group``'s exemplars under its prompt,
     save the customized LoRA, and synthesize the group's images from that prompt (uint8, stored with
     their prompt as caption). ``params``: the model's params, ``customization`` and ``generate``."""
-    import zarr
-
     from diffattr.data import ImageSet
-    from diffattr.data.store import read_images, read_labels, to_uint8, write_image_store
+    from diffattr.data.store import read_class_names, read_images, read_labels, to_uint8, write_image_store
     from diffattr.models.family import load_model
     from diffattr.sample import ddim_trajectory, generate_config
     from diffattr.train import train
@@ -128,7 +126,7 @@ def customize_group(data_store: str, full_checkpoint: str, params: dict[str, Any
     cfg = CustomizationConfig.from_dict(params["customization"])
     labels = read_labels(data_store, "val")
     rows, classes = exemplar_rows(labels, cfg.groups, cfg.exemplars, cfg.seed)
-    names = list(zarr.open_group(str(data_store), mode="r")["val"].attrs["class_names"])
+    names = read_class_names(data_store, "val")
     prompt = cfg.prompt.format(label=names[int(classes[group])].replace("_", " "))
     model = load_model(full_checkpoint, params, device)
     inputs = model.to_inputs(read_images(data_store, "val")[rows[group]])

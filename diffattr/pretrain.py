@@ -254,12 +254,10 @@ def _last_window(losses: list[float], every: int) -> float:
 def pretrain_job(data_store: str, params: dict[str, Any], out_dir: str, log_table: str) -> pd.DataFrame:
     """pretrain_job: :func:`pretrain_base` on the ``base`` split of the image store, with
     ``params["text_to_image"]``, ``["scheduler"]``, ``["pretrain"]`` and ``["words"]``."""
-    import zarr
-
-    from diffattr.data.store import read_images, read_labels
+    from diffattr.data.store import read_class_names, read_images, read_labels
 
     images = read_images(data_store, "base")  # a store without a base split raises its own KeyError
     labels = read_labels(data_store, "base")
-    class_names = list(zarr.open_group(str(data_store), mode="r")["base"].attrs["class_names"])
+    class_names = read_class_names(data_store, "base")
     return pretrain_base(images, labels, class_names, params["text_to_image"], params["scheduler"],
                          params["pretrain"], params["words"], out_dir, log_table)

@@ -172,7 +172,7 @@ def _step(model: Model, opt: torch.optim.Optimizer, data: torch.Tensor, cond: to
         group["lr"] = learning_rate(step, cfg.steps, cfg.lr, cfg.warmup_fraction)
     opt.zero_grad(set_to_none=True)
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(list(model.trainable().values()), cfg.grad_clip)
+    torch.nn.utils.clip_grad_norm_(opt.param_groups[0]["params"], cfg.grad_clip)
     opt.step()
     return loss.item()
 

@@ -8,6 +8,7 @@ from snakemake.utils import min_version, validate
 
 from diffattr.data.sizes import split_sizes
 from diffattr.counterfactual import RANDOM_CONTROL, counterfactual_samples
+from diffattr.customization import CustomizationConfig
 from diffattr.config import (
     ConfigError,
     base_pipeline,
@@ -103,7 +104,7 @@ CF_SAMPLES = (
 
 ARTIFACTS = {"data": DATA, "generated": GENERATED}
 CUSTOM = config.get("customization") or {}
-CUSTOM_GROUPS = CUSTOM.get("groups", 4) if CUSTOM else 0
+CUSTOM_GROUPS = CustomizationConfig.from_dict(CUSTOM).groups if CUSTOM else 0
 """AbC customization groups (§2.16; text_to_image only): fine-tune on exemplars, attribute their images."""
 CUSTOM_MODEL = f"{OUT}/customization/models/g{{group}}.safetensors"
 CUSTOM_LOG = f"{OUT}/customization/models/g{{group}}_log.csv"

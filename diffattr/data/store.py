@@ -37,13 +37,23 @@ def _group(path: str | os.PathLike, split: str) -> zarr.Group:
     return root[split]
 
 
-def read_images(path: str | os.PathLike, split: str) -> np.ndarray:
-    """uint8 images (N, H, W, C) of ``split``."""
-    return np.asarray(_group(path, split)["images"][:])
+def read_images(path: str | os.PathLike, split: str, rows: slice = slice(None)) -> np.ndarray:
+    """uint8 images (n, H, W, C) of ``split``: the ``rows`` slice only is read."""
+    return np.asarray(_group(path, split)["images"][rows])
 
 
 def read_labels(path: str | os.PathLike, split: str) -> np.ndarray:
     return np.asarray(_group(path, split)["labels"][:])
+
+
+def read_class_names(path: str | os.PathLike, split: str) -> list[str]:
+    return list(_group(path, split).attrs.get("class_names", []))
+
+
+def read_captions(path: str | os.PathLike, split: str) -> list[str] | None:
+    """The split's per-image captions, or None when it has no caption column."""
+    stored = _group(path, split).attrs.get("captions")
+    return None if stored is None else list(stored)
 
 
 def to_model_range(images: np.ndarray) -> np.ndarray:

@@ -16,10 +16,14 @@ from diffattr.methods.registry import ScoreBlocks
 from diffattr.noise import split_code
 
 
+def query_store(inputs: dict[str, str], query_set: str) -> str:
+    """The image store of an attributed set: ``val`` in the data store, ``gen`` in the generated one."""
+    return inputs["generated"] if query_set == "gen" else inputs["data"]
+
+
 def query_images(inputs: dict[str, str], query_set: str) -> np.ndarray:
-    """uint8 images of an attributed set: ``val`` from the data store, ``gen`` from the generated one."""
-    store = inputs["generated"] if query_set == "gen" else inputs["data"]
-    return read_images(store, query_set)
+    """uint8 images of an attributed set (:func:`query_store`)."""
+    return read_images(query_store(inputs, query_set), query_set)
 
 
 def _flat(images: np.ndarray) -> np.ndarray:

@@ -278,6 +278,7 @@ def unlearning_method_scores(inputs: dict[str, str], params: dict[str, Any], que
     from diffattr.config import MODEL_KEYS
     from diffattr.ground_truth import GroundTruthConfig
     from diffattr.jobs import device
+    from diffattr.methods.similarity import query_store
     from diffattr.models.ddpm import alphas_cumprod
     from diffattr.models.family import load_model
 
@@ -294,7 +295,7 @@ def unlearning_method_scores(inputs: dict[str, str], params: dict[str, Any], que
         raise ValueError("hflip_max flips the network's inputs, which are latents for the text_to_image family; "
                          "set it to false")
     train, train_cond = model.inputs(inputs["data"], "train")
-    queries, query_cond = model.inputs(inputs["generated" if query_set == "gen" else "data"], query_set)
+    queries, query_cond = model.inputs(query_store(inputs, query_set), query_set)
     scores = unlearning_scores(model.network, queries, train, cfg, pairs, abar, where, None, query_cond, train_cond)
     return ScoreBlocks(scores.shape[0], scores.shape[1], lambda start, stop: scores[start:stop],
                        {"eta": cfg.eta, "micro_batches": cfg.micro_batches, "query_copies": cfg.query_copies,

@@ -154,23 +154,20 @@ class Model:
         from diffattr.data.store import read_images
 
         prompts = split_captions(store, split, self.params)[rows] if self.components is not None else None
-        return self.to_inputs(read_images(store, split)[rows]), self.condition(prompts)
+        return self.to_inputs(read_images(store, split, rows)), self.condition(prompts)
 
 
 def split_captions(store: str, split: str, params: dict[str, Any]) -> list[str]:
     """Every sample's caption: the split's caption column, else the model's ``caption_template`` filled
     with the sample's class name, underscores as spaces (METHODS.md §3: "a {style} painting"; ArtBench's
     ``ukiyo_e`` is prompted "a ukiyo e painting")."""
-    import zarr
-
-    from diffattr.data.store import read_labels
+    from diffattr.data.store import read_captions, read_class_names, read_labels
     from diffattr.models.text_to_image import captions
 
-    group = zarr.open_group(str(store), mode="r")[split]
-    stored = group.attrs.get("captions")
+    stored = read_captions(store, split)
     if stored is not None:
-        return list(stored)
-    names = list(group.attrs.get("class_names", []))
+        return stored
+    names = read_class_names(store, split)
     labels = read_labels(store, split)
     if len(labels) and (labels.min() < 0 or labels.max() >= len(names)):
         raise ValueError(f"{split} samples of {store} have labels outside its {len(names)} class names and no captions")

@@ -50,6 +50,34 @@ rule all:
         REPORT_FIGURES,
 
 
+# Repair what killed jobs left under output_dir (diffattr/atomic.py: orphan asides renamed back, old
+# asides and temporaries removed). onstart runs only in the main Snakemake process, after the DAG is
+# built, while it holds the working-directory lock, and never for a dry-run (snakemake/workflow.py,
+# `if not self.dryrun and not self.execution_settings.no_hooks: self._onstart(...)`); every job
+# process, local or on a cluster, is spawned with --no-hooks (snakemake/spawn_jobs.py), so no job
+# has started yet and no running job's temporary can be swept.
+onstart:
+    from diffattr.atomic import describe_sweep, sweep
+    from diffattr.integrity import settle_backups, update_outputs
+
+    if line := describe_sweep(OUT, sweep(OUT)):
+        print(line)
+    # update()-flagged outputs are kept (copied to .snakemake/backups) while their job re-runs; a
+    # backup an interrupted run left behind is dropped (the output is whole) or moved back.
+    settle_backups(
+        update_outputs(workflow.dag.needrun_jobs()),
+        workflow.persistence.path / "backups",
+    )
+
+
+# A failed job's update() outputs are restored by Snakemake and would pass as up to date: mark
+# them incomplete so the next run (--rerun-incomplete, as the profiles set) rebuilds them.
+onerror:
+    from diffattr.integrity import mark_failed_incomplete
+
+    mark_failed_incomplete(workflow)
+
+
 onsuccess:
     print_table("LDS", LDS_MARKDOWN)
     print_table("Counterfactual", COUNTERFACTUAL_MARKDOWN)

@@ -255,13 +255,13 @@ def main() -> None:
               "only. Conv2d inputs are never unfolded into patches (its hook appends the bias column to the last axis, "
               "the image width), and fisher._update_covariance/_update_lambda set `a_prev` only for 2-D inputs, so "
               "3-D inputs (the attention projections) fail or reuse the previous layer's activations")
-        a = np.load(f"{tmp}/ours.npy")
+        a = np.load(f"{tmp}/ours.npy", allow_pickle=False)
         from scipy.stats import spearmanr
 
         for label, r, path in (("dattri lin", theirs, "dattri"), ("dattri patched", patched, "patched")):
             if isinstance(r, str):
                 continue
-            b = np.load(f"{tmp}/{path}.npy")
+            b = np.load(f"{tmp}/{path}.npy", allow_pickle=False)
             rel = np.abs(a - b).max() / np.abs(b).max()
             rho = np.mean([spearmanr(a[i], b[i])[0] for i in range(len(a))])
             print(f"agreement diffattr lin vs {label:14}: max |Δ| / max |τ| = {rel:.2e}, Pearson "

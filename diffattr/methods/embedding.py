@@ -11,7 +11,8 @@ Nothing here downloads anything; two encoder families load from local files only
 
 ``clip``
     A transformers ``CLIPVisionModelWithProjection`` read with ``from_pretrained(path,
-    local_files_only=True)`` from a local directory; e(x) is its projected ``image_embeds`` (the
+    local_files_only=True, use_safetensors=True)`` from a local directory (a directory whose weights are
+    only pickle files is refused before loading); e(x) is its projected ``image_embeds`` (the
     counterpart of OpenAI CLIP's ``encode_image``, 512-d for ViT-B/32, §2.2). Preprocessing is done
     here in torch on images in [−1, 1] (:func:`clip_preprocess`): gray → 3 channels by replication,
     u = (x + 1)/2 ∈ [0, 1], bicubic resize of the shorter side to S (the model's ``image_size``
@@ -137,12 +138,14 @@ def _triple(value: float | list[float]) -> tuple[float, ...]:
 
 
 def load_clip(path: str | Path, device: str = "cpu") -> torch.nn.Module:
-    """A ``CLIPVisionModelWithProjection`` from a local directory (never downloads), float32, eval."""
+    """A ``CLIPVisionModelWithProjection`` from a local directory, float32, eval: safetensors weights
+    only (checked first by :func:`~diffattr.models.weights.check_weights_dir`), never downloads."""
     from transformers import CLIPVisionModelWithProjection
 
-    if not (Path(path) / "config.json").is_file():
-        raise FileNotFoundError(f"CLIP encoder directory {path} does not exist or has no config.json.")
-    model = CLIPVisionModelWithProjection.from_pretrained(str(path), local_files_only=True)
+    from diffattr.models.weights import check_weights_dir
+
+    root = check_weights_dir(path)
+    model = CLIPVisionModelWithProjection.from_pretrained(str(root), local_files_only=True, use_safetensors=True)
     return model.to(device=device, dtype=torch.float32).eval()
 
 

@@ -16,6 +16,8 @@ from diffusers import DDPMScheduler, UNet2DModel
 from safetensors.torch import load_file, save_file
 
 from diffattr.atomic import atomic_path
+from diffattr.integrity import check_safetensors
+from diffattr.models.weights import check_weights_file
 
 
 def build_unet(unet_config: dict[str, Any]) -> UNet2DModel:
@@ -62,7 +64,10 @@ def save_weights(model: torch.nn.Module, path: str | Path, metadata: dict[str, A
 
 
 def load_unet(path: str | Path, unet_config: dict[str, Any], device: str = "cpu") -> UNet2DModel:
-    """Build a UNet from config and load safetensors weights (no pickle), in eval mode."""
+    """Build a UNet from config and load safetensors weights (no pickle: a pickle file is refused by
+    :func:`~diffattr.models.weights.check_weights_file` before it is read), in eval mode."""
+    check_weights_file(path)
+    check_safetensors(path)  # a truncated checkpoint: one sentence naming it and its rule
     model = build_unet(unet_config)
     try:
         state = load_file(str(path), device=device)

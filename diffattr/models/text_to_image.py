@@ -12,7 +12,7 @@ workflow's featurization through :mod:`diffattr.models.family`); §2.17's "only 
 is the unlearning method's ``params`` filter over the LoRA weights.
 
 Components come either from a local diffusers pipeline directory (``pipeline_path``; nothing is ever
-downloaded) or, for tests and smoke runs, are built tiny and randomly initialised from diffusers /
+downloaded, and only safetensors weights are read: :func:`diffattr.models.weights.check_pipeline_dir`) or, for tests and smoke runs, are built tiny and randomly initialised from diffusers /
 transformers keyword arguments, with an offline word-level tokenizer (:func:`build_tokenizer`).
 
 LoRA initialisation: peft's ``init_lora_weights="gaussian"`` draws A ~ N(0, 1/r²) (std 1/r) and sets
@@ -40,11 +40,12 @@ from torch.func import functional_call, grad, vmap
 from transformers import AutoTokenizer, CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from diffattr.atomic import atomic_path
+from diffattr.integrity import check_safetensors
 from diffattr.models.ddpm import add_noise
+from diffattr.models.weights import check_pipeline_dir, check_weights_file
 
 DEFAULT_TARGET_MODULES: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
 DEFAULT_LORA_RANK = 128  # METHODS.md §3: LoRAAttnProcessor(rank=128)
-SUBFOLDERS = ("unet", "text_encoder", "tokenizer", "vae")
 PAD, BOS, EOS, UNK = "<|pad|>", "<|startoftext|>", "<|endoftext|>", "<|unk|>"
 
 
@@ -159,15 +160,15 @@ def build_components(cfg: TextToImageConfig, words: list[str], seed: int) -> Com
 
 
 def load_components(path: str | Path) -> Components:
-    """Components from a local diffusers pipeline directory; never downloads. Eval mode."""
-    root = Path(path)
-    absent = [sub for sub in SUBFOLDERS if not (root / sub).is_dir()]
-    if absent:
-        raise FileNotFoundError(f"pipeline directory {root} lacks the subfolders {absent} (of {list(SUBFOLDERS)})")
-    unet = UNet2DConditionModel.from_pretrained(str(root), subfolder="unet", local_files_only=True)
-    text_encoder = CLIPTextModel.from_pretrained(str(root), subfolder="text_encoder", local_files_only=True)
-    tokenizer = AutoTokenizer.from_pretrained(str(root), subfolder="tokenizer", local_files_only=True)
-    vae = AutoencoderKL.from_pretrained(str(root), subfolder="vae", local_files_only=True)
+    """Components from a local diffusers pipeline directory, safetensors weights only (checked first by
+    :func:`check_pipeline_dir`); never downloads, never unpickles. Eval mode."""
+    root = check_pipeline_dir(path)
+    safe = {"local_files_only": True, "use_safetensors": True}  # never a pickle file, never a download
+    unet = UNet2DConditionModel.from_pretrained(str(root / "unet"), **safe)
+    text_encoder = CLIPTextModel.from_pretrained(str(root / "text_encoder"), **safe)
+    # no use_safetensors: a tokenizer has no weights, and it would keep the keyword in its saved config
+    tokenizer = AutoTokenizer.from_pretrained(str(root / "tokenizer"), local_files_only=True)
+    vae = AutoencoderKL.from_pretrained(str(root / "vae"), **safe)
     return Components(unet.eval(), text_encoder.eval(), tokenizer, vae.eval())
 
 
@@ -238,6 +239,8 @@ def save_lora(unet: torch.nn.Module, path: str | Path, metadata: dict[str, Any])
 def load_lora(unet: torch.nn.Module, path: str | Path) -> dict[str, Any]:
     """Copy saved LoRA tensors into ``unet``'s adapter (same names and shapes); return the metadata."""
     params = lora_parameters(unet)
+    check_weights_file(path)
+    check_safetensors(path)
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             state = {k: f.get_tensor(k) for k in f.keys()}

@@ -81,24 +81,31 @@ def resolve_profile(profile: str, workdir: Path) -> Path:
     return path
 
 
-def load_config(workdir: Path, configfiles: Sequence[str | os.PathLike]) -> dict[str, Any]:
-    """The workflow's ``config.yaml`` (when present) with ``configfiles`` layered over it."""
-    from diffattr.config import load_yaml
-
+def read_config_file(path: str | os.PathLike, name: str | None = None) -> dict[str, Any]:
+    """One config file's mapping of keys; a file that is not YAML (its line and column named) or not
+    a mapping is refused in one sentence naming it as ``name`` (default: its path)."""
     import yaml
 
+    from diffattr.config import load_yaml, yaml_problem
+
+    name = str(path) if name is None else name
+    try:
+        layer = load_yaml(path)
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise CliError(f"Config file '{name}' is not valid YAML: {yaml_problem(error)}.") from None
+    if not isinstance(layer, Mapping):
+        raise CliError(f"Config file '{name}' must hold a mapping of config keys, not a {type(layer).__name__}.")
+    return layer
+
+
+def load_config(workdir: Path, configfiles: Sequence[str | os.PathLike],
+                names: Sequence[str] | None = None) -> dict[str, Any]:
+    """The workflow's ``config.yaml`` (when present) with ``configfiles`` layered over it; each file
+    is parsed (:func:`read_config_file`), ``names`` being how refusals name ``configfiles``."""
     base = workdir / "config.yaml"
-    paths = [base, *configfiles] if base.is_file() else list(configfiles)
-    layers = []
-    for path in paths:
-        try:
-            layer = load_yaml(path)
-        except yaml.YAMLError as error:
-            raise CliError(f"Config file {path} is not valid YAML ({str(error).splitlines()[0]}).") from None
-        if not isinstance(layer, Mapping):
-            raise CliError(f"Config file {path} must hold a mapping of config keys, not a {type(layer).__name__}.")
-        layers.append(layer)
-    return merge_configs(*layers)
+    names = list(names) if names is not None else [str(f) for f in configfiles]
+    files = [*([(base, str(base))] if base.is_file() else []), *zip(configfiles, names)]
+    return merge_configs(*(read_config_file(path, name) for path, name in files))
 
 
 def output_dir(config: Mapping[str, Any], workdir: Path) -> Path:
@@ -178,24 +185,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _snakemake(args: argparse.Namespace, extra: list[str]) -> int:
-    """run / dry-run / report. A plain ``run`` (no arguments after ``--``: the whole workflow) that
+    """run / dry-run / report, after every config file has parsed. A plain ``run`` (no arguments after ``--``: the whole workflow) that
     succeeds also writes the HTML report to ``{output_dir}/report.html``; a partial run does not,
     since the report describes the whole run (``diffattr report`` writes it when wanted)."""
     workdir = workflow_dir(args.workdir)
     configfiles = resolve_config_files(args.config, workdir)
+    config = load_config(workdir, configfiles, args.config)  # a YAML error is named here, not by Snakemake
     profile = resolve_profile(args.profile, workdir)
+    if args.command == "run":  # before the DAG is built, so a restored output is seen as present
+        from diffattr.atomic import describe_sweep, sweep
+
+        out = output_dir(config, workdir)
+        if line := describe_sweep(out, sweep(out)):
+            print(line, flush=True)
     report = None
     if args.command == "report":
         if args.output:
             report = Path(args.output).expanduser().resolve()
         else:
-            report = output_dir(load_config(workdir, configfiles), workdir) / "report.html"
+            report = output_dir(config, workdir) / "report.html"
         report.parent.mkdir(parents=True, exist_ok=True)
     cmd = snakemake_command(profile, configfiles, cores=getattr(args, "cores", None),
                             dry_run=args.command == "dry-run", report=report, extra=extra)
     code = run_command(cmd, workdir)
     if args.command == "run" and code == 0 and not extra:
-        report = output_dir(load_config(workdir, configfiles), workdir) / "report.html"
+        report = output_dir(config, workdir) / "report.html"
         code = run_command(snakemake_command(profile, configfiles, report=report), workdir)
         if code == 0:
             print(f"report: {report}", flush=True)
@@ -206,7 +220,7 @@ def _show_attribution(args: argparse.Namespace) -> int:
     from diffattr.show import show_attribution
 
     workdir = Path(args.workdir).resolve() if args.workdir else REPO
-    config = load_config(workdir, resolve_config_files(args.config, workdir))
+    config = load_config(workdir, resolve_config_files(args.config, workdir), args.config)
     png = Path(args.output).expanduser().resolve() if args.output else None
     shown = show_attribution(output_dir(config, workdir), args.method, args.set, args.sample, args.top, png,
                              configured_methods=list(config.get("methods") or {}) or None)

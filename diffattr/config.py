@@ -20,6 +20,10 @@ MODEL_KEYS = ("family", "unet", "scheduler", "text_to_image", "base")
 """Keys of :func:`model_params` (what a job needs to build, load or condition the model)."""
 TEXT_TO_IMAGE_UNSUPPORTED = {"influence", "ekfac", "embedding", "encoded"}
 """Method kinds that run the DDPM directly and are not wired for the text_to_image family yet."""
+MIN_SUBSETS = 2
+"""Subset models an LDS needs: it is a Spearman correlation across them (METHODS.md §4.4)."""
+DEFAULT_FEATURE_CHECKPOINT = 1.0
+"""A feature spec's ``checkpoint`` when it sets none: the final one."""
 
 
 class ConfigError(ValueError):
@@ -27,8 +31,18 @@ class ConfigError(ValueError):
 
 
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    with open(path) as f:
+    """A YAML file's content ({} for an empty file)."""
+    with open(path, encoding="utf-8") as f:
         return yaml.safe_load(f) or {}
+
+
+def yaml_problem(error: yaml.YAMLError | UnicodeDecodeError) -> str:
+    """Where and what a YAML parse error is: ``line L, column C: problem`` (1-based, as editors count)."""
+    if isinstance(error, UnicodeDecodeError):
+        return f"byte {error.start}: it is not UTF-8 text"
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else problem
 
 
 def _key(path: Any) -> str:
@@ -80,8 +94,96 @@ def _retrain_models_needed(method: dict[str, Any]) -> int:
     return models.get("count", 0) if models.get("pool") == "retrain" else 0
 
 
+def used_methods(config: dict[str, Any]) -> list[str]:
+    """The method blocks that get jobs: ``evaluation.methods`` (null: every block under methods),
+    then the counterfactual stage's that exist, without repeats."""
+    methods = config.get("methods", {})
+    evaluated = config["evaluation"].get("methods")
+    removed = [m for m in (config.get("counterfactual") or {}).get("methods") or [] if m in methods]
+    return list(dict.fromkeys([*(list(methods) if evaluated is None else evaluated), *removed]))
+
+
+def check_output_dir(config: dict[str, Any], base: str | os.PathLike = ".") -> None:
+    """``output_dir`` must be a directory or creatable as one: its nearest existing ancestor is a directory."""
+    path = Path(base, config["output_dir"])
+    for existing in (path, *path.parents):
+        if existing.exists():
+            if not existing.is_dir():
+                where = "which" if existing == path else f"but '{existing}'"
+                raise ConfigError(f"Config key 'output_dir' is '{config['output_dir']}', {where} is an existing file, "
+                                  f"not a directory.")
+            return
+
+
+def _images_phrase(data: dict[str, Any]) -> str:
+    """How a refusal names the data's images."""
+    return {"digits": "the digits images", "cifar10": "the CIFAR-10 images",
+            "image_folder": f"the images (data.resolution {data.get('resolution')}, data.color {data.get('color', 'rgb')})",
+            }.get(data["source"], f"the images in '{data.get('path')}' (data.path)")
+
+
+def check_image_shape(config: dict[str, Any], shape: tuple[int, int, int]) -> None:
+    """The model must take the data's (H, W, C) images: a DDPM's UNet ``sample_size`` is H = W and
+    its ``in_channels`` is C; a text-to-image VAE takes any size but its ``in_channels`` must be C."""
+    height, width, channels = shape
+    if config["model"].get("family", "ddpm") == "text_to_image":
+        key, model = "model.text_to_image.vae", config["model"]["text_to_image"].get("vae", {})
+    else:
+        key, model = "model.unet", config["model"]["unet"]
+        if (model["sample_size"], model["sample_size"]) != (height, width):
+            raise ConfigError(f"Config key 'model.unet.sample_size' is {model['sample_size']} but "
+                              f"{_images_phrase(config['data'])} are {height}×{width}.")
+    if model.get("in_channels", channels) != channels:
+        raise ConfigError(f"Config key '{key}.in_channels' is {model['in_channels']} but "
+                          f"{_images_phrase(config['data'])} have {channels} channel(s).")
+
+
+def check_pools(config: dict[str, Any]) -> None:
+    """The LDS pool (``evaluation.lds.pool``) needs at least :data:`MIN_SUBSETS` subsets, and so does
+    the select pool when a kernel method (one that chooses λ by LDS on it) gets jobs."""
+    from diffattr.methods.registry import method_kind
+
+    pools = config["subsets"]["pools"]
+    lds = config["evaluation"]["lds"]["pool"]
+    count = pools.get(lds, {"count": 0})["count"]
+    if count < MIN_SUBSETS:
+        raise ConfigError(f"Config key 'subsets.pools.{lds}.count' is {count}, but the LDS (evaluation.lds.pool {lds}) "
+                          f"correlates across subset models and needs at least {MIN_SUBSETS}.")
+    select = pools.get("select", {"count": 0})["count"]
+    for name in used_methods(config):
+        if "kernel_models" in method_kind(config["methods"][name]).needs and select < MIN_SUBSETS:
+            raise ConfigError(f"Config key 'subsets.pools.select.count' is {select}, but methods.{name} chooses its λ "
+                              f"by LDS on the select pool, which needs at least {MIN_SUBSETS} subset models.")
+
+
+def feature_checkpoint_step(config: dict[str, Any], spec: str) -> int:
+    """The training step whose checkpoint a feature spec reads, round(checkpoint × train.steps) (at
+    least 1); it must be one that ``train.checkpoint_fractions`` saves."""
+    from diffattr.schedule import checkpoint_steps
+
+    train = config["train"]
+    fraction = config["features"][spec].get("checkpoint", DEFAULT_FEATURE_CHECKPOINT)
+    step = checkpoint_steps(train["steps"], [fraction])[0]
+    if step not in checkpoint_steps(train["steps"], train["checkpoint_fractions"]):
+        raise ConfigError(f"Config key 'features.{spec}.checkpoint' is {fraction}, which is not one of "
+                          f"train.checkpoint_fractions {train['checkpoint_fractions']}.")
+    return step
+
+
+def method_feature_specs(method: dict[str, Any]) -> list[str]:
+    """The feature specs a method block names (none, one, or one per checkpoint)."""
+    specs = method.get("features", [])
+    return [specs] if isinstance(specs, str) else list(specs)
+
+
 def check_inputs(config: dict[str, Any], base: str | os.PathLike = ".") -> None:
-    """Checks the schema cannot express: input paths exist, model matches the data source."""
+    """Checks the schema cannot express, before anything is written: the output directory can be
+    one, input paths exist, the data's images fit the model (:func:`check_image_shape`), the method
+    lists name blocks, the pools can give an LDS (:func:`check_pools`) and every feature spec a
+    method with jobs reads names a saved checkpoint (:func:`feature_checkpoint_step`)."""
+    from diffattr.data.sizes import image_shape
+
+    check_output_dir(config, base)
     data = config["data"]
     if data["source"] in SOURCES_WITH_PATH:
         if not data.get("path"):
@@ -89,34 +191,30 @@ def check_inputs(config: dict[str, Any], base: str | os.PathLike = ".") -> None:
         path = Path(base, data["path"])
         if not path.exists():
             raise ConfigError(f"Config key 'data.path' points at '{data['path']}', which does not exist.")
+        if data["source"] != "npz" and not path.is_dir():
+            raise ConfigError(f"Config key 'data.path' points at '{data['path']}', which is a file, but data.source "
+                              f"'{data['source']}' reads a folder.")
     if data["source"] == "image_folder" and not data.get("resolution"):
         raise ConfigError("Config key 'data.resolution' is required for data.source 'image_folder'.")
-    if config.get("customization") and config["model"].get("family", "ddpm") != "text_to_image":
-        raise ConfigError("Config key 'customization' needs model.family text_to_image (it customizes a LoRA).")
-    if config["model"].get("family", "ddpm") == "text_to_image":
-        check_text_to_image(config)  # the VAE takes the images: its size is free, its channels are not
-        key, model = "model.text_to_image.vae", config["model"]["text_to_image"].get("vae", {})
-    else:
-        key, model = "model.unet", config["model"]["unet"]
-    resolution = {"digits": 8, "cifar10": 32}.get(data["source"], data.get("resolution"))
-    if resolution and key == "model.unet" and model["sample_size"] != resolution:
-        raise ConfigError(
-            f"Config key 'model.unet.sample_size' is {model['sample_size']} but the images are {resolution}×{resolution}."
-        )
-    channels = {"digits": 1, "cifar10": 3}.get(data["source"], 1 if data.get("color") == "gray" else None)
-    if channels and model.get("in_channels", channels) != channels:
-        raise ConfigError(f"Config key '{key}.in_channels' is {model['in_channels']} but the images have {channels} channel(s).")
     methods = config.get("methods", {})
+    if config["evaluation"].get("methods") == []:
+        raise ConfigError("Config key 'evaluation.methods' is empty; leave the key out (null) to evaluate every "
+                          "method, or name at least one.")
     for name in config["evaluation"].get("methods") or []:
         if name not in methods:
             raise ConfigError(f"Config key 'evaluation.methods' names '{name}', which is not a block under 'methods'.")
+    if config.get("customization") and config["model"].get("family", "ddpm") != "text_to_image":
+        raise ConfigError("Config key 'customization' needs model.family text_to_image (it customizes a LoRA).")
+    if config["model"].get("family", "ddpm") == "text_to_image":
+        check_text_to_image(config)
+    check_image_shape(config, image_shape(data, base))
     retrain = config["subsets"]["pools"].get("retrain", {"count": 0})["count"]
-    for name in config["evaluation"].get("methods") or methods:
+    for name in used_methods(config):
         method = methods[name]
-        specs = method.get("features", [])
-        for spec in [specs] if isinstance(specs, str) else specs:
+        for spec in method_feature_specs(method):
             if spec not in config.get("features", {}):
                 raise ConfigError(f"Config key 'methods.{name}.features' names '{spec}', which is not a block under 'features'.")
+            feature_checkpoint_step(config, spec)
         if method.get("query") == "journey" and "gen" not in config["evaluation"]["sets"]:
             raise ConfigError(f"Config key 'methods.{name}.query' is journey, which attributes generated samples only, "
                               f"but 'evaluation.sets' has no gen.")
@@ -128,6 +226,31 @@ def check_inputs(config: dict[str, Any], base: str | os.PathLike = ".") -> None:
         if wanted > retrain:
             raise ConfigError(f"Config key 'methods.{name}' needs {wanted} retrain-pool models but "
                               f"'subsets.pools.retrain.count' is {retrain}.")
+    check_model_dirs(config)
+    check_pools(config)
+
+
+def _check_model_dir(key: str, path: str, pipeline: bool = False) -> None:
+    """A model directory named by ``key`` must hold safetensors weights and a config.json
+    (:mod:`diffattr.models.weights`, torch-free); the reason becomes a sentence naming the key."""
+    from diffattr.models.weights import ModelDirectoryError, check_pipeline_dir, check_weights_dir
+
+    try:
+        (check_pipeline_dir if pipeline else check_weights_dir)(path)
+    except ModelDirectoryError as error:
+        raise ConfigError(f"Config key '{key}' points at '{path}': {error}") from None
+
+
+def check_model_dirs(config: dict[str, Any]) -> None:
+    """Every local CLIP directory a method or the counterfactual stage will load is checked before any
+    job runs (a pickle-only or incomplete directory is refused, naming the key)."""
+    for name in used_methods(config):
+        method = config["methods"][name]
+        if method.get("kind") == "embedding" and method.get("encoder") == "clip" and method.get("path"):
+            _check_model_dir(f"methods.{name}.path", method["path"])
+    embedding = (config.get("counterfactual") or {}).get("embedding") or {}
+    if (config.get("counterfactual") or {}).get("methods") and embedding.get("encoder") == "clip" and embedding.get("path"):
+        _check_model_dir("counterfactual.embedding.path", embedding["path"])
 
 
 def check_text_to_image(config: dict[str, Any]) -> None:
@@ -138,6 +261,7 @@ def check_text_to_image(config: dict[str, Any]) -> None:
         if not Path(t2i["pipeline_path"]).is_dir():
             raise ConfigError(f"Config key 'model.text_to_image.pipeline_path' points at '{t2i['pipeline_path']}', "
                               f"which is not a directory.")
+        _check_model_dir("model.text_to_image.pipeline_path", t2i["pipeline_path"], pipeline=True)
     elif not config["data"].get("n_base"):
         raise ConfigError("Config key 'data.n_base' is required when 'model.text_to_image' builds its base pipeline "
                           "(no pipeline_path): the base is pretrained on that split.")
@@ -145,7 +269,7 @@ def check_text_to_image(config: dict[str, Any]) -> None:
         raise ConfigError("Config key 'generate.prompts' is required for the text_to_image family.")
     if config["train"].get("hflip"):
         raise ConfigError("Config key 'train.hflip' must be false for the text_to_image family (its inputs are latents).")
-    for name in config["evaluation"].get("methods") or methods:
+    for name in used_methods(config):
         method = methods[name]
         if method["kind"] in TEXT_TO_IMAGE_UNSUPPORTED or method.get("query") == "journey" or method.get("residual"):
             raise ConfigError(f"Config key 'methods.{name}' is not supported for the text_to_image family yet; "
@@ -204,6 +328,26 @@ def check_report(config: dict[str, Any], set_sizes: dict[str, int]) -> None:
     if outside:
         raise ConfigError(f"Config key 'report.samples' names sample {outside[0]}, but the '{block['set']}' set has "
                           f"{size} images.")
+
+
+def check_config(config: dict[str, Any], schema: dict[str, Any],
+                 base: str | os.PathLike = ".") -> tuple[dict[str, list[dict[str, Any]]], dict[str, int]]:
+    """Every refusal possible before a job runs, in DAG-build order: the schema, the ablation sweeps'
+    derived blocks (added to ``config`` in place) and the schema again, :func:`check_inputs`, the split
+    sizes the data can supply, then the encoded pool, counterfactual and report blocks against those
+    sizes. Returns (sweep points per sweep, rows per split)."""
+    from diffattr.data.sizes import split_sizes
+    from diffattr.sweeps import expand_sweeps
+
+    validate(config, schema)
+    sweeps = expand_sweeps(config)
+    validate(config, schema)
+    check_inputs(config, base)
+    sizes = split_sizes(config["data"], config["generate"])
+    check_encoded_pool(config, sizes["train"])
+    check_counterfactual(config, sizes["train"], sizes["gen"])
+    check_report(config, sizes)
+    return sweeps, sizes
 
 
 def train_params(config: dict[str, Any], pool: str, subset: int) -> dict[str, Any]:

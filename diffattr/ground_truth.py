@@ -1,6 +1,8 @@
 """LDS ground truth (METHODS.md §4.3): the (noise seed, t) pairs, per-model measurement files,
 the gathered (subsets × attributed) matrix averaged over pairs and training seeds, and its
-split-half reliability. Torch-free; the measuring itself is :mod:`diffattr.measure`."""
+split-half reliability. Torch-free; the measuring itself is :mod:`diffattr.measure`. Both kinds of
+store are read checked (:mod:`diffattr.integrity`): damage is one sentence naming the store and
+the rule that rebuilds it."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import zarr
 
 from diffattr.atomic import atomic_path
 from diffattr.evaluate.lds import spearman_per_column
+from diffattr.integrity import StoreError, array_options, open_store, read_array, rebuild_advice, require_arrays, seal
 from diffattr.noise import timestep_set
 
 
@@ -44,11 +47,23 @@ def write_measurement(path: str | os.PathLike, losses: dict[str, np.ndarray], pa
         root = zarr.open_group(str(tmp), mode="w")
         root.attrs["pairs"] = pairs.tolist()
         for name, value in losses.items():
-            root.create_array(f"{name}/losses", data=value)
+            root.create_array(f"{name}/losses", data=value, **array_options())
+        seal(root)
+
+
+def read_checked(path: str | os.PathLike, name: str) -> np.ndarray:
+    """The whole array ``name`` of the store at ``path``, checked: a missing store, array or chunk
+    or an undecodable chunk raises :class:`StoreError` in one sentence."""
+    if not os.path.exists(path):
+        raise StoreError(f"Ground-truth store '{path}' does not exist; {rebuild_advice(path)}.")
+    root = open_store(path)
+    require_arrays(path, root, (name,))
+    return read_array(path, root[name], slice(None), name)
 
 
 def read_measurement(path: str | os.PathLike, split: str) -> np.ndarray:
-    return np.asarray(zarr.open_group(str(path), mode="r")[f"{split}/losses"][:])
+    """One model's (P, n) losses on ``split`` (:func:`write_measurement`)."""
+    return read_checked(path, f"{split}/losses")
 
 
 def gather(paths: dict[tuple[int, int], str], sets: Sequence[str], out_path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -64,15 +79,16 @@ def gather(paths: dict[tuple[int, int], str], sets: Sequence[str], out_path: str
         root.attrs.update({"subsets": subsets, "seeds": seeds})
         for split in sets:
             losses = np.stack([np.stack([read_measurement(paths[(k, s)], split) for k in subsets]) for s in seeds])
-            root.create_array(f"{split}/losses", data=losses)
-            root.create_array(f"{split}/y", data=losses.mean(axis=2))
+            root.create_array(f"{split}/losses", data=losses, **array_options())
+            root.create_array(f"{split}/y", data=losses.mean(axis=2), **array_options())
             result[split] = losses
+        seal(root)
     return result
 
 
 def read_ground_truth(path: str | os.PathLike, split: str) -> np.ndarray:
     """(subsets, n) ground truth: pair-averaged loss, averaged over training seeds."""
-    return np.asarray(zarr.open_group(str(path), mode="r")[f"{split}/y"][:]).mean(axis=0)
+    return read_checked(path, f"{split}/y").mean(axis=0)
 
 
 def split_half_reliability(losses: np.ndarray) -> tuple[float, str]:

@@ -13,7 +13,8 @@ Two exact forms, chosen by shape:
 in both forms), so a λ grid transfers between models and projection sizes. λ = 0 with k ≥ N makes
 ΦᵀΦ singular; that is refused with a clear error rather than returning garbage (traker silently
 does, §6 of PEERS.md). No rescaling of the inverse is applied (scores stay calibrated). All solves
-are fp64 torch, on the CPU or on CUDA.
+are fp64 torch, on the CPU or on CUDA. Kernel and partial-Gram stores are read checked
+(:mod:`diffattr.integrity`): damage is one sentence naming the store and the rule that rebuilds it.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 import zarr
 
 from diffattr.atomic import atomic_path
+from diffattr.integrity import StoreError, array_options, damage_sentence, open_store, read_array, rebuild_advice, require_arrays, seal
 from diffattr.store import FeatureStore
 
 
@@ -53,10 +55,26 @@ def dual_gram(store: FeatureStore, rows: int = 4096) -> np.ndarray:
 
 
 def write_kernel(path: str | os.PathLike, form: str, gram: np.ndarray, n_train: int, k: int, trace: float) -> None:
+    """Write a kernel store (its Gram and the attrs :meth:`Kernel.load` needs), atomically."""
     with atomic_path(path) as tmp:
         root = zarr.open_group(str(tmp), mode="w")
         root.attrs.update({"form": form, "n_train": n_train, "k": k, "trace": trace})
-        root.create_array("gram", data=gram, chunks=gram.shape)
+        root.create_array("gram", data=gram, chunks=gram.shape, **array_options())
+        seal(root)
+
+
+def read_gram(path: str | os.PathLike, keys: tuple[str, ...] = ()) -> tuple[np.ndarray, dict]:
+    """(the ``gram`` array, the attrs) of a kernel or partial-Gram store, checked: a missing or
+    damaged store or a missing attr in ``keys`` raises :class:`StoreError` in one sentence."""
+    if not os.path.exists(path):
+        raise StoreError(f"Kernel store '{path}' does not exist; {rebuild_advice(path)}.")
+    root = open_store(path)
+    attrs = dict(root.attrs)
+    require_arrays(path, root, ("gram",))
+    missing = [key for key in keys if key not in attrs]
+    if missing:
+        raise StoreError(damage_sentence(path, f"it has no attribute {', '.join(map(repr, missing))}"))
+    return read_array(path, root["gram"], slice(None), "gram"), attrs
 
 
 @dataclass
@@ -71,10 +89,10 @@ class Kernel:
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str = "cpu") -> Kernel:
-        root = zarr.open_group(str(path), mode="r")
-        a = root.attrs
-        gram = torch.from_numpy(np.asarray(root["gram"][:], dtype=np.float64)).to(device)
-        return cls(a["form"], gram, int(a["n_train"]), int(a["k"]), float(a["trace"]))
+        """The kernel store at ``path`` (checked, :func:`read_gram`) on ``device``."""
+        gram, a = read_gram(path, ("form", "n_train", "k", "trace"))
+        return cls(a["form"], torch.from_numpy(np.asarray(gram, dtype=np.float64)).to(device),
+                   int(a["n_train"]), int(a["k"]), float(a["trace"]))
 
     def absolute(self, lam_rel: float) -> float:
         return lam_rel * self.trace / self.k
@@ -164,10 +182,10 @@ def build_kernel(form: str, out_path: str, partials: list[str] | None = None, tr
     """kernel job: sum the shards' partial Grams (primal) or form ΦΦᵀ from the features (dual)."""
     if form == "primal":
         gram = None
+        attrs = {}
         for path in partials or []:
-            part = np.asarray(zarr.open_group(str(path), mode="r")["gram"][:])
+            part, attrs = read_gram(path, ("n_train",))
             gram = part if gram is None else gram + part
-        attrs = dict(zarr.open_group(str(partials[0]), mode="r").attrs)
         n_train, k = int(attrs["n_train"]), gram.shape[0]
     else:
         store = FeatureStore(train_path)
@@ -184,4 +202,5 @@ def write_partial(shard_path: str, spec_id: str, start: int, stop: int, n_train:
     with atomic_path(out_path) as tmp:
         root = zarr.open_group(str(tmp), mode="w")
         root.attrs.update({"rows": [start, stop], "n_train": n_train})
-        root.create_array("gram", data=gram, chunks=gram.shape)
+        root.create_array("gram", data=gram, chunks=gram.shape, **array_options())
+        seal(root)

@@ -1,5 +1,7 @@
 """Score store: an (attributed × train) float32 zarr array written and read in row blocks, so no
-stage needs the whole score matrix in memory (the trak library needed > 200 GB for this, §6)."""
+stage needs the whole score matrix in memory (the trak library needed > 200 GB for this, §6).
+Reads are checked (:mod:`diffattr.integrity`): a truncated, garbled or missing chunk is named in one
+sentence with the rule that rebuilds the store, not a codec traceback."""
 
 from __future__ import annotations
 
@@ -7,10 +9,13 @@ import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from pathlib import Path
+
 import numpy as np
 import zarr
 
 from diffattr.atomic import atomic_path
+from diffattr.integrity import SEAL, StoreError, array_options, open_store, read_array, rebuild_advice, require_arrays, seal
 
 
 def write_scores(
@@ -26,7 +31,8 @@ def write_scores(
         root = zarr.open_group(str(tmp), mode="w")
         root.attrs.update(attrs)
         arr = root.create_array("scores", shape=(n_queries, n_train), dtype="float32",
-                                chunks=(max(1, min(block_rows, n_queries)), n_train))
+                                chunks=(max(1, min(block_rows, n_queries)), n_train), **array_options())
+        seal(root)
         for start in range(0, n_queries, block_rows):
             stop = min(start + block_rows, n_queries)
             values = np.asarray(block(start, stop), dtype=np.float32)
@@ -37,15 +43,38 @@ def write_scores(
             arr[start:stop] = values
 
 
+def open_score_store(path: str | os.PathLike) -> zarr.Group:
+    """The score store at ``path``, after checking that it exists, holds a ``scores`` array and
+    misses no chunk (:func:`diffattr.integrity.open_store`); otherwise :class:`StoreError`."""
+    if not Path(path).exists():
+        raise StoreError(f"Score store '{path}' does not exist; {rebuild_advice(path)}.")
+    root = open_store(path)
+    require_arrays(path, root, ("scores",))
+    return root
+
+
+def open_scores(path: str | os.PathLike) -> zarr.Array:
+    """The checked ``scores`` array of the store at ``path`` (:func:`open_score_store`)."""
+    return open_score_store(path)["scores"]
+
+
 def score_shape(path: str | os.PathLike) -> tuple[int, int]:
-    return tuple(zarr.open_group(str(path), mode="r")["scores"].shape)
+    """(attributed, train) shape of a checked score store."""
+    return tuple(open_scores(path).shape)
 
 
 def score_attrs(path: str | os.PathLike) -> dict[str, Any]:
-    return dict(zarr.open_group(str(path), mode="r").attrs)
+    """The score store's attrs (method, sign, ...), without the integrity seal."""
+    return {k: v for k, v in open_score_store(path).attrs.items() if k != SEAL}
+
+
+def read_score_rows(path: str | os.PathLike, start: int, stop: int) -> np.ndarray:
+    """Rows [start, stop) of the score store at ``path``; a damaged chunk raises :class:`StoreError`."""
+    return read_array(path, open_scores(path), slice(start, stop), "scores")
 
 
 def iter_score_blocks(path: str | os.PathLike, block_rows: int = 1024) -> Iterator[tuple[int, np.ndarray]]:
-    arr = zarr.open_group(str(path), mode="r")["scores"]
+    """(start row, rows [start, start + block_rows)) of the score store, block by block (checked reads)."""
+    arr = open_scores(path)
     for start in range(0, arr.shape[0], block_rows):
-        yield start, np.asarray(arr[start : start + block_rows])
+        yield start, read_array(path, arr, slice(start, start + block_rows), "scores")

@@ -19,7 +19,9 @@ is how much including z *lowers* x's loss:
 *opponents* the bottom-k (least responsible, i.e. most loss-raising, first). Ties keep the lower
 training index first. :func:`show_attribution` prints both as a table and draws them as a PNG grid
 (matplotlib's Agg canvas; no pyplot state): the attributed sample on the left, proponents on the top
-row, opponents on the bottom row, each tile titled with its training index and raw score.
+row, opponents on the bottom row, each tile titled with its training index and raw score. A damaged
+score or image store (truncated or garbled chunk, :mod:`diffattr.integrity`) is one :class:`ShowError`
+sentence naming the store and the rule that rebuilds it, not a codec traceback.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from diffattr.integrity import StoreError, read_array, reading
 from diffattr.plots import DPI, new_figure, save_png  # DPI: the grid's pixels per inch of grid_figsize
 
 ATTRIBUTED_SPLIT_STORES = {"val": ("data/dataset.zarr", "val"), "gen": ("data/generated.zarr", "gen")}
@@ -142,27 +145,30 @@ def draw_grid(path: str | os.PathLike, sample_image: np.ndarray, sample_title: s
 
 
 def _open_split(store: Path, split: str, what: str) -> Any:
-    import zarr
+    from diffattr.data.store import open_split
 
     if not store.exists():
         raise ShowError(f"No image store at {store}: the {what} must be produced first (e.g. `diffattr run`).")
-    root = zarr.open_group(str(store), mode="r")
-    if split not in root:
-        raise ShowError(f"The image store {store} has no split {split!r}, so it holds no {what}.")
-    return root[split]
+    try:
+        return open_split(store, split)
+    except KeyError:
+        raise ShowError(f"The image store {store} has no split {split!r}, so it holds no {what}.") from None
 
 
 def read_score_row(path: str | os.PathLike, sample: int) -> tuple[np.ndarray, dict[str, Any], tuple[int, int]]:
-    """(row ``sample`` of the score store at ``path``, the store's attrs, its shape)."""
-    import zarr
+    """(row ``sample`` of the score store at ``path``, the store's attrs, its shape); a damaged
+    store raises :class:`diffattr.integrity.StoreError`."""
+    from diffattr.integrity import SEAL
+    from diffattr.scores import open_score_store
 
     path = Path(path)
-    root = zarr.open_group(str(path), mode="r")
+    root = open_score_store(path)
     scores = root["scores"]
     n_queries, n_train = scores.shape
     if not 0 <= sample < n_queries:
         raise ShowError(f"Sample {sample} is out of range: {path} has {n_queries} attributed samples (0 to {n_queries - 1}).")
-    return np.asarray(scores[sample]), dict(root.attrs), (n_queries, n_train)
+    attrs = {k: v for k, v in root.attrs.items() if k != SEAL}
+    return read_array(path, scores, sample, "scores"), attrs, (n_queries, n_train)
 
 
 @dataclass(frozen=True)
@@ -201,8 +207,17 @@ def draw_attribution(score_path: str | os.PathLike, train_store: str | os.PathLi
                      attributed_store: str | os.PathLike, split: str, method: str, query_set: str, sample: int,
                      k: int, png: str | os.PathLike) -> Shown:
     """:func:`show_attribution` on explicit stores: row ``sample`` of the score store, the training
-    images of ``train_store`` and the attributed images of ``split`` in ``attributed_store``."""
-    score_path, train_store, attributed_store = Path(score_path), Path(train_store), Path(attributed_store)
+    images of ``train_store`` and the attributed images of ``split`` in ``attributed_store``. A
+    damaged store is a :class:`ShowError` with the store's one sentence."""
+    try:
+        return _draw_attribution(Path(score_path), Path(train_store), Path(attributed_store), split, method, query_set,
+                                 sample, k, png)
+    except StoreError as err:
+        raise ShowError(str(err)) from err
+
+
+def _draw_attribution(score_path: Path, train_store: Path, attributed_store: Path, split: str, method: str,
+                      query_set: str, sample: int, k: int, png: str | os.PathLike) -> Shown:
     if k < 1:
         raise ShowError(f"--top must be at least 1, got {k}.")
     row, attrs, (n_queries, n_train) = read_score_row(score_path, sample)
@@ -219,12 +234,13 @@ def draw_attribution(score_path: str | os.PathLike, train_store: str | os.PathLi
     if attributed["images"].shape[0] != n_queries:
         raise ShowError(f"The score store {score_path} has {n_queries} rows but {attributed_store} holds "
                         f"{attributed['images'].shape[0]} {query_set!r} images.")
-    labels = np.asarray(train["labels"][:])
+    labels = read_array(train_store, train["labels"], slice(None), "train/labels")
     class_names = list(train.attrs.get("class_names", []) or [])
     wanted = np.unique(np.concatenate([proponents.index, opponents.index]))
-    tiles = dict(zip(wanted.tolist(), np.asarray(train["images"].get_orthogonal_selection((wanted,)))))
-    sample_image = np.asarray(attributed["images"][sample])
-    sample_label = int(attributed["labels"][sample])
+    with reading(train_store, train["images"], "train/images"):
+        tiles = dict(zip(wanted.tolist(), np.asarray(train["images"].get_orthogonal_selection((wanted,)))))
+    sample_image = read_array(attributed_store, attributed["images"], sample, f"{split}/images")
+    sample_label = int(read_array(attributed_store, attributed["labels"], sample, f"{split}/labels"))
 
     what = f"{method} on {query_set} sample {sample}" + (
         f" (label {label_text(sample_label, class_names)})" if sample_label >= 0 else "")

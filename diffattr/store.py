@@ -6,7 +6,9 @@ writers to one lose rows), under a temporary name renamed when complete. Its com
 ``complete.json`` is written last, inside the store, and records the feature spec's hash, the row
 range, the shape and a SHA-256 of the feature bytes. ``gather_features`` checks every shard against
 its expected marker — missing, truncated, corrupted or written for another spec are each named in
-one sentence — and copies them into one store chunked by shard (≈ memory bandwidth).
+one sentence that says how to rebuild it — and copies them into one store chunked by shard
+(≈ memory bandwidth). The consolidated store is checked where it is read (:mod:`diffattr.integrity`:
+checksummed chunks, every chunk present), without re-hashing it.
 """
 
 from __future__ import annotations
@@ -22,11 +24,12 @@ import numpy as np
 import zarr
 
 from diffattr.atomic import atomic_path
+from diffattr.integrity import StoreError, array_options, open_store, read_array, rebuild_advice, require_arrays, seal
 
 MARKER = "complete.json"
 
 
-class ShardError(ValueError):
+class ShardError(StoreError):
     """A feature shard is missing, incomplete, corrupted or stale."""
 
 
@@ -68,7 +71,9 @@ def write_shard(path: str | os.PathLike, features: np.ndarray, start: int, stop:
         root = zarr.open_group(str(tmp), mode="w")
         root.attrs.update(attrs or {})
         for name, array in arrays.items():
-            root.create_array(name, data=np.asarray(array, dtype=np.float32), chunks=(max(1, array.shape[0]), *array.shape[1:]))
+            root.create_array(name, data=np.asarray(array, dtype=np.float32), chunks=(max(1, array.shape[0]), *array.shape[1:]),
+                              **array_options())
+        seal(root)
         marker = {"spec_hash": spec_id, "row_start": start, "row_stop": stop, "shape": list(features.shape),
                   "sha256": _digest(arrays)} | ({"extras": sorted(extras)} if extras else {})
         (tmp / MARKER).write_text(json.dumps(marker))
@@ -78,22 +83,27 @@ def read_shard_arrays(path: str | os.PathLike, spec_id: str, start: int, stop: i
     """A shard's arrays (``features`` and any extras) after checking it is present, complete,
     uncorrupted and of this spec."""
     path = Path(path)
+    advice = rebuild_advice(path)
     if not path.exists():
-        raise ShardError(f"feature shard {path} is missing")
+        raise ShardError(f"feature shard {path} is missing; {advice}.")
     if not (path / MARKER).exists():
-        raise ShardError(f"feature shard {path} has no completion marker (its job did not finish)")
-    marker = json.loads((path / MARKER).read_text())
-    if marker["spec_hash"] != spec_id:
-        raise ShardError(f"feature shard {path} was written for another feature spec ({marker['spec_hash']}, expected {spec_id})")
+        raise ShardError(f"feature shard {path} has no completion marker (its job did not finish); {advice}.")
+    try:
+        marker = json.loads((path / MARKER).read_text())
+        expected = (marker["spec_hash"], marker["row_start"], marker["row_stop"], marker["shape"], marker["sha256"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise ShardError(f"feature shard {path} is truncated or corrupted (unreadable {MARKER}); {advice}.") from err
+    if expected[0] != spec_id:
+        raise ShardError(f"feature shard {path} was written for another feature spec ({marker['spec_hash']}, expected {spec_id}); {advice}.")
     if (marker["row_start"], marker["row_stop"]) != (start, stop):
-        raise ShardError(f"feature shard {path} covers rows [{marker['row_start']}, {marker['row_stop']}), expected [{start}, {stop})")
+        raise ShardError(f"feature shard {path} covers rows [{marker['row_start']}, {marker['row_stop']}), expected [{start}, {stop}); {advice}.")
     try:
         root = zarr.open_group(str(path), mode="r")
         arrays = {name: np.asarray(root[name][:]) for name in ["features", *marker.get("extras", [])]}
     except Exception as err:  # zarr/codec errors on truncated or missing chunks
-        raise ShardError(f"feature shard {path} is truncated or corrupted ({type(err).__name__})") from err
+        raise ShardError(f"feature shard {path} is truncated or corrupted ({type(err).__name__}); {advice}.") from err
     if list(arrays["features"].shape) != marker["shape"] or _digest(arrays) != marker["sha256"]:
-        raise ShardError(f"feature shard {path} is truncated or corrupted (content differs from its marker)")
+        raise ShardError(f"feature shard {path} is truncated or corrupted (content differs from its marker); {advice}.")
     return arrays
 
 
@@ -111,8 +121,10 @@ def gather_features(shards: Sequence[str], ranges: Sequence[tuple[int, int]], sp
         root = zarr.open_group(str(tmp), mode="w")
         root.attrs.update({**(attrs or {}), "spec_hash": spec_id, "shards": [list(r) for r in ranges]})
         chunk = max(1, ranges[0][1] - ranges[0][0])
-        out = {name: root.create_array(name, shape=(n, *a.shape[1:]), dtype="float32", chunks=(chunk, *a.shape[1:]))
+        out = {name: root.create_array(name, shape=(n, *a.shape[1:]), dtype="float32", chunks=(chunk, *a.shape[1:]),
+                                       **array_options())
                for name, a in first.items()}
+        seal(root)
         for path, (start, stop) in zip(shards, ranges):
             block = first if start == ranges[0][0] else read_shard_arrays(path, spec_id, start, stop)
             for name, array in out.items():
@@ -123,13 +135,15 @@ def gather_features(shards: Sequence[str], ranges: Sequence[tuple[int, int]], sp
 
 
 class FeatureStore:
-    """Read access to a consolidated feature store, by row blocks."""
+    """Read access to a consolidated feature store, by row blocks; a damaged store (missing or
+    undecodable chunk, see :mod:`diffattr.integrity`) raises :class:`StoreError` in one sentence."""
 
     def __init__(self, path: str | os.PathLike) -> None:
         if not Path(path).exists():
-            raise ShardError(f"feature store {path} does not exist")
+            raise ShardError(f"feature store {path} does not exist; {rebuild_advice(path)}.")
         self.path = str(path)
-        self.group = zarr.open_group(self.path, mode="r")
+        self.group = open_store(self.path)
+        require_arrays(self.path, self.group, ("features",))
         self.array = self.group["features"]
 
     @property
@@ -137,12 +151,15 @@ class FeatureStore:
         return tuple(self.array.shape)
 
     def blocks(self, rows: int = 4096) -> Iterator[tuple[int, np.ndarray]]:
+        """(start row, fp64 features of rows [start, start + rows)) for consecutive row blocks."""
         for start in range(0, self.shape[0], rows):
-            yield start, np.asarray(self.array[start : start + rows], dtype=np.float64)
+            yield start, self.read(start, start + rows)
 
     def read(self, start: int = 0, stop: int | None = None) -> np.ndarray:
-        return np.asarray(self.array[start:stop], dtype=np.float64)
+        """fp64 features of rows [start, stop)."""
+        return read_array(self.path, self.array, slice(start, stop), "features").astype(np.float64, copy=False)
 
     def read_steps(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Journey-TRAK's per-step features of rows [start, stop), (rows, S, k), from the ``steps`` array."""
-        return np.asarray(self.group["steps"][start:stop], dtype=np.float64)
+        require_arrays(self.path, self.group, ("steps",))
+        return read_array(self.path, self.group["steps"], slice(start, stop), "steps").astype(np.float64, copy=False)

@@ -6,16 +6,13 @@ from types import SimpleNamespace
 
 from snakemake.utils import min_version, validate
 
-from diffattr.data.sizes import split_sizes
 from diffattr.counterfactual import RANDOM_CONTROL, counterfactual_samples
 from diffattr.customization import CustomizationConfig
 from diffattr.config import (
     ConfigError,
     base_pipeline,
-    check_counterfactual,
-    check_report,
-    check_encoded_pool,
-    check_inputs,
+    check_config,
+    feature_checkpoint_step,
     load_yaml,
     model_params,
     pool_params,
@@ -27,30 +24,25 @@ from diffattr.methods.gradient import checkpoint_weights
 from diffattr.methods.registry import method_kind
 from diffattr.schedule import checkpoint_steps
 from diffattr.show import ATTRIBUTED_SPLIT_STORES
-from diffattr.sweeps import expand_sweeps
 from diffattr.store import kernel_form, shard_ranges, spec_hash
 
 min_version("9.0")
 
 SCHEMA = Path(workflow.basedir) / "schemas" / "config.schema.yaml"
-validate_config(config, load_yaml(SCHEMA))  # one sentence naming the key
-validate(config, str(SCHEMA))  # Snakemake's own check (also fills schema defaults)
-SWEEPS = expand_sweeps(
-    config
-)  # derived methods and feature specs of every ablation sweep
-validate_config(config, load_yaml(SCHEMA))  # ... which must be valid blocks too
-check_inputs(config)
+try:  # every refusal is one sentence, re-raised here so that no frame of diffattr/ is printed
+    validate_config(config, load_yaml(SCHEMA))  # one sentence naming the key
+    validate(config, str(SCHEMA))  # Snakemake's own check (also fills schema defaults)
+    # sweeps' derived methods and specs (added to config), the inputs, the data's split sizes
+    SWEEPS, SIZES = check_config(config, load_yaml(SCHEMA))
+except ConfigError as error:
+    raise ConfigError(str(error)) from None
 
 OUT = config["output_dir"]
 POOLS = [p for p, spec in config["subsets"]["pools"].items() if spec["count"] > 0]
 SETS = config["evaluation"]["sets"]
 METHODS = config["evaluation"].get("methods") or list(config["methods"])
 SPECS = list(config.get("features", {}))
-SIZES = split_sizes(config["data"], config["generate"])
 SIZES["journey"] = SIZES["gen"]  # one trajectory per generated sample
-check_encoded_pool(config, SIZES["train"])
-check_counterfactual(config, SIZES["train"], SIZES["gen"])
-check_report(config, SIZES)
 CKPT_STEPS = checkpoint_steps(
     config["train"]["steps"], config["train"]["checkpoint_fractions"]
 )
@@ -180,14 +172,9 @@ def print_table(title, path):
 
 
 def feature_step(spec):
-    """The checkpoint step a feature spec uses (its fraction of training)."""
-    fraction = config["features"][spec]["checkpoint"]
-    step = checkpoint_steps(config["train"]["steps"], [fraction])[0]
-    if step not in CKPT_STEPS:
-        raise ConfigError(
-            f"Config key 'features.{spec}.checkpoint' is {fraction}, which is not one of train.checkpoint_fractions."
-        )
-    return step
+    """The checkpoint step a feature spec uses (its fraction of training; check_inputs has refused
+    the specs with jobs whose fraction is not a saved checkpoint)."""
+    return feature_checkpoint_step(config, spec)
 
 
 def feature_spec_params(w):

@@ -4,7 +4,7 @@ rule featurize:
         base=BASE_INPUT,
         images=lambda w: set_store(w.split),
     output:
-        shard=directory(FEATURE_SHARD),
+        shard=update(directory(FEATURE_SHARD)),
     log:
         f"{OUT}/logs/featurize/{{spec}}/{{pool}}/{{subset}}/seed{{seed}}/{{split}}/shard{{shard}}.log",
     benchmark:
@@ -34,7 +34,7 @@ rule gather_features:
             for i in range(len(shard_ranges_of(w.spec, w.split)))
         ],
     output:
-        features=directory(FEATURES),
+        features=update(directory(FEATURES)),
     log:
         f"{OUT}/logs/gather_features/{{spec}}/{{pool}}/{{subset}}/seed{{seed}}/{{split}}.log",
     benchmark:

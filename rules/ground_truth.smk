@@ -4,7 +4,7 @@ rule measure_outputs:
         base=BASE_INPUT,
         stores=[set_store(s) for s in SETS],
     output:
-        measurement=directory(MEASUREMENT),
+        measurement=update(directory(MEASUREMENT)),
     log:
         f"{OUT}/logs/measure_outputs/{{pool}}/{{subset}}/seed{{seed}}.log",
     benchmark:
@@ -33,8 +33,8 @@ rule gather_ground_truth:
             for k, s in pool_models(w.pool)
         ],
     output:
-        truth=directory(GROUND_TRUTH),
-        reliability=RELIABILITY,
+        truth=update(directory(GROUND_TRUTH)),
+        reliability=update(RELIABILITY),
     log:
         f"{OUT}/logs/gather_ground_truth/{{pool}}.log",
     benchmark:

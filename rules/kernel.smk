@@ -25,7 +25,7 @@ rule kernel:
     input:
         unpack(kernel_inputs),
     output:
-        kernel=directory(KERNEL),
+        kernel=update(directory(KERNEL)),
     log:
         f"{OUT}/logs/kernel/{{spec}}/{{pool}}/{{subset}}/seed{{seed}}.log",
     benchmark:

@@ -2,7 +2,7 @@ rule score:
     input:
         unpack(method_inputs),
     output:
-        scores=directory(SCORES),
+        scores=update(directory(SCORES)),
     log:
         f"{OUT}/logs/score/{{method}}/{{set}}.log",
     benchmark:

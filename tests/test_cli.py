@@ -125,6 +125,25 @@ def test_a_whole_run_that_succeeds_also_writes_the_report(results, monkeypatch, 
     assert len(FakePopen.calls) == 1
 
 
+def test_run_repairs_an_interrupted_replace_before_snakemake_builds_its_dag(results, monkeypatch, capsys):
+    """A kill between "old output aside" and "new output in" (diffattr/atomic.py) leaves only the aside:
+    ``diffattr run`` renames it back before Snakemake starts, so the finished output is not re-made."""
+    import diffattr.cli
+
+    table = results["out"] / "lds.csv"
+    aside = table.with_name(".lds.csv.aside-0123abcd")
+    aside.write_text("method,lds\ntrak,0.1\n")
+    stale = results["out"] / "scores" / ".gen.zarr.tmp-89abcdef"
+    stale.mkdir()
+    seen = []
+    monkeypatch.setattr(diffattr.cli.subprocess, "Popen", FakePopen)
+    monkeypatch.setattr(FakePopen, "wait", lambda self: seen.append(table.exists()) or 3)
+    assert main(["run", "--config", results["config"], "--", "lds_table"]) == 3
+    assert seen == [True]  # restored before the (fake) snakemake ran
+    assert table.read_text() == "method,lds\ntrak,0.1\n" and not aside.exists() and not stale.exists()
+    assert "restored 1 output(s)" in capsys.readouterr().out
+
+
 def test_configfile_after_double_dash_is_refused(capsys):
     assert main(["run", "--", "--configfile", "x.yaml"]) == 2
     err = capsys.readouterr().err

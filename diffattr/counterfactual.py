@@ -56,6 +56,7 @@ import numpy as np
 import pandas as pd
 
 from diffattr.atomic import atomic_path, write_csv
+from diffattr.integrity import read_array
 from diffattr.show import responsibility
 
 if TYPE_CHECKING:
@@ -132,10 +133,11 @@ def parse_removed(text: Any) -> np.ndarray:
 
 
 def read_method_scores(path: str | os.PathLike) -> tuple[Any, int]:
-    """(the lazily read ``scores`` array, the LDS sign) of a score store (:mod:`diffattr.scores`)."""
-    import zarr
+    """(the lazily read ``scores`` array, the LDS sign) of a checked score store
+    (:func:`diffattr.scores.open_score_store`: missing or damaged stores are one sentence)."""
+    from diffattr.scores import open_score_store
 
-    root = zarr.open_group(str(path), mode="r")
+    root = open_score_store(path)
     if "sign" not in root.attrs:
         raise ValueError(f"the score store {path} records no sign")
     return root["scores"], int(root.attrs["sign"])
@@ -156,7 +158,7 @@ def removal_for(scores_path: str | os.PathLike | None, n_train: int, sample: int
                          f"set has {n_train} images")
     if not 0 <= sample < scores.shape[0]:
         raise ValueError(f"sample {sample} is outside the {scores.shape[0]} generated rows of {scores_path}")
-    return removal_set(np.asarray(scores[sample]), sign, k)
+    return removal_set(read_array(scores_path, scores, sample, "scores"), sign, k)
 
 
 # --------------------------------------------------------------------------------------- retraining

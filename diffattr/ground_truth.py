@@ -16,7 +16,7 @@ import zarr
 
 from diffattr.atomic import atomic_path
 from diffattr.evaluate.lds import spearman_per_column
-from diffattr.integrity import StoreError, array_options, open_store, read_array, rebuild_advice, require_arrays, seal
+from diffattr.integrity import StoreError, array_options, missing_advice, open_store, read_array, require_arrays, seal
 from diffattr.noise import timestep_set
 
 
@@ -55,7 +55,7 @@ def read_checked(path: str | os.PathLike, name: str) -> np.ndarray:
     """The whole array ``name`` of the store at ``path``, checked: a missing store, array or chunk
     or an undecodable chunk raises :class:`StoreError` in one sentence."""
     if not os.path.exists(path):
-        raise StoreError(f"Ground-truth store '{path}' does not exist; {rebuild_advice(path)}.")
+        raise StoreError(f"Ground-truth store '{path}' does not exist; {missing_advice(path)}.")
     root = open_store(path)
     require_arrays(path, root, (name,))
     return read_array(path, root[name], slice(None), name)

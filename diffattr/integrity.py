@@ -92,6 +92,12 @@ def rebuild_advice(path: str | os.PathLike) -> str:
     return f"delete it or rebuild it with `snakemake --forcerun {rule}`"
 
 
+def missing_advice(path: str | os.PathLike) -> str:
+    """How to make a missing ``path``: run its producing rule (or the workflow)."""
+    rule = producing_rule(path)
+    return "rerun the step that writes it" if rule is None else f"build it with `snakemake --forcerun {rule}`"
+
+
 def damage_sentence(path: str | os.PathLike, detail: str, what: str = "Store") -> str:
     """The one sentence for a damaged ``path``: what it is, what is damaged, how to rebuild it."""
     return f"{what} '{path}' is truncated or corrupted ({detail}); {rebuild_advice(path)}."

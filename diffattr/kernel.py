@@ -27,7 +27,16 @@ import torch
 import zarr
 
 from diffattr.atomic import atomic_path
-from diffattr.integrity import StoreError, array_options, damage_sentence, open_store, read_array, rebuild_advice, require_arrays, seal
+from diffattr.integrity import (
+    StoreError,
+    array_options,
+    damage_sentence,
+    missing_advice,
+    open_store,
+    read_array,
+    require_arrays,
+    seal,
+)
 from diffattr.store import FeatureStore
 
 
@@ -67,7 +76,7 @@ def read_gram(path: str | os.PathLike, keys: tuple[str, ...] = ()) -> tuple[np.n
     """(the ``gram`` array, the attrs) of a kernel or partial-Gram store, checked: a missing or
     damaged store or a missing attr in ``keys`` raises :class:`StoreError` in one sentence."""
     if not os.path.exists(path):
-        raise StoreError(f"Kernel store '{path}' does not exist; {rebuild_advice(path)}.")
+        raise StoreError(f"Kernel store '{path}' does not exist; {missing_advice(path)}.")
     root = open_store(path)
     attrs = dict(root.attrs)
     require_arrays(path, root, ("gram",))

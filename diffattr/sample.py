@@ -136,11 +136,13 @@ def generate_set(model_path: str, params: dict[str, Any], store_path: str, table
 def record_trajectory(model_path: str, params: dict[str, Any], generated_store: str, out_path: str,
                       device: str = "cpu") -> np.ndarray:
     """trajectory: re-run ``generate``'s DDIM sampling and store x̂₀ at every step with the step's
-    timestep (METHODS.md §2.12), after checking that it ends at the stored generated images."""
+    timestep (METHODS.md §2.12), after checking that it ends at the stored generated images. The
+    store is checksummed and sealed (:mod:`diffattr.integrity`)."""
     import zarr
 
     from diffattr.atomic import atomic_path
     from diffattr.data.store import read_images, to_uint8
+    from diffattr.integrity import array_options, seal
     from diffattr.models.ddpm import load_unet
 
     cfg = generate_config(params["generate"])
@@ -154,14 +156,22 @@ def record_trajectory(model_path: str, params: dict[str, Any], generated_store: 
     with atomic_path(out_path) as tmp:
         root = zarr.open_group(str(tmp), mode="w")
         root.attrs.update({"steps": cfg.steps, "eta": cfg.eta, "seed": cfg.seed})
-        root.create_array("x0", data=trajectory.astype(np.float32), chunks=(min(256, len(trajectory)), *trajectory.shape[1:]))
-        root.create_array("timesteps", data=timesteps)
+        root.create_array("x0", data=trajectory.astype(np.float32), chunks=(min(256, len(trajectory)), *trajectory.shape[1:]),
+                          **array_options())
+        root.create_array("timesteps", data=timesteps, **array_options())
+        seal(root)
     return trajectory
 
 
 def read_trajectory(path: str, start: int = 0, stop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(x̂₀ rows [start, stop) as (n, S, C, H, W) float32, the S timesteps) of a trajectory store."""
-    import zarr
+    """(x̂₀ rows [start, stop) as (n, S, C, H, W) float32, the S timesteps) of a trajectory store; a
+    missing store or array or a damaged chunk raises :class:`diffattr.integrity.StoreError` in one sentence."""
+    from pathlib import Path
 
-    root = zarr.open_group(str(path), mode="r")
-    return np.asarray(root["x0"][start:stop]), np.asarray(root["timesteps"][:])
+    from diffattr.integrity import StoreError, missing_advice, open_store, read_array, require_arrays
+
+    if not Path(path).exists():
+        raise StoreError(f"Trajectory store '{path}' does not exist; {missing_advice(path)}.")
+    root = open_store(path)
+    require_arrays(path, root, ("x0", "timesteps"))
+    return read_array(path, root["x0"], slice(start, stop), "x0"), read_array(path, root["timesteps"], slice(None), "timesteps")

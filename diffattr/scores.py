@@ -15,7 +15,16 @@ import numpy as np
 import zarr
 
 from diffattr.atomic import atomic_path
-from diffattr.integrity import SEAL, StoreError, array_options, open_store, read_array, rebuild_advice, require_arrays, seal
+from diffattr.integrity import (
+    SEAL,
+    StoreError,
+    array_options,
+    missing_advice,
+    open_store,
+    read_array,
+    require_arrays,
+    seal,
+)
 
 
 def write_scores(
@@ -47,7 +56,7 @@ def open_score_store(path: str | os.PathLike) -> zarr.Group:
     """The score store at ``path``, after checking that it exists, holds a ``scores`` array and
     misses no chunk (:func:`diffattr.integrity.open_store`); otherwise :class:`StoreError`."""
     if not Path(path).exists():
-        raise StoreError(f"Score store '{path}' does not exist; {rebuild_advice(path)}.")
+        raise StoreError(f"Score store '{path}' does not exist; {missing_advice(path)}.")
     root = open_store(path)
     require_arrays(path, root, ("scores",))
     return root

@@ -24,7 +24,16 @@ import numpy as np
 import zarr
 
 from diffattr.atomic import atomic_path
-from diffattr.integrity import StoreError, array_options, open_store, read_array, rebuild_advice, require_arrays, seal
+from diffattr.integrity import (
+    StoreError,
+    array_options,
+    missing_advice,
+    open_store,
+    read_array,
+    rebuild_advice,
+    require_arrays,
+    seal,
+)
 
 MARKER = "complete.json"
 
@@ -140,7 +149,7 @@ class FeatureStore:
 
     def __init__(self, path: str | os.PathLike) -> None:
         if not Path(path).exists():
-            raise ShardError(f"feature store {path} does not exist; {rebuild_advice(path)}.")
+            raise ShardError(f"feature store {path} does not exist; {missing_advice(path)}.")
         self.path = str(path)
         self.group = open_store(self.path)
         require_arrays(self.path, self.group, ("features",))

@@ -93,22 +93,33 @@ def pool_masks(labels: np.ndarray, alpha: float, seed: int, pool: str, count: in
 
 
 def write_pool(data_store: str, params: dict, out_path: str) -> np.ndarray:
-    """make_subsets: the masks of one pool (count × N, bool) as a zarr array with its definition."""
+    """make_subsets: the masks of one pool (count × N, bool) as a zarr array with its definition,
+    checksummed and sealed (:mod:`diffattr.integrity`)."""
     import zarr
 
     from diffattr.atomic import atomic_path
     from diffattr.data.store import read_labels
+    from diffattr.integrity import array_options, seal
 
     labels = read_labels(data_store, "train")
     masks = pool_masks(labels, params["alpha"], params["seed"], params["pool"], params["count"], params["stratify"])
     with atomic_path(out_path) as tmp:
         root = zarr.open_group(str(tmp), mode="w")
         root.attrs.update(params)
-        root.create_array("masks", data=masks, chunks=(max(1, min(len(masks), 256)), masks.shape[1]))
+        root.create_array("masks", data=masks, chunks=(max(1, min(len(masks), 256)), masks.shape[1]), **array_options())
+        seal(root)
     return masks
 
 
 def read_pool(path: str) -> np.ndarray:
-    import zarr
+    """The (count × N) bool masks of the subset store at ``path``; a missing store, a missing
+    ``masks`` array or a damaged chunk raises :class:`diffattr.integrity.StoreError` in one sentence."""
+    from pathlib import Path
 
-    return np.asarray(zarr.open_group(str(path), mode="r")["masks"][:])
+    from diffattr.integrity import StoreError, missing_advice, open_store, read_array, require_arrays
+
+    if not Path(path).exists():
+        raise StoreError(f"Subset store '{path}' does not exist; {missing_advice(path)}.")
+    root = open_store(path)
+    require_arrays(path, root, ("masks",))
+    return read_array(path, root["masks"], slice(None), "masks")

@@ -354,3 +354,125 @@ def test_update_hooks_keep_a_failed_rerun_out_of_date_and_clear_a_stale_backup(t
     rerun = smk("--rerun-incomplete", "--config", "pp=3")
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert x.read_text() == "3" and not stale.exists()
+
+
+# --- the remaining stores: subset masks, trajectory, DAS residuals, scores read by counterfactual ---
+
+
+def _train_store(path: Path, n: int = 10) -> str:
+    """A small image store with a ``train`` split of ``n`` 8×8 images, two classes alternating."""
+    from diffattr.data import ImageSet
+    from diffattr.data.store import write_image_store
+
+    images = RNG.integers(0, 256, size=(n, 8, 8, 1), dtype=np.uint8)
+    write_image_store(path, {"train": ImageSet(images, np.arange(n, dtype=np.int64) % 2, [f"t:{i}" for i in range(n)], ["a", "b"])})
+    return str(path)
+
+
+def _tiny_model(path: Path) -> str:
+    import torch
+
+    from conftest import TINY_UNET
+    from diffattr.models.ddpm import build_unet, save_weights
+
+    torch.manual_seed(14)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_weights(build_unet(TINY_UNET).eval(), path, {})
+    return str(path)
+
+
+def _masks(path: Path) -> Callable[[], object]:
+    from diffattr.subsets import pool_masks, read_pool, write_pool
+
+    data = _train_store(path.parent.parent / "data" / "dataset.zarr")
+    params = {"alpha": 0.5, "seed": 3, "pool": "lds", "count": 4, "stratify": True}
+    write_pool(data, params, str(path))
+    expected = pool_masks(np.arange(10) % 2, 0.5, 3, "lds", 4)
+    assert np.array_equal(read_pool(str(path)), expected)  # the checked read returns the masks written
+    return lambda: read_pool(str(path))
+
+
+def _trajectory(path: Path) -> Callable[[], object]:
+    from conftest import SCHEDULER, TINY_UNET
+    from diffattr.data import ImageSet
+    from diffattr.data.store import to_uint8, write_image_store
+    from diffattr.models.ddpm import load_unet
+    from diffattr.sample import ddim_trajectory, image_seeds, read_trajectory, record_trajectory
+
+    model = _tiny_model(path.parent / ".src" / "step1.safetensors")
+    images = ddim_trajectory(load_unet(model, TINY_UNET), SCHEDULER, image_seeds(0, 3), 2, 0.0, 3, record=False)[0]
+    generated = path.parent / "generated.zarr"
+    write_image_store(generated, {"gen": ImageSet(to_uint8(images), np.full(3, -1), ["g"] * 3, [])})
+    params = {"unet": TINY_UNET, "scheduler": SCHEDULER, "generate": {"count": 3, "steps": 2, "seed": 0}}
+    written = record_trajectory(model, params, str(generated), str(path))
+    stored, timesteps = read_trajectory(str(path), 1, 3)
+    assert np.array_equal(stored, written[1:3]) and list(timesteps) == [500, 0]
+    return lambda: read_trajectory(str(path), 1, 3)
+
+
+def _residuals(path: Path) -> Callable[[], object]:
+    from conftest import SCHEDULER, TINY_UNET
+    from diffattr.methods.das import read_residual_weights, write_residuals
+
+    data = _train_store(path.parent / ".src" / "dataset.zarr", 5)
+    model = _tiny_model(path.parent / ".src" / "step1.safetensors")
+    params = {"unet": TINY_UNET, "scheduler": SCHEDULER, "timesteps": 3, "noise_seed": 0, "batch_size": 5}
+    weights = write_residuals(model, data, params, str(path))
+    assert np.array_equal(read_residual_weights(str(path)), weights)
+    return lambda: read_residual_weights(str(path))
+
+
+def _counterfactual_scores(path: Path) -> Callable[[], object]:
+    from diffattr.counterfactual import removal_for
+    from diffattr.scores import write_scores
+
+    values = RNG.standard_normal((10, 7)).astype(np.float32)
+    write_scores(path, 10, 7, lambda a, b: values[a:b], 4, {"sign": -1})
+    # sign −1 (HELPS): the 2 most responsible are the 2 largest scores of generated sample 5 (chunk (1, 0))
+    assert sorted(removal_for(str(path), 7, 5, 2).tolist()) == sorted(np.argsort(-values[5])[:2].tolist())
+    return lambda: removal_for(str(path), 7, 5, 2)
+
+
+MORE_CASES = {
+    "subset masks": ("subsets/lds.zarr", "make_subsets", "masks", (0, 0), _masks),
+    "trajectory": ("data/trajectory.zarr", "trajectory", "x0", (0, 0, 0, 0, 0), _trajectory),
+    "DAS residuals": ("residuals/das/full/0/seed0.zarr", "residuals", "weights", (0,), _residuals),
+    "scores read by counterfactual": ("scores/trak/gen.zarr", "score", "scores", (1, 0), _counterfactual_scores),
+}
+CASES.update(MORE_CASES)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garble", "delete"])
+@pytest.mark.parametrize("kind", list(MORE_CASES))
+def test_damaged_chunk_of_the_other_stores_is_one_sentence_naming_store_chunk_and_rebuild(tmp_path, kind, damage):
+    """The same contract as the cases above, for the stores routed through diffattr.integrity later."""
+    test_damaged_chunk_is_one_sentence_naming_store_chunk_and_rebuild(tmp_path, kind, damage)
+
+
+@pytest.mark.parametrize("reader, layout", [
+    ("diffattr.subsets:read_pool", "subsets/select.zarr"),
+    ("diffattr.sample:read_trajectory", "data/trajectory.zarr"),
+    ("diffattr.methods.das:read_residual_weights", "residuals/das/full/0/seed0.zarr"),
+])
+def test_a_missing_store_is_one_sentence_naming_it_and_its_rule(tmp_path, reader, layout):
+    import importlib
+
+    module, name = reader.split(":")
+    path = tmp_path / "results" / layout
+    with pytest.raises(StoreError) as caught:
+        getattr(importlib.import_module(module), name)(str(path))
+    message = str(caught.value)
+    assert f"'{path}' does not exist; build it with `snakemake --forcerun {producing_rule(path)}`." in message
+    assert producing_rule(path) is not None and "\n" not in message
+
+
+@pytest.mark.parametrize("path, rule", [
+    ("results/subsets/lds.zarr", "make_subsets"),
+    ("results/data/trajectory.zarr", "trajectory"),
+    ("results/residuals/das/full/0/seed0.zarr", "residuals"),
+    ("results/counterfactual/models/trak/s3_k10.safetensors", "counterfactual_train"),
+    ("results/customization/models/g0.safetensors", "customize"),
+    ("results/customization/images/g1.zarr", "customize"),
+])
+def test_producing_rule_knows_the_other_store_layouts(path, rule):
+    assert producing_rule(path) == rule

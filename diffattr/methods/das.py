@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from pathlib import Path
+
 import numpy as np
 import zarr
 
 from diffattr.atomic import atomic_path
+from diffattr.integrity import StoreError, array_options, missing_advice, open_store, read_array, require_arrays, seal
 from diffattr.noise import timestep_set
 
 
@@ -24,7 +27,8 @@ def residual_weights(errors: np.ndarray) -> np.ndarray:
 
 
 def write_residuals(model_path: str, data_store: str, params: dict[str, Any], out_path: str, device: str = "cpu") -> np.ndarray:
-    """residual job: e_{i,t} on the training set at ``params["timesteps"]`` uniform timesteps, and r."""
+    """residual job: e_{i,t} on the training set at ``params["timesteps"]`` uniform timesteps, and r
+    (a checksummed, sealed store, :mod:`diffattr.integrity`)."""
     from diffattr.data.store import read_images, to_model_range
     from diffattr.measure import measure_losses
     from diffattr.models.ddpm import alphas_cumprod, load_unet
@@ -39,6 +43,17 @@ def write_residuals(model_path: str, data_store: str, params: dict[str, Any], ou
     with atomic_path(out_path) as tmp:
         root = zarr.open_group(str(tmp), mode="w")
         root.attrs.update({"timesteps": ts.tolist(), "noise_seed": params["noise_seed"]})
-        root.create_array("errors", data=errors, chunks=errors.shape)
-        root.create_array("weights", data=weights, chunks=weights.shape)
+        root.create_array("errors", data=errors, chunks=errors.shape, **array_options())
+        root.create_array("weights", data=weights, chunks=weights.shape, **array_options())
+        seal(root)
     return weights
+
+
+def read_residual_weights(path: str) -> np.ndarray:
+    """r (N,) float64 of the residual store at ``path``; a missing store or ``weights`` array or a
+    damaged chunk raises :class:`diffattr.integrity.StoreError` in one sentence."""
+    if not Path(path).exists():
+        raise StoreError(f"Residual store '{path}' does not exist; {missing_advice(path)}.")
+    root = open_store(path)
+    require_arrays(path, root, ("weights",))
+    return read_array(path, root["weights"], slice(None), "weights").astype(np.float64, copy=False)

@@ -24,6 +24,7 @@ import zarr
 from diffattr.atomic import atomic_path
 from diffattr.evaluate.lds import lds_from_predictions
 from diffattr.ground_truth import read_ground_truth
+from diffattr.integrity import array_options, read_array, require_arrays, seal
 from diffattr.kernel import (
     Kernel,
     masked_train_sums,
@@ -33,6 +34,7 @@ from diffattr.kernel import (
     subset_predictions,
     train_solution_norms,
 )
+from diffattr.methods.das import read_residual_weights
 from diffattr.methods.registry import HELPS, ScoreBlocks
 from diffattr.store import FeatureStore
 from diffattr.subsets import read_pool
@@ -52,7 +54,8 @@ def column_weights(kernel: Kernel, factor: torch.Tensor | None, train: FeatureSt
 
 
 def read_residual(path: str | None) -> np.ndarray | None:
-    return None if path is None else np.asarray(zarr.open_group(str(path), mode="r")["weights"][:], dtype=np.float64)
+    """DAS's residual weights r(z) from the store at ``path`` (checked reads), or None without one."""
+    return None if path is None else read_residual_weights(path)
 
 
 def lambda_curve(kernel_path: str, train_path: str, query_paths: dict[str, str],
@@ -144,15 +147,17 @@ def trajectory_scores(inputs: dict[str, str], params: dict[str, Any], out_path: 
     per step. Returns the timesteps."""
     parts, chosen = kernel_models(inputs, params, "gen")
     query = parts[0][3]
-    timesteps = np.asarray(query.group["step_timesteps"][0], dtype=np.int64)
+    require_arrays(query.path, query.group, ("step_timesteps",))
+    timesteps = read_array(query.path, query.group["step_timesteps"], 0, "step_timesteps").astype(np.int64)
     n_queries, n_train, steps = query.shape[0], parts[0][0].n_train, len(timesteps)
     rows = max(1, query_rows // steps)
     with atomic_path(out_path) as tmp:
         root = zarr.open_group(str(tmp), mode="w")
         root.attrs.update({"method": params, "sign": HELPS, "lambdas": chosen})
-        root.create_array("timesteps", data=timesteps)
+        root.create_array("timesteps", data=timesteps, **array_options())
         arr = root.create_array("scores", shape=(steps, n_queries, n_train), dtype="float32",
-                                chunks=(1, min(256, n_queries), n_train))
+                                chunks=(1, min(256, n_queries), n_train), **array_options())
+        seal(root)
         for start in range(0, n_queries, rows):
             stop = min(start + rows, n_queries)
             block = np.mean([scores_block(k, f, train, q.read_steps(start, stop).reshape(-1, q.shape[1])) * w

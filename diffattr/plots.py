@@ -18,7 +18,9 @@ state), like :mod:`diffattr.show`.
   alone, step 0 the noisiest, with its CI band and the mean-over-steps method as a reference line.
 - :func:`sweep_plot` — an ablation sweep (:mod:`diffattr.sweeps`): LDS against the swept value per set.
 - :func:`runtime_plot` — wall-clock seconds and peak memory per Snakemake rule, from the ``benchmark:``
-  files (:func:`read_benchmarks`, :func:`runtime_table`).
+  files (:func:`read_benchmarks`, :func:`runtime_table`); :func:`method_runtime` — the seconds of each
+  method's own jobs. Wall time lives only in these runtime tables and under ``benchmarks/``, never in
+  a result file.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ EXCLUDED_KINDS = ("ceiling", "oracle", "diagnostic")
 """``kind`` values of lds.csv rows that are not bars: the ceiling and the oracle-λ diagnostics."""
 BENCH_COLUMNS = ["rule", "job", "seconds", "max_rss_mb"]
 RUNTIME_COLUMNS = ["rule", "jobs", "seconds_total", "seconds_mean", "seconds_max", "max_rss_mb"]
+METHOD_RUNTIME_COLUMNS = ["method", "jobs", "seconds", "max_rss_mb"]
 
 
 def new_figure(width: float, height: float, layout: str | None = "constrained") -> Any:
@@ -307,6 +310,19 @@ def runtime_table(bench: pd.DataFrame) -> pd.DataFrame:
         seconds_max=("seconds", "max"), max_rss_mb=("max_rss_mb", "max")).reset_index()
     table = table.sort_values("seconds_total", ascending=False, kind="stable")
     return table[RUNTIME_COLUMNS].reset_index(drop=True)
+
+
+def method_runtime(benchmarks: dict[str, list[str]]) -> pd.DataFrame:
+    """Per method (in the given order): how many of its own jobs' benchmark files exist (λ selection,
+    residuals, scoring — not the feature and kernel jobs it shares), the sum of their wall seconds
+    (the last row of each file: its latest run) and their largest peak RSS (MB)."""
+    rows = []
+    for method, paths in benchmarks.items():
+        last = [pd.read_csv(p, sep="\t", na_values=["-", "NA"]).iloc[-1:] for p in paths if Path(p).exists()]
+        tsv = pd.concat(last) if last else pd.DataFrame({"s": [], "max_rss": []})
+        rows.append({"method": method, "jobs": len(last), "seconds": float(pd.to_numeric(tsv["s"], errors="coerce").sum()),
+                     "max_rss_mb": float(pd.to_numeric(tsv["max_rss"], errors="coerce").max())})
+    return pd.DataFrame(rows, columns=METHOD_RUNTIME_COLUMNS)
 
 
 def runtime_plot(summary: pd.DataFrame, path: str | os.PathLike) -> None:

@@ -7,7 +7,10 @@ optional random horizontal flip, no EMA.
 Every random draw of step s — which samples, their timesteps, their noise and flips — is a pure
 function of (seed, s) (:func:`training_draws`), so a job killed at step s and resumed from its last
 saved state produces bit-identical weights, and the timesteps each sample saw can be recomputed
-later (Diffusion-TracIn, §2.5) without having been stored.
+later (Diffusion-TracIn, §2.5) without having been stored. The training-log table (step, mean loss
+of the window, learning rate) is part of the saved state too, so a resumed run writes the same log
+bytes as an uninterrupted one; it holds no wall time (throughput is in the job's log, wall time in
+Snakemake's benchmark file).
 """
 
 from __future__ import annotations
@@ -115,10 +118,19 @@ def _optimizer(model: Model, cfg: TrainConfig) -> torch.optim.AdamW:
     )
 
 
-def _save_state(path: Path, model: Model, opt: torch.optim.Optimizer, step: int, key: str) -> None:
-    """Trainable weights and AdamW moments as safetensors (no pickle), atomically."""
+LOG_COLUMNS = ["step", "loss", "lr"]
+"""Columns of the training-log table: the step ending each window, its mean loss, the learning rate."""
+
+
+def _save_state(path: Path, model: Model, opt: torch.optim.Optimizer, step: int, key: str,
+                log_rows: list[dict[str, float]], running: float) -> None:
+    """Trainable weights, AdamW moments, the log rows so far and the loss sum of the open log
+    window as safetensors (no pickle), atomically."""
     trainable = model.trainable()
     tensors = {f"model.{k}": v.detach().clone().contiguous() for k, v in trainable.items()}
+    tensors["log.rows"] = torch.tensor([[r[c] for c in LOG_COLUMNS] for r in log_rows], dtype=torch.float64
+                                       ).reshape(-1, len(LOG_COLUMNS))
+    tensors["log.running"] = torch.tensor([running], dtype=torch.float64)
     names = dict(enumerate(trainable))
     for index, state in opt.state_dict()["state"].items():
         for field, value in state.items():
@@ -127,24 +139,37 @@ def _save_state(path: Path, model: Model, opt: torch.optim.Optimizer, step: int,
         save_file(tensors, str(tmp), metadata={"step": str(step), "key": key})
 
 
-def _load_state(path: Path, model: Model, opt: torch.optim.Optimizer, key: str) -> int:
-    """Restore a saved state; returns its step, or 0 when absent or written for another config."""
+def _load_state(path: Path, model: Model, opt: torch.optim.Optimizer,
+                key: str) -> tuple[int, list[dict[str, float]], float]:
+    """Restore a saved state; returns its step, log rows and open window's loss sum, or
+    (0, [], 0.0) when absent or written for another config."""
     if not path.exists():
-        return 0
+        return 0, [], 0.0
     from safetensors import safe_open
 
+    from diffattr.integrity import StoreError, check_safetensors
+
+    try:
+        check_safetensors(path)
+    except StoreError as err:  # only a resume aid: training restarts, nothing finished is lost
+        log.warning("ignoring resume state: %s", err)
+        return 0, [], 0.0
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
     if meta.get("key") != key:
         log.warning("ignoring resume state %s: it was written for a different configuration", path)
-        return 0
+        return 0, [], 0.0
     tensors = load_file(str(path))
+    if "log.rows" not in tensors:  # written before the log table was part of the state
+        log.warning("ignoring resume state %s: it holds no training-log rows", path)
+        return 0, [], 0.0
     trainable = model.trainable()
     with torch.no_grad():
         for name, param in trainable.items():
             param.copy_(tensors[f"model.{name}"])
     index = {n: i for i, n in enumerate(trainable)}
     state: dict[int, dict[str, torch.Tensor]] = {}
+    rows = [dict(zip(LOG_COLUMNS, (int(r[0]), *map(float, r[1:])))) for r in tensors["log.rows"].tolist()]
     for name, value in tensors.items():
         if name.startswith("opt."):
             pname, field = name[4:].rsplit(".", 1)
@@ -152,7 +177,7 @@ def _load_state(path: Path, model: Model, opt: torch.optim.Optimizer, key: str) 
     sd = opt.state_dict()
     sd["state"] = state
     opt.load_state_dict(sd)
-    return int(meta["step"])
+    return int(meta["step"]), rows, float(tensors["log.running"][0])
 
 
 def _step(model: Model, opt: torch.optim.Optimizer, data: torch.Tensor, cond: torch.Tensor | None, cfg: TrainConfig,
@@ -212,11 +237,10 @@ def train(
     resume.mkdir(parents=True, exist_ok=True)
     key = json.dumps([model.params, train_config, seed, len(inputs)], sort_keys=True)
     state_path = resume / "state.safetensors"
-    start = _load_state(state_path, model, opt, key)
+    start, rows_log, running = _load_state(state_path, model, opt, key)
     if start:
         log.info("resuming from step %d of %d (%s)", start, cfg.steps, state_path)
-    rows_log: list[dict[str, float]] = []
-    running, epoch_loss, last_line, t0 = 0.0, 0.0, start, time.perf_counter()
+    epoch_loss, last_line, t0 = 0.0, start, time.perf_counter()
     meta = {**model.params, "seed": seed, "n_train": len(inputs)}
     epochs = -(-cfg.steps * cfg.batch_size // len(inputs))
     with progress(cfg.steps, "train", "step", initial=start) as bar:
@@ -227,9 +251,8 @@ def train(
             bar.update(1)
             done = step + 1
             if done % cfg.log_every == 0 or done == cfg.steps:
-                span = done - (rows_log[-1]["step"] if rows_log else start)
-                rows_log.append({"step": done, "loss": running / span, "lr": opt.param_groups[0]["lr"],
-                                 "seconds": time.perf_counter() - t0})
+                span = done - (rows_log[-1]["step"] if rows_log else 0)
+                rows_log.append({"step": done, "loss": running / span, "lr": opt.param_groups[0]["lr"]})
                 running = 0.0
             epoch = done * cfg.batch_size // len(inputs)  # epochs completed (the last may be partial)
             boundary = epoch > step * cfg.batch_size // len(inputs)
@@ -241,11 +264,11 @@ def train(
             if done in steps_to_save:
                 save_model(model, str(resume / f"step{done}.safetensors"), {**meta, "step": done})
             if done % cfg.resume_every == 0 and done < cfg.steps:
-                _save_state(state_path, model, opt, done, key)
+                _save_state(state_path, model, opt, done, key, rows_log, running)
     for step, path in zip(steps_to_save, checkpoints):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         (resume / f"step{step}.safetensors").replace(path)
-    table = pd.DataFrame(rows_log, columns=["step", "loss", "lr", "seconds"])
+    table = pd.DataFrame(rows_log, columns=LOG_COLUMNS)
     with atomic_path(log_table) as tmp:
         table.to_csv(tmp, index=False)
     state_path.unlink(missing_ok=True)

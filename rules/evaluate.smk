@@ -5,7 +5,6 @@ rule evaluate_lds:
         ],
         masks=SUBSET_MASKS.format(pool=LDS_POOL),
         truth=GROUND_TRUTH.format(pool=LDS_POOL),
-        benchmarks=method_benchmarks,
     output:
         table=METHOD_LDS,
     log:

@@ -13,6 +13,8 @@ REPORT_METHODS = [
 GRID = f"{REPORT_DIR}/attributions/{{method}}/{REPORT_SET}_{{sample}}.png"
 STEP_FIGURE = f"{REPORT_DIR}/trajectory/{{method}}.png"
 SWEEP_FIGURE = f"{REPORT_DIR}/sweeps/{{sweep}}.png"
+METHOD_RUNTIME = f"{OUT}/benchmarks/methods.csv"
+"""Wall seconds of each method's own jobs: timings live under benchmarks/, never in a result file."""
 LAMBDA_METHODS = {
     m: method_models(m)[0] for m in METHODS if config["methods"][m]["kind"] == "trak"
 }
@@ -182,11 +184,21 @@ rule plot_runtime:
             category="6 Runtime and memory",
             labels={"figure": "table"},
         ),
+        methods=report(
+            METHOD_RUNTIME,
+            caption="../report/runtime.rst",
+            category="6 Runtime and memory",
+            labels={"figure": "per method"},
+        ),
     log:
         f"{OUT}/logs/plot_runtime.log",
     conda:
         "../envs/eval.yaml"
     params:
         output_dir=lambda w, output: str(Path(output.table).parents[1]),  # holds benchmarks/
+        # each method's own jobs (the seconds lds.csv does not hold)
+        method_benchmarks={
+            m: method_benchmarks(SimpleNamespace(method=m)) for m in METHODS
+        },
     script:
         "../workflow_scripts/plot_runtime.py"

@@ -29,8 +29,10 @@ rule train_model:
         data=DATA,
         base=BASE_INPUT,
     output:
-        checkpoints=[f"{MODEL_DIR}/step{step}.safetensors" for step in CKPT_STEPS],
-        log_table=f"{MODEL_DIR}/train_log.csv",
+        checkpoints=update(
+            [f"{MODEL_DIR}/step{step}.safetensors" for step in CKPT_STEPS]
+        ),
+        log_table=update(f"{MODEL_DIR}/train_log.csv"),
     log:
         f"{OUT}/logs/train_model/{{pool}}/{{subset}}/seed{{seed}}.log",
     benchmark:

@@ -23,16 +23,36 @@ def find_chromium() -> str | None:
     return next((path for name in CANDIDATES if (path := shutil.which(name))), None)
 
 
-def install_chromium() -> str | None:
-    """Debian's chromium package (needs root and the package index), when it is not installed."""
+class ChromiumUnavailable(RuntimeError):
+    """No Chromium, and it could not be installed; the message says why (apt's own error lines)."""
+
+
+def apt_failure(command: list[str], result: subprocess.CompletedProcess, lines: int = 8) -> str:
+    """One line per failed apt command: the command, its exit status and the last ``lines`` lines it
+    printed (apt's "E: ..." and "W: ..." lines say why: offline mirror, unknown package, lock)."""
+    said = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()][-lines:]
+    return f"`{' '.join(command)}` exited {result.returncode}: " + (" | ".join(said) or "no output")
+
+
+def install_chromium() -> str:
+    """The Chromium executable, installing Debian's ``chromium`` package when it is missing (needs root
+    and apt-get); raises :class:`ChromiumUnavailable` with the reason, apt's output included."""
     found = find_chromium()
-    if found or os.geteuid() != 0 or not shutil.which("apt-get"):
+    if found:
         return found
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        raise ChromiumUnavailable(f"no Chromium on PATH ({', '.join(CANDIDATES)}), and installing Debian's "
+                                  "package needs root and apt-get")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, timeout=600)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"], env=env,
-                   capture_output=True, timeout=900)
-    return find_chromium()
+    for command, timeout in ((["apt-get", "update", "-qq"], 600),
+                             (["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"], 900)):
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+        if result.returncode != 0:
+            raise ChromiumUnavailable(apt_failure(command, result))
+    found = find_chromium()
+    if found is None:
+        raise ChromiumUnavailable(f"apt-get installed 'chromium' but none of {', '.join(CANDIDATES)} is on PATH")
+    return found
 
 
 class Browser:

@@ -16,11 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("kronfluence", reason="the EK-FAC engine: pip install --no-deps kronfluence==1.0.1")
-
-from conftest import SCHEDULER, TINY_UNET  # noqa: E402
-from diffattr.featurize import per_sample_gradients, prepare_for_vmap  # noqa: E402
-from diffattr.methods.ekfac import (  # noqa: E402
+from conftest import SCHEDULER, TINY_UNET
+from diffattr.featurize import per_sample_gradients, prepare_for_vmap
+from diffattr.methods.ekfac import (
     FISHER_SPLIT,
     FIT_SPLIT,
     DrawTask,
@@ -28,9 +26,9 @@ from diffattr.methods.ekfac import (  # noqa: E402
     ekfac_scores,
     influence_scores,
 )
-from diffattr.models.ddpm import add_noise, build_scheduler, build_unet  # noqa: E402
-from diffattr.noise import gaussian_noise, sample_timesteps  # noqa: E402
-from diffattr.outputs import elbo_weight  # noqa: E402
+from diffattr.models.ddpm import add_noise, build_scheduler, build_unet
+from diffattr.noise import gaussian_noise, sample_timesteps
+from diffattr.outputs import elbo_weight
 
 torch.set_num_threads(1)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import transformers
 from PIL import Image
 
 from conftest import SCHEDULER, TINY_UNET
@@ -24,8 +25,6 @@ from diffattr.methods.embedding import (
 )
 
 torch.set_num_threads(1)
-
-transformers = pytest.importorskip("transformers")
 
 
 @pytest.fixture(scope="module")

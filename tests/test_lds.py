@@ -1,10 +1,12 @@
 """LDS (METHODS.md §4.4) against an independent computation with scipy."""
 
+import warnings
+
 import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from diffattr.evaluate.lds import bootstrap_lds, predicted_outputs, spearman_per_column
+from diffattr.evaluate.lds import LDSError, bootstrap_lds, predicted_outputs, spearman_per_column
 
 
 def scipy_lds(masks, scores, truth, sign):
@@ -88,3 +90,75 @@ def test_per_step_lds_of_a_trajectory_score_store_equals_scipy(tmp_path, monkeyp
     assert list(table["timestep"]) == [750, 500, 250, 0]
     for s in range(4):
         assert table["lds"][s] == pytest.approx(scipy_lds(masks, scores[s].astype(np.float32), truth, -1), abs=1e-6)
+
+
+def scipy_counts(pred, truth):
+    """(mean of the defined correlations, queries defined, queries undefined), by scipy column by column."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scipy warns on each constant column
+        rho = np.array([spearmanr(pred[:, j], truth[:, j]).statistic for j in range(truth.shape[1])])
+    defined = rho[~np.isnan(rho)]
+    return defined.mean(), len(defined), int(np.isnan(rho).sum())
+
+
+def test_lds_counts_the_queries_its_mean_is_over():
+    """Constant predictions (a query no subset changes) and constant truth drop out of the mean; the
+    result says how many queries it is over and how many it left out, as scipy counts them."""
+    rng = np.random.default_rng(11)
+    pred, truth = rng.normal(size=(12, 9)), rng.normal(size=(12, 9))
+    pred[:, 1] = 0.5   # constant prediction
+    truth[:, 4] = -2.0  # constant ground truth
+    truth[:, 7] = 3.0
+    result = bootstrap_lds(pred, truth, resamples=20, confidence=0.9, seed=0)
+    mean, n_defined, n_undefined = scipy_counts(pred, truth)
+    assert (result.n_defined, result.n_undefined) == (n_defined, n_undefined) == (6, 3)
+    assert result.lds == pytest.approx(mean, abs=1e-12)
+    assert not np.isnan([result.std, result.ci_low, result.ci_high]).any()
+
+
+@pytest.mark.parametrize("subsets", [0, 1])
+def test_an_lds_over_fewer_than_two_subsets_is_an_error(subsets):
+    pred = np.ones((subsets, 3))
+    with pytest.raises(LDSError, match="needs at least 2 of them; the evaluation pool has %d" % subsets):
+        bootstrap_lds(pred, pred.copy(), 8, 0.95, 0)
+
+
+def test_an_lds_with_no_defined_correlation_is_an_error():
+    rng = np.random.default_rng(12)
+    pred = np.tile(rng.normal(size=(1, 4)), (5, 1))  # no query's prediction changes across subsets
+    with pytest.raises(LDSError, match="none of the 4 queries has a defined correlation"):
+        bootstrap_lds(pred, rng.normal(size=(5, 4)), 8, 0.95, 0)
+
+
+def test_evaluate_method_writes_the_counts_and_names_what_it_could_not_evaluate(tmp_path, monkeypatch):
+    """evaluate_lds's table: n_queries = defined correlations (scipy's count), n_undefined the rest, no
+    wall-time column; an evaluation pool of one subset is one sentence naming the method, set and files."""
+    import pandas as pd
+
+    from diffattr.evaluate import table as lds_table
+
+    rng = np.random.default_rng(13)
+    masks, scores, truth = rng.random((6, 20)) < 0.5, rng.normal(size=(5, 20)), rng.normal(size=(6, 5))
+    truth[:, 2] = 1.0
+    monkeypatch.setattr(lds_table, "read_pool", lambda path: masks)
+    monkeypatch.setattr(lds_table, "read_ground_truth", lambda path, split: truth)
+    monkeypatch.setattr(lds_table, "score_attrs", lambda path: {"sign": -1, "kind": "trak", "chosen": "λ=1"})
+    monkeypatch.setattr(lds_table, "score_shape", lambda path: scores.shape)
+    monkeypatch.setattr(lds_table, "iter_score_blocks", lambda path: [(0, scores)])
+    params = {"bootstrap_resamples": 10, "confidence": 0.95, "bootstrap_seed": 0}
+    out = tmp_path / "m.csv"
+    lds_table.evaluate_method("trak", {"val": "s.zarr"}, "masks.zarr", "truth.zarr", params, str(out))
+    written = pd.read_csv(out)
+    mean, n_defined, n_undefined = scipy_counts(-(masks.astype(float) @ scores.T), truth)
+    assert list(written.columns) == lds_table.COLUMNS and "seconds" not in written.columns
+    assert (written["n_queries"][0], written["n_undefined"][0]) == (n_defined, n_undefined) == (4, 1)
+    assert written["lds"][0] == pytest.approx(mean, abs=1e-12)
+    assert "| 4 | 1 |" in lds_table.markdown(written)
+
+    monkeypatch.setattr(lds_table, "read_pool", lambda path: masks[:1])
+    monkeypatch.setattr(lds_table, "read_ground_truth", lambda path, split: truth[:1])
+    with pytest.raises(LDSError) as err:
+        lds_table.evaluate_method("trak", {"val": "s.zarr"}, "masks.zarr", "truth.zarr", params, str(tmp_path / "x.csv"))
+    assert str(err.value) == ("The LDS of method 'trak' on set 'val' (masks.zarr, truth.zarr) cannot be computed: an LDS "
+                              "ranks the subsets and needs at least 2 of them; the evaluation pool has 1.")
+    assert not (tmp_path / "x.csv").exists()

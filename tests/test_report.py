@@ -1,13 +1,17 @@
 """The HTML report (`snakemake --report`) of the smoke run, rendered in a real headless Chromium
-(Debian's package, installed by the test when missing and running as root): it must load, list every
+(Debian's package, installed by the test when missing and running as root; when it cannot be, the
+test skips with apt's reason, or fails with it under CI=true): it must load, list every
 section in its menu, and display the figures of each section; screenshots land in test-output/."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
-from browser import Browser, install_chromium
-from conftest import REPO
+import browser
+from browser import Browser, ChromiumUnavailable, install_chromium
+from conftest import REPO, unavailable
 from workflow import snakemake
 
 pytestmark = pytest.mark.workflow
@@ -30,15 +34,40 @@ SHOWN_PNG = ("Array.from(document.images).filter(i => i.src.startsWith('data:ima
              "&& i.getBoundingClientRect().width > 0).length")
 
 
-@pytest.fixture(scope="module")
+def test_a_component_that_cannot_start_skips_with_the_reason_or_fails_under_ci(monkeypatch):
+    monkeypatch.setenv("CI", "false")
+    with pytest.raises(pytest.skip.Exception, match="the mirror is down"):
+        unavailable("the mirror is down")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true and the test cannot run: the mirror is down"):
+        unavailable("the mirror is down")
+
+
+def test_a_failed_chromium_install_reports_apts_own_error(monkeypatch, tmp_path):
+    """An apt-get that cannot reach its mirror (a stand-in script first on PATH, no Chromium there): the
+    reason carries apt's exit status and its "E:" line, not a bare "no Chromium"."""
+    fake = tmp_path / "apt-get"
+    fake.write_text('#!/bin/sh\n[ "$1" = update ] && exit 0\necho "Reading package lists..."\n'
+                    'echo "E: Unable to locate package chromium" >&2\nexit 100\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert browser.find_chromium() is None
+    with pytest.raises(ChromiumUnavailable) as why:
+        install_chromium()
+    assert str(why.value) == ("`apt-get install -y -qq --no-install-recommends chromium` exited 100: "
+                              "Reading package lists... | E: Unable to locate package chromium")
+
+
+@pytest.fixture(scope="session")  # session, like smoke: so it is set up first and fails in seconds
 def chromium() -> str:
-    executable = install_chromium()
-    if executable is None:
-        pytest.skip("no Chromium, and installing Debian's package needs root and apt-get")
-    return executable
+    try:
+        return install_chromium()
+    except ChromiumUnavailable as why:
+        unavailable(f"no Chromium for the report test: {why}")
 
 
-def test_report_renders_every_section_in_chromium(smoke, chromium, tmp_path):
+def test_report_renders_every_section_in_chromium(chromium, smoke, tmp_path):
     report = tmp_path / "report.html"
     result = snakemake("--report", str(report), *smoke.args(), timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -11,20 +11,48 @@ import subprocess
 import pandas as pd
 import pytest
 
-from conftest import REPO
+from conftest import REPO, unavailable
 from workflow import overlay, snakemake
 
 pytestmark = [pytest.mark.slurm, pytest.mark.workflow]
 
 
-@pytest.fixture(scope="module")
+CANNOT_INSTALL = 3
+"""up.sh's exit status when the SLURM packages cannot be installed (its stderr says why, in apt's words)."""
+
+
+def up_failure(up: subprocess.CompletedProcess) -> str:
+    """The reason up.sh gave for not starting the cluster: its last non-empty stderr line."""
+    lines = [line for line in up.stderr.splitlines() if line.strip()]
+    return lines[-1] if lines else f"tests/slurm/up.sh exited {up.returncode} without a message"
+
+
+@pytest.fixture(scope="session")  # session, like smoke: set up first, so a missing cluster fails in seconds
 def cluster():
     if os.geteuid() != 0:
-        pytest.skip("starting a SLURM cluster needs root (apt-get, daemons)")
+        unavailable("starting a SLURM cluster needs root (apt-get, daemons)")
     up = subprocess.run(["bash", str(REPO / "tests" / "slurm" / "up.sh")], capture_output=True, text=True, timeout=600)
-    assert up.returncode == 0, up.stdout + up.stderr
+    if up.returncode == CANNOT_INSTALL:
+        unavailable(up_failure(up))
+    assert up.returncode == 0, up.stdout + up.stderr  # installed, but SLURM did not come up: a real failure
     yield
     subprocess.run(["bash", str(REPO / "tests" / "slurm" / "down.sh")], capture_output=True, text=True, timeout=120)
+
+
+def test_up_sh_reports_apts_reason_when_it_cannot_install(tmp_path):
+    """With no SLURM on PATH and an apt-get that cannot reach its mirror (a stand-in script), up.sh exits
+    CANNOT_INSTALL before touching the system and its last line carries apt's own error."""
+    fake = tmp_path / "apt-get"
+    fake.write_text('#!/bin/sh\necho "Err:1 http://deb.debian.org/debian bookworm InRelease"\n'
+                    'echo "E: Failed to fetch http://deb.debian.org/debian/dists/bookworm/InRelease" >&2\nexit 100\n')
+    fake.chmod(0o755)
+    path = f"{tmp_path}:/usr/bin:/bin"  # Debian's slurmctld, slurmd and munged live in /usr/sbin
+    up = subprocess.run(["bash", str(REPO / "tests" / "slurm" / "up.sh")], capture_output=True, text=True,
+                        timeout=60, env={**os.environ, "PATH": path})
+    assert up.returncode == CANNOT_INSTALL, up.stdout + up.stderr
+    assert up_failure(up) == ("up.sh: cannot install SLURM: `apt-get update -qq` failed: Err:1 "
+                              "http://deb.debian.org/debian bookworm InRelease|E: Failed to fetch "
+                              "http://deb.debian.org/debian/dists/bookworm/InRelease")
 
 
 def test_smoke_through_slurm_equals_local(cluster, smoke, tmp_path):

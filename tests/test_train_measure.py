@@ -25,6 +25,14 @@ def run_training(images, out: Path, **overrides):
     return [load_file(p) for p in ckpts]
 
 
+def initial_weights() -> dict[str, torch.Tensor]:
+    """The untrained DDPM that run_training starts from (seed 0), as a checkpoint-like dict."""
+    from diffattr.models.family import fresh_model
+
+    network = fresh_model({"unet": TINY_UNET, "scheduler": SCHEDULER}, 0).network
+    return {k: v.detach().clone() for k, v in network.state_dict().items()}
+
+
 def assert_same_weights(a, b):
     assert a.keys() == b.keys()
     for k in a:
@@ -77,15 +85,21 @@ def test_ground_truth_is_bit_identical_across_two_runs(digits_store, tmp_path):
     images = read_images(digits_store, "train")[:48]
     gt = {"timesteps": 5, "noise_seeds": [0, 1], "batch_size": 7}
     params = {"unet": TINY_UNET, "scheduler": SCHEDULER, "ground_truth": gt}
-    results = []
+    results, weights = [], []
     for run in ("x", "y"):
-        weights = run_training(images, tmp_path / run)
+        weights.append(run_training(images, tmp_path / run))
         path = tmp_path / run / f"gt{run}.zarr"
         measure_model(str(tmp_path / run / "step12.safetensors"), {"val": digits_store}, params, str(path))
         gathered = tmp_path / run / "pool.zarr"
         gather({(0, 0): str(path)}, ["val"], str(gathered))
         results.append(read_ground_truth(gathered, "val"))
-        assert weights
+    initial = initial_weights()
+    for checkpoint in weights[0]:  # training moved every weight away from its seeded initialisation
+        assert checkpoint.keys() == initial.keys()
+        assert [k for k in initial if torch.equal(checkpoint[k], initial[k])] == []
+    assert not torch.equal(weights[0][0]["conv_in.weight"], weights[0][1]["conv_in.weight"])  # step 6 ≠ step 12
+    for x, y in zip(*weights):  # and the two runs trained the same weights, bit for bit
+        assert_same_weights(x, y)
     assert results[0].shape == (1, 30)
     assert np.array_equal(results[0], results[1])
 

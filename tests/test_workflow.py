@@ -4,6 +4,7 @@ driven by params, restart after jobs killed mid-way. These tests share the sessi
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import re
@@ -16,12 +17,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 import zarr
 from safetensors import safe_open
+from scipy.stats import spearmanr
 
 from conftest import REPO, Smoke
-from workflow import SNAKEMAKE, job_counts, overlay, planned_jobs, snakemake, snakemake_concurrently
+from workflow import (
+    SNAKEMAKE,
+    fake_finished_runs,
+    job_counts,
+    overlay,
+    planned_jobs,
+    snakemake,
+    snakemake_concurrently,
+)
 
 pytestmark = pytest.mark.workflow
 
@@ -160,13 +171,32 @@ def test_counterfactual_through_the_workflow(smoke):
     """§4.5 on the smoke run: each retrained model left out exactly its sample's top-k of the DAS
     scores (or the control's draw), and the table holds one finite row per (method, sample, k)."""
     from diffattr.counterfactual import RANDOM_CONTROL, counterfactual_samples, parse_removed, random_removal_set
+    from diffattr.methods.embedding import EmbeddingConfig, embed, load_encoder
 
     results = pd.read_csv(smoke.out / "counterfactual.csv")
     samples = counterfactual_samples(40, 2, 42)
     assert sorted(map(tuple, results[["method", "sample", "k"]].values.tolist())) == sorted(
         (m, int(s), 40) for m in ("das", RANDOM_CONTROL) for s in samples)
     assert np.isfinite(results[["pixel_l2", "embedding_cosine", "loss_change"]].to_numpy()).all()
-    assert (results["pixel_l2"] >= 0).all() and (results["embedding_cosine"] <= 1 + 1e-9).all()
+    # each row's pixel L2 and cosine, recomputed from the stored sample and an independent regeneration
+    # (diffusers' DDIM from the sample's recorded seed through the retrained checkpoint)
+    config = smoke_config()
+    assert config["generate"]["eta"] == 0  # what ddim_with_diffusers samples
+    full = smoke.out / "models" / "full" / "0" / f"seed{config['generate']['model_seed']}" / f"step{config['train']['steps']}.safetensors"
+    stored = np.asarray(zarr.open_group(str(smoke.out / "data" / "generated.zarr"), mode="r")["gen/images"][:])
+    seeds = pd.read_csv(smoke.out / "data" / "generated.csv").set_index("index")["seed"]
+    encoder_cfg = EmbeddingConfig.from_params({"path": str(full), **config["counterfactual"]["embedding"]})
+    encoder = load_encoder(encoder_cfg, config["model"]["unet"], config["model"]["scheduler"])
+    for row in results.itertuples():
+        model = smoke.out / "counterfactual" / "models" / row.method / f"s{row.sample}_k{row.k}.safetensors"
+        regenerated = ddim_with_diffusers(model, config["model"], int(seeds[row.sample]), config["generate"]["steps"])
+        x = stored[row.sample].astype(np.float64) / 127.5 - 1  # both 8-bit, on D-TRAK's [−1, 1] scale
+        x_new = regenerated.astype(np.float64) / 127.5 - 1
+        np.testing.assert_allclose(row.pixel_l2, np.sqrt(((x - x_new) ** 2).sum()), rtol=0.02, atol=0.02)
+        e, e_new = embed(np.stack([x, x_new]).transpose(0, 3, 1, 2).astype(np.float32), encoder_cfg, encoder=encoder)
+        cosine = e @ e_new / np.linalg.norm(e) / np.linalg.norm(e_new)
+        # on 1 − cos (≈ 1e-3 here): a pixel rounded the other way moves it by ~1 %, a wrong cosine by far more
+        np.testing.assert_allclose(1 - row.embedding_cosine, 1 - cosine, rtol=0.05, atol=1e-6)
     das = read_scores(smoke.out / "scores" / "das" / "gen.zarr")
     for sample in samples:
         removed = pd.read_csv(smoke.out / "counterfactual" / "removed" / "das" / f"s{sample}_k40.csv")["removed"].item()
@@ -176,6 +206,36 @@ def test_counterfactual_through_the_workflow(smoke):
         with safe_open(str(smoke.out / "counterfactual" / "models" / "das" / f"s{sample}_k40.safetensors"), "pt") as f:
             assert json.loads(f.metadata()["n_train"]) == 260
     assert "Counterfactual (" in smoke.result.stdout and "| das | 40 | 2 |" in smoke.result.stdout
+
+
+def smoke_config() -> dict:
+    """The smoke run's settings: config.yaml with config/smoke.yaml layered over it (blocks merged)."""
+    def merge(base: dict, over: dict) -> dict:
+        return {**base, **{k: merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+                           for k, v in over.items()}}
+
+    return merge(yaml.safe_load((REPO / "config.yaml").read_text()),
+                 yaml.safe_load((REPO / "config" / "smoke.yaml").read_text()))
+
+
+def ddim_with_diffusers(checkpoint: Path, model: dict, seed: int, steps: int) -> np.ndarray:
+    """One image (H, W, C) uint8 sampled without diffattr's sampler: diffusers' UNet2DModel with the
+    checkpoint's weights and DDIMScheduler (η = 0) from the seed's N(0, I) draw
+    (``default_rng(seed).standard_normal``, float32), rounded to 8 bits like a PNG."""
+    from diffusers import DDIMScheduler, UNet2DModel
+    from safetensors.torch import load_file
+
+    unet = UNet2DModel(**model["unet"])
+    unet.load_state_dict(load_file(str(checkpoint)))
+    unet.eval()
+    scheduler = DDIMScheduler(prediction_type="epsilon", **model["scheduler"])
+    scheduler.set_timesteps(steps)
+    shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+    x = torch.from_numpy(np.random.default_rng(seed).standard_normal(shape, dtype=np.float32))[None]
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            x = scheduler.step(unet(x, t).sample, t, x).prev_sample
+    return np.rint(np.clip((x[0].numpy() + 1) * 127.5, 0, 255)).astype(np.uint8).transpose(1, 2, 0)
 
 
 def changed_jobs(smoke: Smoke, tmp: Path, changes: dict[str, dict]) -> dict[str, list[tuple[str, dict]]]:
@@ -325,11 +385,89 @@ def test_model_based_methods_get_the_full_model_through_the_workflow(smoke, tmp_
     assert result.returncode == 0, result.stderr[-3000:]
     lds, steps = pd.read_csv(journey[0]), pd.read_csv(journey[1])
     assert list(lds["set"]) == ["gen"] and not (smoke.out / "scores" / "journey_trak" / "val.zarr").exists()
-    assert list(steps["timestep"]) == list(range(900, -1, -100)) and steps["lds"].between(-1, 1).all()
-    per_step = np.asarray(zarr.open_group(str(smoke.out / "scores" / "journey_trak" / "trajectory.zarr"), mode="r")["scores"][:])
+    assert list(steps["timestep"]) == list(range(900, -1, -100))
+    trajectory = zarr.open_group(str(smoke.out / "scores" / "journey_trak" / "trajectory.zarr"), mode="r")
+    per_step, sign = np.asarray(trajectory["scores"][:]), trajectory.attrs["sign"]
+    assert sign == -1  # TRAK's scores: larger means "helps"
+    # each step's LDS, recomputed with scipy from the stored masks, ground truth and that step's scores
+    pool = smoke_config()["evaluation"]["lds"]["pool"]
+    masks = np.asarray(zarr.open_group(str(smoke.out / "subsets" / f"{pool}.zarr"), mode="r")["masks"][:]).astype(np.float64)
+    truth = np.asarray(zarr.open_group(str(smoke.out / "ground_truth" / f"{pool}.zarr"), mode="r")["gen/y"][:]).mean(axis=0)
+    assert len(per_step) == len(steps)
+    for scores, lds_step in zip(per_step, steps["lds"]):
+        predicted = masks @ (sign * scores.astype(np.float64)).T  # P = A·(s·τ)ᵀ
+        expected = np.nanmean([spearmanr(predicted[:, q], truth[:, q]).statistic for q in range(truth.shape[1])])
+        assert lds_step == pytest.approx(expected, abs=1e-6)
     np.testing.assert_allclose(per_step.mean(axis=0), read_scores(smoke.out / "scores" / "journey_trak" / "gen.zarr"),
                                rtol=1e-4, atol=1e-6 * np.abs(per_step).max())
     for target in targets:
         scores = read_scores(Path(target))
         assert scores.shape == (40, 300) and np.isfinite(scores).all()
         assert zarr.open_group(target, mode="r").attrs["sign"] == -1
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[str, ...]]:
+    """Finished-looking runs of the default config and of the text-to-image default (every output
+    created empty and ``--touch``ed, ~1 min, no compute): the Snakemake arguments of each."""
+    tmp = tmp_path_factory.mktemp("finished")
+    runs = {"default": ("--configfile", overlay(tmp, "default", {"output_dir": str(tmp / "default")})),
+            "text_to_image": ("--configfile", "config/text_to_image.yaml",
+                              overlay(tmp, "t2i", {"output_dir": str(tmp / "t2i")}))}
+    fake_finished_runs(list(runs.values()))
+    return runs
+
+
+def planned_after(runs: dict[str, tuple[str, ...]]) -> dict[str, list[tuple[str, dict]]]:
+    """The jobs (rule, wildcards) a dry-run of each named argument list plans, ``all`` left out."""
+    results = snakemake_concurrently([("-n", *args) for args in runs.values()], timeout=300)
+    planned = {}
+    for name, result in zip(runs, results):
+        assert result.returncode == 0, result.stderr[-2000:]
+        planned[name] = [(rule, w) for rule, w in planned_jobs(result.stdout) if rule != "all"]
+    return planned
+
+
+def test_resources_and_an_unchanged_config_rerun_nothing(finished, tmp_path):
+    """README "Changing one knob": ``resources`` (GPUs, partition, account) re-run nothing; neither
+    does the unchanged config (so the finished state is sound and the other knob tests mean something)."""
+    cluster = overlay(tmp_path, "cluster", {"resources": {"gpus": 2, "gpu_model": "a100", "slurm_partition": "gpu",
+                                                          "slurm_account": "lab"}})
+    planned = planned_after({**finished, **{f"{name} + resources": (*args, cluster) for name, args in finished.items()}})
+    assert planned == {name: [] for name in planned}
+
+
+def test_customization_steps_rerun_only_the_customization(finished, tmp_path):
+    """``customization.steps`` (text-to-image config): the 4 customize jobs and customization_eval
+    (and the runtime figure, which reads every benchmark); no LoRA, pretraining or LDS job."""
+    steps = overlay(tmp_path, "steps", {"customization": {"steps": 200}})
+    jobs = planned_after({"steps": (*finished["text_to_image"], steps)})["steps"]
+    assert sorted(rule for rule, _ in jobs) == ["customization_eval", *["customize"] * 4, "plot_runtime"]
+    assert sorted(w["group"] for rule, w in jobs if rule == "customize") == ["0", "1", "2", "3"]
+
+
+def test_more_lds_subsets_train_and_measure_only_the_new_ones(finished, tmp_path):
+    """``subsets.pools.lds.count`` 32 → 64: 32 new trainings and measurements (masks are pure functions
+    of (seed, pool, k), so subsets 0–31 keep their models), and nothing is retrained or re-featurized."""
+    more = overlay(tmp_path, "lds64", {"subsets": {"pools": {"lds": {"count": 64}}}})
+    jobs = planned_after({"lds64": (*finished["default"], more)})["lds64"]
+    new = {("lds", str(k), "0") for k in range(32, 64)}
+    for rule in ("train_model", "measure_outputs"):
+        assert {(w["pool"], w["subset"], w["seed"]) for r, w in jobs if r == rule} == new, rule
+        assert len([r for r, _ in jobs if r == rule]) == 32, rule
+    retrained = {"prepare_data", "pretrain_base", "generate", "trajectory", "featurize", "gather_features",
+                 "gram_partial", "kernel", "residuals", "counterfactual_train", "customize"}
+    again = collections.Counter(r for r, _ in jobs if r in retrained)
+    assert not again, f"a larger lds pool re-runs {dict(again)}"
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    """.ci/run's command is README's "Run the tests" line, run under CI=true; both README commands
+    install the same torch and kronfluence (without its torchvision) before the package."""
+    readme = (REPO / "README.md").read_text()
+    test_command = readme.split("**Run the tests**")[1].split("```bash\n")[1].split("\n```")[0]
+    run_command = readme.split("**Run the main job**")[1].split("```bash\n")[1].split("\n```")[0]
+    ci = (REPO / ".ci" / "run").read_text()
+    assert ci.strip().splitlines()[-1] == test_command
+    assert re.search(r"^export CI=true\b", ci, re.M)
+    assert test_command.split(" -e ")[0] == run_command.split(" -e ")[0]

@@ -63,3 +63,35 @@ def planned_jobs(output: str) -> list[tuple[str, dict[str, str]]]:
         wildcards = dict(kv.split("=", 1) for kv in w.group(1).split(", ")) if w else {}
         jobs.append((m.group(1), wildcards))
     return jobs
+
+
+def planned_outputs(output: str) -> list[str]:
+    """Every output path of every job a dry-run lists (its ``output:`` lines), without the flags
+    Snakemake prints after a path ("… (update)")."""
+    return [re.sub(r" \(\w+(?:, \w+)*\)$", "", path)
+            for line in re.findall(r"^\s+output: (.*)$", output, re.M) for path in line.split(", ")]
+
+
+def is_directory_output(path: str) -> bool:
+    """Whether an output is one of the rules' ``directory()`` outputs: a zarr store or the pretrained
+    base pipeline (rules/common.smk's path templates)."""
+    return path.endswith(".zarr") or path.endswith("/models/base/pipeline")
+
+
+def fake_finished_runs(runs: list[tuple[str, ...]], timeout: int = 600) -> None:
+    """Make each workflow of ``runs`` (Snakemake arguments, disjoint output dirs) look finished, without
+    computing anything: every output its dry-run lists is created empty (a directory for the rules'
+    ``directory()`` outputs), then ``snakemake --touch --forceall`` touches them in DAG order and
+    records each job's params, code and input set as a real run does. A dry-run of a changed knob
+    against this state lists what the change re-runs."""
+    for result in snakemake_concurrently([("-n", *args) for args in runs], timeout=timeout):
+        assert result.returncode == 0, result.stderr[-2000:]
+        for path in map(Path, planned_outputs(result.stdout)):
+            if is_directory_output(str(path)):
+                path.mkdir(parents=True, exist_ok=True)
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.touch()
+    touched = snakemake_concurrently([("--touch", "--forceall", "--cores", "1", *args) for args in runs], timeout=timeout)
+    for result in touched:
+        assert result.returncode == 0, result.stderr[-2000:]

@@ -4,4 +4,4 @@ from diffattr.jobs import job
 with job(snakemake):
     scores = dict(zip(snakemake.params.sets, snakemake.input.scores))
     evaluate_method(snakemake.wildcards.method, scores, snakemake.input.masks, snakemake.input.truth,
-                    snakemake.params.lds, snakemake.output.table, list(snakemake.input.benchmarks))
+                    snakemake.params.lds, snakemake.output.table)

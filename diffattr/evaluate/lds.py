@@ -6,9 +6,11 @@ similarity, TracIn) and s = +1 for scores in loss units (empirical influence, da
 LDS = mean over queries x of Spearman(P[:, x], Y[:, x]) across the M subsets. The Spearman is
 vectorised (rank along the subset axis, Pearson of the ranks, ties averaged — scipy's definition);
 queries whose prediction or ground truth is constant across subsets have no correlation and are
-left out of the mean, as ``np.nanmean`` does. Uncertainty: a bootstrap over subsets (resampling
-rows of A and Y together), reported as the std of the bootstrap distribution and its percentile
-interval, as D-TRAK reports it.
+left out of the mean, as ``np.nanmean`` does; the result says how many queries the mean is over
+(``n_defined``) and how many had no correlation (``n_undefined``). An LDS needs at least 2 subsets
+and at least one defined correlation: anything less is an :class:`LDSError`, never an empty number.
+Uncertainty: a bootstrap over subsets (resampling rows of A and Y together), reported as the std of
+the bootstrap distribution and its percentile interval, as D-TRAK reports it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,10 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.stats import rankdata
+
+
+class LDSError(ValueError):
+    """An LDS that cannot be computed (too few subsets, no query with a defined correlation)."""
 
 
 def spearman_per_column(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -45,25 +51,56 @@ def predicted_outputs(masks: np.ndarray, score_blocks: Iterable[tuple[int, np.nd
 
 
 def lds_from_predictions(pred: np.ndarray, truth: np.ndarray) -> float:
-    return float(np.nanmean(spearman_per_column(pred, truth)))
+    """Mean over queries of the defined Spearman correlations (NaN when none is defined: a bootstrap
+    draw that repeats one subset)."""
+    per_query = spearman_per_column(pred, truth)
+    return float(np.mean(per_query[~np.isnan(per_query)])) if (~np.isnan(per_query)).any() else float("nan")
 
 
 @dataclass(frozen=True)
 class LDSResult:
+    """An LDS, its bootstrap std and CI, the per-query correlations (NaN: undefined) and their counts."""
+
     lds: float
     std: float
     ci_low: float
     ci_high: float
     per_query: np.ndarray
 
+    @property
+    def n_defined(self) -> int:
+        """Queries the LDS is the mean over: those with a defined correlation."""
+        return int((~np.isnan(self.per_query)).sum())
+
+    @property
+    def n_undefined(self) -> int:
+        """Queries left out: prediction or ground truth constant across the subsets."""
+        return int(np.isnan(self.per_query).sum())
+
+
+def check_lds_inputs(pred: np.ndarray, truth: np.ndarray) -> None:
+    """Refuse (:class:`LDSError`, one sentence) predictions and ground truth an LDS cannot be taken
+    over: different shapes or fewer than 2 subsets."""
+    if pred.shape != truth.shape:
+        raise LDSError(f"the predictions are {pred.shape} (subsets × queries) but the ground truth is {truth.shape}.")
+    if pred.shape[0] < 2:
+        raise LDSError(f"an LDS ranks the subsets and needs at least 2 of them; the evaluation pool has {pred.shape[0]}.")
+
 
 def bootstrap_lds(pred: np.ndarray, truth: np.ndarray, resamples: int, confidence: float, seed: int) -> LDSResult:
     """LDS on all subsets, with the std and percentile CI of ``resamples`` bootstrap draws of the
-    subsets (rows), seeded by ``seed``."""
+    subsets (rows), seeded by ``seed``; an :class:`LDSError` for fewer than 2 subsets or when no
+    query has a defined correlation."""
+    check_lds_inputs(pred, truth)
     per_query = spearman_per_column(pred, truth)
+    if np.isnan(per_query).all():
+        raise LDSError(f"none of the {per_query.size} queries has a defined correlation (each one's prediction or "
+                       f"ground truth is constant across the {pred.shape[0]} subsets).")
     rng = np.random.default_rng(seed)
     m = pred.shape[0]
     draws = np.array([lds_from_predictions(pred[idx], truth[idx]) for idx in rng.integers(0, m, size=(resamples, m))])
+    draws = draws[~np.isnan(draws)]
     alpha = (1 - confidence) / 2
-    lo, hi = (np.nanquantile(draws, [alpha, 1 - alpha]) if resamples else (np.nan, np.nan))
-    return LDSResult(float(np.nanmean(per_query)), float(np.nanstd(draws, ddof=1)) if resamples > 1 else np.nan, float(lo), float(hi), per_query)
+    lo, hi = np.quantile(draws, [alpha, 1 - alpha]) if len(draws) else (np.nan, np.nan)
+    std = float(np.std(draws, ddof=1)) if len(draws) > 1 else np.nan
+    return LDSResult(float(np.mean(per_query[~np.isnan(per_query)])), std, float(lo), float(hi), per_query)

@@ -1,5 +1,12 @@
 """The LDS jobs: one evaluation per method (so a method's change re-evaluates only that method),
-then one table with every method, attributed set and the ground truth's ceiling."""
+then one table with every method, attributed set and the ground truth's ceiling.
+
+``n_queries`` is the number of queries an LDS is the mean over (those with a defined correlation);
+``n_undefined`` counts the queries left out because their prediction or ground truth is constant
+across the subsets (:mod:`diffattr.evaluate.lds`). The tables hold no wall time: a method's seconds
+are in the run's runtime table (:func:`diffattr.plots.method_runtime`), so the same config gives the
+same bytes.
+"""
 
 from __future__ import annotations
 
@@ -10,25 +17,34 @@ import numpy as np
 import pandas as pd
 
 from diffattr.atomic import atomic_path
-from diffattr.evaluate.lds import bootstrap_lds, predicted_outputs
+from diffattr.evaluate.lds import LDSError, LDSResult, bootstrap_lds, predicted_outputs
 from diffattr.ground_truth import read_ground_truth
 from diffattr.scores import iter_score_blocks, score_attrs, score_shape
 from diffattr.subsets import read_pool
 
-COLUMNS = ["method", "kind", "set", "lds", "std", "ci_low", "ci_high", "n_subsets", "n_queries", "sign", "chosen", "seconds"]
+COLUMNS = ["method", "kind", "set", "lds", "std", "ci_low", "ci_high", "n_subsets", "n_queries", "n_undefined", "sign",
+           "chosen"]
+STEP_COLUMNS = ["step", "timestep", "lds", "std", "ci_low", "ci_high", "n_queries", "n_undefined"]
 
 
-def method_seconds(benchmarks: list[str]) -> float:
-    """Wall seconds of a method's own jobs (λ selection, residuals, scoring) from their benchmark
-    files; the feature and kernel jobs it shares with other methods are not included."""
-    return float(sum(pd.read_csv(path, sep="\t")["s"].sum() for path in benchmarks))
+def lds_cells(result: LDSResult) -> dict[str, float | int]:
+    """The table cells of one LDS: the estimate, its bootstrap std and CI, and the query counts."""
+    return {"lds": result.lds, "std": result.std, "ci_low": result.ci_low, "ci_high": result.ci_high,
+            "n_queries": result.n_defined, "n_undefined": result.n_undefined}
+
+
+def evaluate_lds(pred: np.ndarray, truth: np.ndarray, params: dict[str, Any], what: str) -> LDSResult:
+    """:func:`bootstrap_lds` with the config's bootstrap settings; a refusal names ``what`` was evaluated."""
+    try:
+        return bootstrap_lds(pred, truth, params["bootstrap_resamples"], params["confidence"], params["bootstrap_seed"])
+    except LDSError as e:
+        raise LDSError(f"The LDS of {what} cannot be computed: {e}") from None
 
 
 def evaluate_method(method: str, score_paths: dict[str, str], masks_path: str, truth_path: str,
-                    params: dict[str, Any], out_path: str, benchmarks: list[str] = ()) -> pd.DataFrame:
-    """LDS (with bootstrap) of one method on each attributed set, with its jobs' wall time."""
+                    params: dict[str, Any], out_path: str) -> pd.DataFrame:
+    """LDS (with bootstrap) of one method on each attributed set."""
     masks = read_pool(masks_path)
-    seconds = method_seconds(list(benchmarks))
     rows = []
     for split, path in score_paths.items():
         attrs = score_attrs(path)
@@ -37,11 +53,9 @@ def evaluate_method(method: str, score_paths: dict[str, str], masks_path: str, t
             raise ValueError(f"{path} scores {n_train} training samples but the subset masks cover {masks.shape[1]}")
         pred = predicted_outputs(masks, iter_score_blocks(path), n_queries, int(attrs["sign"]))
         truth = read_ground_truth(truth_path, split)
-        result = bootstrap_lds(pred, truth, params["bootstrap_resamples"], params["confidence"], params["bootstrap_seed"])
-        rows.append({"method": method, "kind": attrs["kind"], "set": split, "lds": result.lds, "std": result.std,
-                     "ci_low": result.ci_low, "ci_high": result.ci_high, "n_subsets": len(masks),
-                     "n_queries": n_queries, "sign": int(attrs["sign"]), "chosen": attrs.get("chosen", ""),
-                     "seconds": seconds})
+        result = evaluate_lds(pred, truth, params, f"method '{method}' on set '{split}' ({masks_path}, {truth_path})")
+        rows.append({"method": method, "kind": attrs["kind"], "set": split, **lds_cells(result),
+                     "n_subsets": len(masks), "sign": int(attrs["sign"]), "chosen": attrs.get("chosen", "")})
     table = pd.DataFrame(rows, columns=COLUMNS)
     with atomic_path(out_path) as tmp:
         table.to_csv(tmp, index=False)
@@ -60,11 +74,10 @@ def evaluate_steps(scores_path: str, masks_path: str, truth_path: str, params: d
     rows = []
     for s, t in enumerate(np.asarray(root["timesteps"][:])):
         blocks = ((a, np.asarray(scores[s, a : a + block_rows])) for a in range(0, scores.shape[1], block_rows))
-        result = bootstrap_lds(predicted_outputs(masks, blocks, scores.shape[1], sign), truth,
-                               params["bootstrap_resamples"], params["confidence"], params["bootstrap_seed"])
-        rows.append({"step": s, "timestep": int(t), "lds": result.lds, "std": result.std,
-                     "ci_low": result.ci_low, "ci_high": result.ci_high})
-    table = pd.DataFrame(rows)
+        result = evaluate_lds(predicted_outputs(masks, blocks, scores.shape[1], sign), truth, params,
+                              f"sampling step {s} of {scores_path}")
+        rows.append({"step": s, "timestep": int(t), **lds_cells(result)})
+    table = pd.DataFrame(rows, columns=STEP_COLUMNS)
     with atomic_path(out_path) as tmp:
         table.to_csv(tmp, index=False)
     return table
@@ -74,7 +87,7 @@ def ceiling_rows(reliability: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(
         {"method": "ground_truth_split_half", "kind": "ceiling", "set": reliability["set"],
          "lds": reliability["split_half"], "std": np.nan, "ci_low": np.nan, "ci_high": np.nan,
-         "n_subsets": reliability["n_subsets"], "n_queries": reliability["n_queries"], "sign": 0,
+         "n_subsets": reliability["n_subsets"], "n_queries": reliability["n_queries"], "n_undefined": np.nan, "sign": 0,
          "chosen": "halves: " + reliability["halves"]},
         columns=COLUMNS,
     )
@@ -90,13 +103,15 @@ def oracle_rows(curves: dict[str, str], pool: str = "lds") -> pd.DataFrame:
             best = g.loc[g["lds"].idxmax()]
             rows.append({"method": f"{method} [oracle λ, tuned on {pool} pool]", "kind": "diagnostic", "set": split,
                          "lds": best["lds"], "std": np.nan, "ci_low": np.nan, "ci_high": np.nan,
-                         "n_subsets": np.nan, "n_queries": np.nan, "sign": -1, "chosen": f"λ={best['lambda']:g}"})
+                         "n_subsets": np.nan, "n_queries": np.nan, "n_undefined": np.nan, "sign": -1,
+                         "chosen": f"λ={best['lambda']:g}"})
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
 def markdown(table: pd.DataFrame) -> str:
-    """A Markdown table (no extra dependency): LDS ± bootstrap std with the CI."""
-    lines = ["| method | set | LDS | ± std | 95% CI | subsets | queries | chosen | s |",
+    """A Markdown table (no extra dependency): LDS ± bootstrap std with the CI, the subsets and the
+    queries it is over (``queries``: a defined correlation; ``undefined``: left out)."""
+    lines = ["| method | set | LDS | ± std | 95% CI | subsets | queries | undefined | chosen |",
              "|---|---|---|---|---|---|---|---|---|"]
     def missing(x: object) -> bool:
         return x is None or (isinstance(x, float) and math.isnan(x))
@@ -111,7 +126,7 @@ def markdown(table: pd.DataFrame) -> str:
         ci = f"[{f(r.ci_low)}, {f(r.ci_high)}]" if f(r.ci_low) else ""
         chosen = r.chosen if isinstance(r.chosen, str) else ""
         lines.append(f"| {r.method} | {r.set} | {f(r.lds)} | {f(r.std)} | {ci} | {n(r.n_subsets)} | {n(r.n_queries)} | "
-                     f"{chosen} | {n(r.seconds)} |")
+                     f"{n(r.n_undefined)} | {chosen} |")
     return "\n".join(lines) + "\n"
 
 

@@ -4,13 +4,23 @@
 # (node = this host, proctrack/linuxproc, task/none, no accounting) and a gres.conf declaring two
 # fake GPUs (type "fake"; device-like files) so rules that ask for gpu=1 are scheduled; starts munged,
 # slurmctld and slurmd; waits until sinfo shows the node idle. Facts behind each line:
-# ../shared/SLURM-NOTES.md. Needs root. Stop it with tests/slurm/down.sh.
+# ../shared/SLURM-NOTES.md. Needs root. Stop it with tests/slurm/down.sh. Exit status 3: the packages
+# could not be installed (the reason, apt's own lines, on stderr).
 set -euo pipefail
 
+# apt: when a step fails, its last output lines (apt's "E:" reason) go to stderr as one line and the
+# script exits 3, which tests/test_slurm.py reads as "SLURM cannot be installed here" (not a SLURM bug).
+apt_step() {
+    local said
+    if ! said=$("$@" 2>&1); then
+        echo "up.sh: cannot install SLURM: \`$*\` failed: $(printf '%s\n' "$said" | grep -v '^\s*$' | tail -n 8 | paste -sd '|')" >&2
+        exit 3
+    fi
+}
 if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! command -v munged >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends slurmctld slurmd slurm-client munge >/dev/null
+    apt_step apt-get update -qq
+    apt_step apt-get install -y -qq --no-install-recommends slurmctld slurmd slurm-client munge
 fi
 
 host=$(hostname -s)

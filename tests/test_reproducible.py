@@ -1,0 +1,151 @@
+"""Same config → same bytes, and a killed run recovers to those bytes (README "Guarantees").
+
+The workflow tests run ``tests/configs/tiny.yaml`` (the pipeline's spine in about a minute): twice into
+two output directories, compared file by file; then the kill soak (``tests/soak.py``) with 3 SIGKILLs
+of the whole Snakemake process group, compared with the first run. Only the timing files
+(``soak.TIMING``: logs/, benchmarks/, report/runtime.*) may differ.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import soak
+from conftest import SCHEDULER, TINY_UNET, train_ddpm
+
+
+# ------------------------------------------------------------------------------------ fast tier
+
+def test_differing_files_names_changed_missing_and_extra_files_but_not_timings(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for root in (a, b):
+        (root / "eval").mkdir(parents=True)
+        (root / "eval" / "same.csv").write_bytes(b"x,y\n1,2\n")
+        (root / "changed.csv").write_bytes(b"1.0\n")
+        (root / "logs").mkdir()
+        (root / "benchmarks" / "score").mkdir(parents=True)
+        (root / "report").mkdir()
+    (b / "changed.csv").write_bytes(b"1.00\n")  # one byte more
+    (a / "only_a.zarr").mkdir()
+    (a / "only_a.zarr" / "zarr.json").write_text("{}")
+    (b / "eval" / ".same.csv.tmp-1234abcd").write_text("half")  # a leftover is a difference too
+    (a / "logs" / "job.log").write_text("12 s")
+    (b / "benchmarks" / "score" / "m.tsv").write_text("s\n3.2\n")
+    (a / "report" / "runtime.csv").write_text("a")
+    (b / "report" / "runtime.csv").write_text("b")
+    (a / "report" / "lds.png").write_bytes(b"\x89PNG1")
+    (b / "report" / "lds.png").write_bytes(b"\x89PNG2")
+    assert soak.differing_files(a, b) == ["changed.csv", "eval/.same.csv.tmp-1234abcd", "only_a.zarr/zarr.json",
+                                          "report/lds.png"]
+    assert soak.differing_files(a, a) == []
+
+
+def test_kill_moments_are_seeded_uniform_and_ordered():
+    moments = soak.kill_moments(200, 7, 60.0)
+    assert moments == soak.kill_moments(200, 7, 60.0) != soak.kill_moments(200, 8, 60.0)
+    assert moments == sorted(moments) and 0 <= moments[0] and moments[-1] < 60.0
+    assert 20 < np.mean(moments) < 40  # uniform over (0, 60): mean 30, std of the mean ≈ 1.2
+
+
+def test_method_runtime_sums_the_last_row_of_each_of_a_methods_benchmarks(tmp_path):
+    """The seconds lds.csv no longer carries: per method, its own jobs' benchmark files (a file's last
+    row: its latest run), summed by hand here; a file not written yet is not counted."""
+    from diffattr.plots import method_runtime
+
+    header = "s\th:m:s\tmax_rss\tmax_vms\n"
+    (tmp_path / "a.tsv").write_text(header + "9.0\t0:00:09\t100.5\t1\n2.5\t0:00:02\t120.0\t1\n")
+    (tmp_path / "b.tsv").write_text(header + "4.25\t0:00:04\t-\t1\n")
+    table = method_runtime({"trak": [str(tmp_path / "a.tsv"), str(tmp_path / "b.tsv"), str(tmp_path / "absent.tsv")],
+                            "random": []})
+    assert table.drop(columns="max_rss_mb").to_dict("records") == [{"method": "trak", "jobs": 2, "seconds": 2.5 + 4.25},
+                                                                   {"method": "random", "jobs": 0, "seconds": 0.0}]
+    assert table["max_rss_mb"][0] == 120.0 and np.isnan(table["max_rss_mb"][1])
+
+
+def test_a_resumed_training_writes_the_same_log_bytes(digits_store, tmp_path):
+    """The training-log table is part of the resume state: killed after step 8 and resumed, the log
+    is byte-identical to an uninterrupted run's, and holds no wall time."""
+    from diffattr.data.store import read_images
+
+    images = read_images(digits_store, "train")[:48]
+    cfg = {"steps": 12, "batch_size": 16, "lr": 2e-3, "checkpoint_fractions": [1.0], "resume_every": 4, "log_every": 3}
+
+    def train(out: Path) -> None:
+        train_ddpm(images, TINY_UNET, SCHEDULER, cfg, 0, [str(out / "step12.safetensors")], str(out / "log.csv"),
+                   str(out / "resume"))
+
+    train(tmp_path / "straight")
+    calls, original = {"n": 0, "die_at": 10}, torch.optim.AdamW.step
+
+    def counted_step(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == calls["die_at"]:  # step 10 of 12: the last state is step 8, mid-window of row 9
+            raise KeyboardInterrupt("killed mid-training")
+        return original(self, *args, **kwargs)
+
+    torch.optim.AdamW.step = counted_step
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(tmp_path / "resumed")
+        assert (tmp_path / "resumed" / "resume" / "state.safetensors").exists()
+        calls.update(n=0, die_at=None)
+        train(tmp_path / "resumed")
+    finally:
+        torch.optim.AdamW.step = original
+    assert calls["n"] == 4  # steps 9–12 only: it did resume
+    straight = pd.read_csv(tmp_path / "straight" / "log.csv")
+    assert list(straight.columns) == ["step", "loss", "lr"] and list(straight["step"]) == [3, 6, 9, 12]
+    assert (tmp_path / "resumed" / "log.csv").read_bytes() == (tmp_path / "straight" / "log.csv").read_bytes()
+
+
+# -------------------------------------------------------------------------------- workflow tier
+
+class Reference:
+    """The tiny config's uninterrupted run, once per module: made into ``output_dir`` (which every run
+    of the module uses: it is part of the config, and the results record paths) and moved to ``out``."""
+
+    def __init__(self, output_dir: Path, out: Path, seconds: float):
+        self.output_dir, self.out, self.seconds = output_dir, out, seconds
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Reference:
+    tmp = tmp_path_factory.mktemp("tiny")
+    start = time.monotonic()
+    soak.run(soak.TINY, tmp / "results", tmp / "a-wd", keep_as=tmp / "a")
+    return Reference(tmp / "results", tmp / "a", time.monotonic() - start)
+
+
+@pytest.mark.workflow
+def test_the_same_config_gives_the_same_bytes(reference, tmp_path):
+    soak.run(soak.TINY, reference.output_dir, tmp_path / "b-wd", keep_as=tmp_path / "b")
+    compared = soak.result_files(reference.out)
+    assert {"lds.csv", "lds.md", "eval/lds/trak.csv", "models/full/0/seed0/train_log.csv", "counterfactual.csv",
+            "report/lds.png"} <= set(compared)
+    differing = soak.differing_files(reference.out, tmp_path / "b")
+    assert not differing, f"{len(differing)} of {len(compared)} files differ between two runs: {', '.join(differing)}"
+    # the timings went to the runtime tables, not into the results
+    lds = pd.read_csv(reference.out / "lds.csv")
+    assert "seconds" not in lds.columns and "seconds" not in pd.read_csv(compared["models/full/0/seed0/train_log.csv"])
+    methods = pd.read_csv(reference.out / "benchmarks" / "methods.csv").set_index("method")
+    assert list(methods.index) == ["pixel_l2", "random", "trak"]
+    assert (methods["seconds"] > 0).all() and methods.loc["trak", "jobs"] == 3  # 2 sets' scores + λ selection
+    # every method row is over all of its queries or says how many it left out
+    rows = lds[lds["kind"].isin(["pixel", "random", "trak"])]
+    assert (rows["n_queries"] + rows["n_undefined"] == 10).all()
+
+
+@pytest.mark.workflow
+def test_a_run_killed_three_times_recovers_to_the_same_bytes(reference, tmp_path):
+    # kill moments over 80 % of the reference's time: a rerun skips finished jobs, and on a shared
+    # machine a run can go faster than the reference did and finish before the last kill is due
+    result = soak.soak(3, 0, tmp_path, reference=reference.out, expected_seconds=0.8 * reference.seconds,
+                       output=reference.output_dir)
+    assert not result.failures, result.failures[0]
+    assert result.summary() == "faults survived 3/3, files differing 0", ", ".join(result.differing)

@@ -50,7 +50,7 @@ rule lds_table:
         tables=expand(METHOD_LDS, method=METHODS),
         reliability=RELIABILITY.format(pool=LDS_POOL),
         oracle=[
-            LAMBDA_CURVE.format(
+            ORACLE_CURVE.format(
                 method=m, **dict(zip(("pool", "subset", "seed"), models[0]))
             )
             for m, models in ORACLE_MODELS.items()

@@ -44,25 +44,40 @@ rule kernel:
         "../workflow_scripts/kernel.py"
 
 
+def lambda_sweep_inputs(pool):
+    """Inputs of a λ sweep of one model of a kernel method, scored by LDS on ``pool``."""
+
+    def inputs(w):
+        spec = method_spec(w.method)
+        residual = config["methods"][w.method].get("residual")
+        return {
+            "kernel": model_artifact(KERNEL, spec, w),
+            "train": model_artifact(FEATURES, spec, w, split="train"),
+            "queries": [
+                model_artifact(FEATURES, spec, w, split=query_split(w.method, s))
+                for s in method_sets(w.method)
+            ],
+            "masks": [SUBSET_MASKS.format(pool=pool)],
+            "truths": [GROUND_TRUTH.format(pool=pool)],
+            "residuals": [RESIDUAL.format(**dict(w.items()))] if residual else [],
+        }
+
+    return inputs
+
+
+def lambda_sweep_params(pool):
+    """Params of a λ sweep: the method's grid and weighting, its sets, and the pool."""
+    return {
+        "grid": lambda w: config["methods"][w.method]["lambdas"],
+        "normalize": lambda w: config["methods"][w.method].get("normalize", "none"),
+        "sets": lambda w: method_sets(w.method),
+        "pools": [pool],
+    }
+
+
 rule select_lambda:
     input:
-        kernel=lambda w: model_artifact(KERNEL, method_spec(w.method), w),
-        train=lambda w: model_artifact(
-            FEATURES, method_spec(w.method), w, split="train"
-        ),
-        queries=lambda w: [
-            model_artifact(
-                FEATURES, method_spec(w.method), w, split=query_split(w.method, s)
-            )
-            for s in method_sets(w.method)
-        ],
-        masks=[SUBSET_MASKS.format(pool=p) for p in ("select", LDS_POOL)],
-        truths=[GROUND_TRUTH.format(pool=p) for p in ("select", LDS_POOL)],
-        residuals=lambda w: (
-            [RESIDUAL.format(**dict(w.items()))]
-            if config["methods"][w.method].get("residual")
-            else []
-        ),
+        unpack(lambda_sweep_inputs("select")),
     output:
         curve=LAMBDA_CURVE,
     log:
@@ -80,9 +95,22 @@ rule select_lambda:
         mem_mb=4000,
         runtime=60,
     params:
-        grid=lambda w: config["methods"][w.method]["lambdas"],
-        normalize=lambda w: config["methods"][w.method].get("normalize", "none"),
-        sets=lambda w: method_sets(w.method),
-        pools=["select", LDS_POOL],
+        **lambda_sweep_params("select"),
     script:
         "../workflow_scripts/select_lambda.py"
+
+
+# Diagnostic only: the same λ sweep on the evaluation pool (the "oracle" rows of the LDS table and the
+# dashed curves of the λ figure). A job of its own, so that growing the lds pool re-runs it and never
+# the select-pool choice that every score (and counterfactual retraining) depends on.
+use rule select_lambda as oracle_lambda with:
+    input:
+        unpack(lambda_sweep_inputs(LDS_POOL)),
+    output:
+        curve=ORACLE_CURVE,
+    log:
+        f"{OUT}/logs/oracle_lambda/{{method}}/{{pool}}/{{subset}}/seed{{seed}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/oracle_lambda/{METHOD_MODEL_KEY}.tsv"
+    params:
+        **lambda_sweep_params(LDS_POOL),

@@ -66,6 +66,12 @@ rule plot_lambda:
             )
             for m, model in LAMBDA_METHODS.items()
         ],
+        oracle=[
+            ORACLE_CURVE.format(
+                method=m, **dict(zip(("pool", "subset", "seed"), models[0]))
+            )
+            for m, models in ORACLE_MODELS.items()
+        ],
     output:
         png=report(
             f"{REPORT_DIR}/lambda.png",
@@ -79,6 +85,7 @@ rule plot_lambda:
         "../envs/eval.yaml"
     params:
         methods=list(LAMBDA_METHODS),
+        oracle_methods=list(ORACLE_MODELS),
     script:
         "../workflow_scripts/plot_lambda.py"
 

@@ -403,3 +403,30 @@ def test_snakemake_dry_run_prints_our_sentence_first_and_no_diffattr_frame(tmp_p
         assert "Traceback" not in log
         assert "rule prepare_data" not in result.stdout
         assert not (tmp_path / name).exists() or name == "output_file"
+
+
+@pytest.mark.parametrize("data,key,words", [
+    ({"n_attributed": 8}, "data.n_attributed", "fewer than the 10 classes"),
+    ({"n_attributed": 1790}, "data.n_attributed", "use at most 1787"),
+    ({"n_attributed": 10, "n_train": 5}, "data.n_train", "fewer than the 10 classes"),
+    ({"n_attributed": 10, "n_train": 1785}, "data.n_train", "use at most 1777"),
+], ids=["n_attributed_small", "n_attributed_large", "n_train_small", "n_train_large"])
+def test_a_stratified_draw_needs_one_image_per_class_on_both_sides(tmp_path, data, key, words):
+    """prepare_data draws val, base and train with sklearn's stratified train_test_split, which fails
+    (after DAG build, with its own traceback) unless both sides hold every class; the config says so first."""
+    from sklearn.model_selection import train_test_split
+
+    from diffattr.data.digits import load_digits_pools
+
+    labels = load_digits_pools()["all"].labels
+    layer = {"data": data, "counterfactual": {"methods": []}, "sweeps": None,
+             "evaluation": {"methods": ["pixel_l2"]}, "report": {"samples": [0], "methods": []}}
+    assert_refused(configured(tmp_path, layer), key, words)
+    rows = np.arange(len(labels))
+    first = data["n_attributed"]
+    with pytest.raises(ValueError):  # the independent fact the check anticipates
+        if key == "data.n_attributed":
+            train_test_split(rows, test_size=first, stratify=labels, random_state=0)
+        else:
+            _, rest = train_test_split(rows, test_size=first, stratify=labels, random_state=0)
+            train_test_split(rest, train_size=data["n_train"], stratify=labels[rest], random_state=0)

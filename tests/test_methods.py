@@ -134,3 +134,22 @@ def test_journey_step_scores_equal_the_dense_formula_and_average_to_the_score(tm
         np.testing.assert_allclose(got[s], per_step[:, s].astype(float) @ inv @ phi.T.astype(float), rtol=1e-5, atol=1e-6)
     blocks = trak_scores(inputs, {"query": "journey"}, "gen")
     np.testing.assert_allclose(blocks.block(0, 3), got.mean(axis=0), rtol=1e-5, atol=1e-6)
+
+
+def test_the_oracle_curve_is_joined_with_the_select_pool_choice_marked():
+    """The λ figure's dashed lds-pool rows come from the oracle_lambda job; their marker is the λ the
+    select pool chose (what the scores use), not the lds pool's own best λ."""
+    import pandas as pd
+
+    from diffattr.methods.trak import choose_lambda, with_oracle
+
+    grid = [0.01, 0.1, 1.0]
+    select = pd.DataFrame({"set": ["val"] * 3 + ["gen"] * 3, "pool": "select", "lambda": grid * 2,
+                           "lds": [0.1, 0.3, 0.2, 0.5, 0.1, 0.0], "chosen": [False, True, False, True, False, False]})
+    oracle = pd.DataFrame({"set": ["val"] * 3 + ["gen"] * 3, "pool": "lds", "lambda": grid * 2,
+                           "lds": [0.4, 0.1, 0.0, 0.0, 0.1, 0.6], "chosen": [True, False, False, False, False, True]})
+    assert choose_lambda(oracle, "lds") == {"val": 0.01, "gen": 1.0}  # the oracle's own choice
+    joined = with_oracle(select, oracle)
+    lds_rows = joined[joined["pool"] == "lds"]
+    assert lds_rows.loc[lds_rows["chosen"], ["set", "lambda"]].values.tolist() == [["val", 0.1], ["gen", 0.01]]
+    assert choose_lambda(joined) == {"val": 0.1, "gen": 0.01} and len(joined) == 12

@@ -65,6 +65,7 @@ def test_default_dry_run_lists_the_expected_jobs_without_torch(tmp_path):
         "kernel": 16,  # k = 2048 > N = 1597: dual form, no partial Grams (+ 5 sweep kernels)
         "residuals": 1,  # DAS's training-residual weight
         "select_lambda": 19,  # 6 single-model kernel methods + (trak_ens, dtrak_ens) × 4 models + 5 sweep methods
+        "oracle_lambda": 11,  # the single-model ones (6 + 5 sweeps) on the lds pool: the table's oracle diagnostic
         "score": 65,  # 32 methods × {val, gen} + Journey-TRAK × {gen}
         "score_trajectory": 1,  # Journey-TRAK's per-step scores
         "trajectory_lds": 1,
@@ -103,16 +104,22 @@ def test_every_shipped_config_dry_runs_in_seconds_without_torch_or_data(tmp_path
 
 
 def test_text_to_image_configs_dry_run_with_the_expected_jobs(tmp_path):
-    """The embedded text-to-image default and config/artbench2.yaml (a fake ArtBench folder and an empty
-    pipeline directory: the dry-run reads neither) list the jobs of their settings, without torch."""
+    """The embedded text-to-image default and config/artbench2.yaml (a fake ArtBench folder of empty
+    files, as many as its n_train / n_attributed need, and a pipeline directory of empty files named as
+    save_pretrained names them: the dry-run reads neither) list the jobs of their settings, without torch."""
     art = tmp_path / "artbench"
-    for split in ("train", "test"):
+    for split, count in (("train", 2500), ("test", 500)):
         for style in ("post_impressionism", "ukiyo_e", "baroque"):
             (art / split / style).mkdir(parents=True)
-            (art / split / style / "0.png").touch()
+            for i in range(count):
+                (art / split / style / f"{i}.png").touch()
     pipeline = tmp_path / "miniSD"
-    for sub in ("unet", "text_encoder", "tokenizer", "vae"):
+    for sub, weights in (("unet", "diffusion_pytorch_model.safetensors"), ("vae", "diffusion_pytorch_model.safetensors"),
+                         ("text_encoder", "model.safetensors"), ("tokenizer", "tokenizer_config.json")):
         (pipeline / sub).mkdir(parents=True)
+        (pipeline / sub / weights).touch()
+        if sub != "tokenizer":
+            (pipeline / sub / "config.json").write_text("{}")
     out = overlay(tmp_path, "out", {"output_dir": str(tmp_path / "t2i")})
     paths = overlay(tmp_path, "paths", {"output_dir": str(tmp_path / "art"), "data": {"path": str(art)},
                                         "model": {"text_to_image": {"pipeline_path": str(pipeline)}}})
@@ -127,7 +134,7 @@ def test_text_to_image_configs_dry_run_with_the_expected_jobs(tmp_path):
         "train_model": 41,  # full LoRA + 32 lds + 8 select
         "generate": 1, "measure_outputs": 40, "gather_ground_truth": 2,
         "featurize": 6, "gather_features": 6,  # loss, square × {train, val, gen}, one shard each
-        "kernel": 2, "select_lambda": 2,  # N = 840 < k = 2048: dual form
+        "kernel": 2, "select_lambda": 2, "oracle_lambda": 2,  # N = 840 < k = 2048: dual form
         "score": 14, "evaluate_lds": 7,  # 7 methods × {val, gen}
         "attribution_grids": 4, **report,
         "customize": 4, "customization_eval": 1,  # AbC: 4 exemplar groups
@@ -140,6 +147,7 @@ def test_text_to_image_configs_dry_run_with_the_expected_jobs(tmp_path):
         "generate": 1, "measure_outputs": 200, "gather_ground_truth": 2,
         "featurize": 14,  # (loss, square) × (5 train shards of 1000 + val + gen)
         "gather_features": 6, "gram_partial": 10, "kernel": 2, "select_lambda": 2,  # k = 4096 ≤ N = 5000: primal
+        "oracle_lambda": 2,
         "score": 12, "evaluate_lds": 6, "attribution_grids": 3, **report,
     }
     assert str(pipeline) in artbench.stdout  # the model jobs read the pipeline as an input

@@ -173,6 +173,28 @@ def class_counts(data: dict[str, Any]) -> dict[str, dict[str, int]]:
     return {pool: _npz_counts(data["path"], prefix) for pool, prefix in prefixes.items()}
 
 
+def _kept_classes(counts: dict[str, int], classes: list[str] | None) -> list[int]:
+    """Image counts of the classes :func:`_kept` keeps (those with any image)."""
+    names = list(counts)
+    keys = names if not classes else [str(c) if str(c) in counts else names[int(c)] for c in classes]
+    return [counts[k] for k in keys if counts[k] > 0]
+
+
+def check_stratified(key: str, size: int, total: int, class_sizes: list[int]) -> None:
+    """A class-stratified draw of ``size`` of ``total`` images (prepare's ``train_test_split(...,
+    stratify=labels)``, used when every class has ≥ 2 images) needs at least one image of every class
+    on both sides: ``size`` ≥ C and ``total − size`` ≥ C for C classes."""
+    n_classes = len(class_sizes)
+    if size >= total or not class_sizes or min(class_sizes) < 2:
+        return
+    if size < n_classes:
+        raise ConfigError(f"Config key '{key}' is {size}, fewer than the {n_classes} classes it is drawn "
+                          f"stratified over; use at least {n_classes}.")
+    if total - size < n_classes:
+        raise ConfigError(f"Config key '{key}' is {size} of {total} images, which leaves fewer than one image per "
+                          f"class ({n_classes} classes) for the rest; use at most {total - n_classes}.")
+
+
 def split_sizes(data: dict[str, Any], generate: dict[str, Any]) -> dict[str, int]:
     """Rows of the ``train``, ``val``, ``gen`` (and ``base``) splits that :func:`diffattr.data.prepare.prepare`
     and ``generate`` will write: val = ``n_attributed`` (from the test pool when the source has one,
@@ -187,11 +209,13 @@ def split_sizes(data: dict[str, Any], generate: dict[str, Any]) -> dict[str, int
         if n_attr > total - 2:
             raise ConfigError(f"Config key 'data.n_attributed' is {n_attr} but the data has {total} {images}, "
                               f"which leaves fewer than 2 to train on.")
+        check_stratified("data.n_attributed", n_attr, total, _kept_classes(pools["all"], classes))
         available, origin = total - n_attr, f"{total} {images} less data.n_attributed {n_attr}"
     else:
         test = _kept(pools["test"], classes)
         if n_attr > test:
             raise ConfigError(f"Config key 'data.n_attributed' is {n_attr} but the data's test split has {test} {images}.")
+        check_stratified("data.n_attributed", n_attr, test, _kept_classes(pools["test"], classes))
         available = _kept(pools["train"], classes)
         origin = f"the training split's {images}"
     if n_base and n_base > available - 2:
@@ -202,5 +226,10 @@ def split_sizes(data: dict[str, Any], generate: dict[str, Any]) -> dict[str, int
         base = f" less data.n_base {n_base}" if n_base else ""
         raise ConfigError(f"Config key 'data.n_train' is {n_train} but the data has only {left} training images "
                           f"({origin}{base}).")
+    train_classes = _kept_classes(pools.get("train", pools.get("all", {})), classes)
+    if n_base:
+        check_stratified("data.n_base", n_base, available, train_classes)
+    if n_train:
+        check_stratified("data.n_train", n_train, left, train_classes)
     sizes = {"train": n_train or left, "val": n_attr, "gen": generate["count"]}
     return sizes | ({"base": n_base} if n_base else {})

@@ -97,13 +97,22 @@ def choose_lambda(curve: pd.DataFrame, pool: str = "select") -> dict[str, float]
 def select_lambda(kernel_path: str, train_path: str, query_paths: dict[str, str],
                   pools: dict[str, tuple[str, str]], grid: list[float], out_path: str, device: str = "cpu",
                   normalize: str = "none", residual_path: str | None = None) -> pd.DataFrame:
-    """select_lambda job: the λ curve, with ``chosen`` marking the select-pool choice per set."""
+    """select_lambda (``pools``: the select pool) and oracle_lambda (the lds pool, a diagnostic) jobs:
+    the λ curve, with ``chosen`` marking the λ of best LDS on the job's first pool, per set."""
     curve = lambda_curve(kernel_path, train_path, query_paths, pools, grid, device, normalize, read_residual(residual_path))
-    chosen = choose_lambda(curve)
+    chosen = choose_lambda(curve, next(iter(pools)))
     curve["chosen"] = [lam == chosen[s] for s, lam in zip(curve["set"], curve["lambda"])]
     with atomic_path(out_path) as tmp:
         curve.to_csv(tmp, index=False)
     return curve
+
+
+def with_oracle(select: pd.DataFrame, oracle: pd.DataFrame) -> pd.DataFrame:
+    """A select-pool λ curve with the oracle job's lds-pool rows appended, their ``chosen`` marking the
+    select pool's choice (what the scores use), for the λ figure."""
+    chosen = choose_lambda(select)
+    marked = oracle.assign(chosen=[lam == chosen.get(s) for s, lam in zip(oracle["set"], oracle["lambda"])])
+    return pd.concat([select, marked], ignore_index=True)
 
 
 def kernel_models(inputs: dict[str, str], params: dict[str, Any], query_set: str) -> tuple[list[tuple], list[float]]:

@@ -1,4 +1,4 @@
-"""EK-FAC influence (METHODS.md §2.9): time and peak memory of fitting the curvature and scoring, for
+"""EK-FAC influence (docs/methods.md §2.9): time and peak memory of fitting the curvature and scoring, for
 diffattr's :func:`diffattr.methods.ekfac.ekfac_scores` (kronfluence engine) and for dattri's
 ``IFAttributorEKFAC``, on config.yaml's digits UNet, each run in its own subprocess (clean peak RSS).
 

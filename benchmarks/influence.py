@@ -1,4 +1,4 @@
-"""Influence functions (METHODS.md §2.8): wall time and peak memory of the CG and LiSSA solvers on the
+"""Influence functions (docs/methods.md §2.8): wall time and peak memory of the CG and LiSSA solvers on the
 default digits UNet (config.yaml ``model.unet``, 164 k parameters), each solver in its own subprocess
 (clean peak RSS).
 

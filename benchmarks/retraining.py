@@ -1,4 +1,4 @@
-"""Fit time and peak memory of empirical influence and datamodels (METHODS.md §2.14, §2.15):
+"""Fit time and peak memory of empirical influence and datamodels (docs/methods.md §2.14, §2.15):
 diffattr's vectorised fits vs a per-query sklearn ``RidgeCV(alphas=[0.1, 1, 10], cv=5)`` loop (the
 D-TRAK notebooks' protocol).
 

@@ -21,7 +21,7 @@ MODEL_KEYS = ("family", "unet", "scheduler", "text_to_image", "base")
 TEXT_TO_IMAGE_UNSUPPORTED = {"influence", "ekfac", "embedding", "encoded"}
 """Method kinds that run the DDPM directly and are not wired for the text_to_image family yet."""
 MIN_SUBSETS = 2
-"""Subset models an LDS needs: it is a Spearman correlation across them (METHODS.md §4.4)."""
+"""Subset models an LDS needs: it is a Spearman correlation across them (docs/methods.md §4.4)."""
 DEFAULT_FEATURE_CHECKPOINT = 1.0
 """A feature spec's ``checkpoint`` when it sets none: the final one."""
 

@@ -1,10 +1,10 @@
 """Counterfactual evaluation: remove the most responsible training images, retrain, regenerate
-(METHODS.md §4.5 "Counterfactual evaluation (D-TRAK)", numbers in §5.4).
+(docs/methods.md §4.5 "Counterfactual evaluation (D-TRAK)", numbers in §5.4).
 
 Protocol, for a seeded set of generated samples x (:func:`counterfactual_samples`, D-TRAK's
 ``train_test_split(range(n), test_size=count, random_state=seed)``, its test part):
 
-1. **Removal set.** For each attribution method with raw scores τ(x, z) and LDS sign s (METHODS.md
+1. **Removal set.** For each attribution method with raw scores τ(x, z) and LDS sign s (docs/methods.md
    §0, §4.4; :mod:`diffattr.methods.registry`), the LDS predicts the loss at x of a model trained on
    S as Σ_{z∈S} s·τ(x, z), so the training images most responsible for x — whose inclusion most
    lowers x's loss — are those with the largest responsibility −s·τ(x, z)
@@ -24,7 +24,7 @@ Protocol, for a seeded set of generated samples x (:func:`counterfactual_samples
    - embedding cosine e(x)ᵀe(x') / (‖e(x)‖₂·‖e(x')‖₂) (:func:`embedding_cosine`), e the CLIP or
      DDPM-UNet encoder of :mod:`diffattr.methods.embedding` (D-TRAK: CLIP ViT-B/32 ``encode_image``);
    - the change of x's L_Simple, ΔL(x) = (1/P) Σ_p [ℓ(x, t_p, ε_p; θ') − ℓ(x, t_p, ε_p; θ)] over
-     the ground truth's fixed (noise seed, t) pairs (METHODS.md §4.3), θ the original and θ' the
+     the ground truth's fixed (noise seed, t) pairs (docs/methods.md §4.3), θ the original and θ' the
      retrained model (the difference of :func:`mean_losses`). Removing helpful images should raise it (ΔL > 0).
 5. **Report** mean and median over the samples per (method, k) (:func:`summary_table`). A better
    attribution gives a larger L2, a lower cosine and a larger ΔL than the random control; the
@@ -40,7 +40,7 @@ floats, and :func:`evaluate_counterfactual` quantises the regenerated image to 8
 generated set already is, :func:`diffattr.sample.generate_set`) before measuring. On [0, 1] the
 values would be half of these, on [0, 255] 127.5 times these. ‖·‖₂ grows like sqrt(C·H·W), so only
 equal resolutions compare (per-pixel RMS = L2 / sqrt(C·H·W); 8×8 gray digits have 64 values,
-CIFAR 3072). Note: METHODS.md §4.5 says "256² for ArtBench", but D-TRAK's ArtBench-2 notebook takes
+CIFAR 3072). Note: docs/methods.md §4.5 says "256² for ArtBench", but D-TRAK's ArtBench-2 notebook takes
 the L2 between the SD VAE latents (``latent_dist.mode()``, 4·32·32 = 4096 values, unscaled), not
 pixels; its 164–194 are latent-space distances, which this module does not reproduce.
 """

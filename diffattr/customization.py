@@ -1,4 +1,4 @@
-"""AbC-style customization benchmark (Wang et al., ICCV 2023; METHODS.md §2.16).
+"""AbC-style customization benchmark (Wang et al., ICCV 2023; docs/methods.md §2.16).
 
 Ground truth by construction: the trained text-to-image model is customized on a few exemplar images
 — its LoRA fine-tuned further on them, under a prompt of its own (Custom Diffusion's "V* {class}", here

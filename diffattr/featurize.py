@@ -1,6 +1,6 @@
 """Per-sample gradient features g(x) = (1/K) Σ_{t∈T_K} (1/S) Σ_s ∇_θ F(x, t, ε_{s,t}), projected.
 
-METHODS.md §0 ("Feature"), §1 (output functions F), §2.10–2.11 (TRAK / D-TRAK): the gradient is
+docs/methods.md §0 ("Feature"), §1 (output functions F), §2.10–2.11 (TRAK / D-TRAK): the gradient is
 averaged over the K timesteps (and the noise seeds, one ε per (seed, t)) *before* projection; the
 model is in eval mode; per-sample gradients come from ``torch.func`` (``functional_call`` +
 ``vmap(grad)``). diffusers' fused attention (scaled-dot-product) is swapped for the plain
@@ -57,7 +57,7 @@ class NonFiniteGradientError(ValueError):
 
 def prepare_for_vmap(model: torch.nn.Module) -> torch.nn.Module:
     """Eval mode, and the plain attention processor instead of fused SDPA (vmap has no batching rule for
-    it and falls back to a slow per-sample loop, METHODS.md §7.1)."""
+    it and falls back to a slow per-sample loop, docs/methods.md §7.1)."""
     from diffusers.models.attention_processor import Attention, AttnProcessor
 
     model.eval()
@@ -85,7 +85,7 @@ def per_sample_gradients(
     ``requires_grad`` are differentiated — every DDPM weight, or a LoRA adapter's weights; the others
     enter as constants, so no gradient of a frozen weight is ever computed — flattened in
     ``model.named_parameters()`` order (the row order of the projection). ``normalize``: DAS's
-    per-timestep normalisation (METHODS.md §2.13 step 2), (1/D) Σ_d ∇F_d / ‖∇F_d‖ — each draw's
+    per-timestep normalisation (docs/methods.md §2.13 step 2), (1/D) Σ_d ∇F_d / ‖∇F_d‖ — each draw's
     gradient is scaled to unit norm before the average (with one noise seed, one draw per t).
     """
     params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
@@ -130,7 +130,7 @@ def featurize(
     [−1, 1], or latents — with ids ``sample_ids`` and conditions ``cond`` (n,) (None: unconditional).
 
     ``timesteps`` (n, K), when given, are each row's own timesteps instead of the spec's set:
-    Diffusion-TracIn's trained timesteps (METHODS.md §2.5) or Journey-TRAK's sampling steps (§2.12).
+    Diffusion-TracIn's trained timesteps (docs/methods.md §2.5) or Journey-TRAK's sampling steps (§2.12).
     Otherwise a ``trained`` spec's attributed samples, never trained on, use the ``uniform`` set.
     """
     model = prepare_for_vmap(model.to(device))
@@ -176,7 +176,7 @@ def featurize(
 def featurize_trajectory(model: torch.nn.Module, trajectory: np.ndarray, step_timesteps: np.ndarray,
                          sample_ids: np.ndarray, spec: FeatureSpec, scheduler: Any, device: str = "cpu",
                          projector: Projector | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Journey-TRAK's query features (METHODS.md §2.12, D-TRAK's one-score-per-image form):
+    """Journey-TRAK's query features (docs/methods.md §2.12, D-TRAK's one-score-per-image form):
     φ_s(x) = P ∇_θ F(re-noise(x̂₀^(t_s), ε_s), t_s) at every sampling step s, ε_s fresh per
     (noise seed, sample, t_s) and averaged over the spec's noise seeds; returns (the mean over steps
     (n, k) — the average gradient, projection being linear — and the per-step features (n, S, k)).

@@ -1,4 +1,4 @@
-"""LDS ground truth (METHODS.md §4.3): the (noise seed, t) pairs, per-model measurement files,
+"""LDS ground truth (docs/methods.md §4.3): the (noise seed, t) pairs, per-model measurement files,
 the gathered (subsets × attributed) matrix averaged over pairs and training seeds, and its
 split-half reliability. Torch-free; the measuring itself is :mod:`diffattr.measure`. Both kinds of
 store are read checked (:mod:`diffattr.integrity`): damage is one sentence naming the store and

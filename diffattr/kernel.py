@@ -1,4 +1,4 @@
-"""The TRAK kernel K_λ = ΦᵀΦ + λI and its solves (METHODS.md §0 "Kernel and score", §2.10, §7.4).
+"""The TRAK kernel K_λ = ΦᵀΦ + λI and its solves (docs/methods.md §0 "Kernel and score", §2.10, §7.4).
 
 Two exact forms, chosen by shape:
 
@@ -156,7 +156,7 @@ def scores_block(kernel: Kernel, factor: torch.Tensor, train: FeatureStore, quer
 
 
 def train_solution_norms(kernel: Kernel, factor: torch.Tensor, train: FeatureStore, rows: int = 4096) -> np.ndarray:
-    """‖K_λ⁻¹ φ(z_i)‖₂ for every training sample (RelatIF's denominator, METHODS.md §2.6).
+    """‖K_λ⁻¹ φ(z_i)‖₂ for every training sample (RelatIF's denominator, docs/methods.md §2.6).
 
     Primal: solve block by block. Dual: K_λ⁻¹Φᵀ = Φᵀ(G + λI)⁻¹, so with S = (G + λI)⁻¹ the squared
     norms are diag(S G S).

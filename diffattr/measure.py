@@ -1,5 +1,5 @@
 """measure_outputs: a model's per-sample L_Simple on every attributed sample at each (noise seed, t)
-pair of the ground truth (METHODS.md §4.3).
+pair of the ground truth (docs/methods.md §4.3).
 
 ε for (noise seed, t, sample) comes from :mod:`diffattr.noise`, so every model is measured on the
 same draws and two runs give bit-identical matrices on CPU.

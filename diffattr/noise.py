@@ -1,6 +1,6 @@
 """Noise and timesteps as pure functions of (seed, split, sample id, t).
 
-METHODS.md §7.2: every ε and every t is a function of recorded integers, never of hidden RNG state,
+docs/methods.md §7.2: every ε and every t is a function of recorded integers, never of hidden RNG state,
 batch size, batch position or shard layout. Train and query features, ground-truth measurements and
 training draws are therefore reproducible bit for bit and independent of how the work is cut up.
 We draw from numpy's SeedSequence-seeded PCG64, which is platform independent; tensors are moved to
@@ -48,7 +48,7 @@ def gaussian_noise(
 
 
 def timestep_set(strategy: str, count: int, num_train_timesteps: int) -> np.ndarray:
-    """The shared timestep set T_K of METHODS.md §0.
+    """The shared timestep set T_K of docs/methods.md §0.
 
     ``uniform``: range(0, T, T // K) (D-TRAK's 0-indexed "evenly spaced"); ``cumulative``: 0..K-1.
     """
@@ -72,7 +72,7 @@ def sample_timesteps(
 ) -> np.ndarray:
     """(n, K) timesteps per sample: the shared set for ``uniform``/``cumulative``; for ``random``,
     K draws from U{0..T-1} with replacement per sample, seeded by (seed, split, sample id)
-    (Journey-TRAK's per-sample timesteps, METHODS.md §2.12)."""
+    (Journey-TRAK's per-sample timesteps, docs/methods.md §2.12)."""
     ids = np.asarray(sample_ids, dtype=np.int64)
     if strategy != "random":
         return np.tile(timestep_set(strategy, count, num_train_timesteps), (len(ids), 1))

@@ -1,4 +1,4 @@
-"""Output functions F(x, t, ε) of METHODS.md §1, per sample, from the network output.
+"""Output functions F(x, t, ε) of docs/methods.md §1, per sample, from the network output.
 
 ``pred`` is ε_θ(x_t, t) and ``eps`` the noise that made x_t, both (B, ...). Every function returns
 one value per sample (B,). The ground truth (§4.3) is always ``loss`` (L_Simple).

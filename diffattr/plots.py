@@ -3,18 +3,18 @@
 Drawn with matplotlib's object API (a :class:`~matplotlib.figure.Figure` on an Agg canvas, no pyplot
 state), like :mod:`diffattr.show`.
 
-- :func:`lds_bars` — the linear datamodeling score (METHODS.md §4.4) of every method on the val and gen
+- :func:`lds_bars` — the linear datamodeling score (docs/methods.md §4.4) of every method on the val and gen
   sets (``results/lds.csv``): one horizontal bar per (method, set) with its bootstrap CI, methods best
   first by gen LDS, the split-half ground-truth ceiling as a dashed line per set. The oracle-λ
   diagnostics (λ tuned on the lds pool itself) are left out: they are not comparable results.
 - :func:`lambda_curves` — the choice of the ridge λ of the kernel methods, D-TRAK's λ sweep: LDS
   against λ on the held-out "select" pool (solid; the chosen λ is marked) and, where present, on the
   lds pool the table reports (dashed), one panel per attributed set.
-- :func:`counterfactual_plot` — counterfactual evaluation (METHODS.md §4.5): per (method, k) the
+- :func:`counterfactual_plot` — counterfactual evaluation (docs/methods.md §4.5): per (method, k) the
   per-sample pixel L2 (↑), embedding cosine (↓) and ΔL_Simple (↑) between the original and the
   regenerated sample, as box plots with the samples overlaid; the random-removal control comes first
   and grey lines join one sample across methods at equal k.
-- :func:`trajectory_plot` — Journey-TRAK (METHODS.md §2.12): the LDS of the score from one DDIM step
+- :func:`trajectory_plot` — Journey-TRAK (docs/methods.md §2.12): the LDS of the score from one DDIM step
   alone, step 0 the noisiest, with its CI band and the mean-over-steps method as a reference line.
 - :func:`sweep_plot` — an ablation sweep (:mod:`diffattr.sweeps`): LDS against the swept value per set.
 - :func:`runtime_plot` — wall-clock seconds and peak memory per Snakemake rule, from the ``benchmark:``
@@ -131,7 +131,7 @@ def lds_bars(table: pd.DataFrame, path: str | os.PathLike) -> None:
     ax.set_yticks(range(len(methods)), [m for m in reversed(methods)], fontsize=8)
     ax.set_ylim(-0.6, len(methods) - 0.4)
     ax.set_xlabel("LDS (Spearman)")
-    ax.set_title("LDS (Spearman, METHODS.md §4.4)")
+    ax.set_title("LDS (Spearman; Park et al. 2023)")
     if methods:
         ax.legend(fontsize=7, loc="lower right")
     save_png(fig, path)
@@ -224,7 +224,7 @@ def counterfactual_plot(results: pd.DataFrame, path: str | os.PathLike) -> None:
         ax.set_xticks(range(len(groups)), [f"{m}\nk={k}" for m, k in groups], rotation=60, fontsize=7)
         ax.set_xlim(-0.6, len(groups) - 0.4)
         ax.set_title(label, fontsize=9)
-    fig.suptitle("Counterfactual evaluation (METHODS.md §4.5)")
+    fig.suptitle("Counterfactual evaluation (D-TRAK protocol, Zheng et al. 2024)")
     save_png(fig, path)
 
 
@@ -255,7 +255,7 @@ def trajectory_plot(steps: pd.DataFrame, path: str | os.PathLike, overall: float
     ax.set_xticks(*step_ticks(d))
     ax.set_xlabel("DDIM step (timestep)")
     ax.set_ylabel("LDS (Spearman)")
-    ax.set_title("Journey-TRAK per sampler step (METHODS.md §2.12)")
+    ax.set_title("Journey-TRAK per sampler step (Georgiev et al. 2023)")
     ax.legend(fontsize=7)
     save_png(fig, path)
 

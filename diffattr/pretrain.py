@@ -1,6 +1,6 @@
 """Pretraining of the base text-to-image pipeline: the CPU stand-in for Stable Diffusion's pretraining.
 
-METHODS.md §3 "ArtBench SD-LoRA" LoRA-fine-tunes a *pretrained* Stable-Diffusion pipeline (miniSD);
+docs/methods.md §3 "ArtBench SD-LoRA" LoRA-fine-tunes a *pretrained* Stable-Diffusion pipeline (miniSD);
 real runs load one (``pipeline_path``). The embedded CPU default has no such pipeline, so a tiny one is
 pretrained here on digits captioned "a digit N" (``caption_template``), and the fine-tuning stage then
 adapts it with LoRA exactly as it would adapt miniSD. Two stages, in order:

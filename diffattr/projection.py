@@ -1,4 +1,4 @@
-"""Seeded random projection φ(x) = Pᵀ g(x) ∈ R^k (METHODS.md §0 "Projection", §2.10, §7.3).
+"""Seeded random projection φ(x) = Pᵀ g(x) ∈ R^k (docs/methods.md §0 "Projection", §2.10, §7.3).
 
 P (p × k) is never stored: entry P[i, j] is a pure function of (seed, i, j) through a 32-bit
 integer hash, so any block of rows can be generated on any device, in any order, and the same seed

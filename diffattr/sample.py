@@ -1,4 +1,4 @@
-"""DDIM generation with recorded per-image seeds (METHODS.md §3 "Generation").
+"""DDIM generation with recorded per-image seeds (docs/methods.md §3 "Generation").
 
 Image i starts from x_T drawn by numpy from seed ``gen_seed·1000 + i`` (D-TRAK's per-image seed),
 so it does not depend on the batch it is generated in, nor on the device. DDIM with η = 0 is
@@ -31,7 +31,7 @@ class GenerateConfig:
     prompts: tuple[str, ...] | None = None
 
     def image_prompts(self) -> list[str] | None:
-        """Image i's prompt: ``prompts`` in equal consecutive blocks (METHODS.md §3: ArtBench-2's images
+        """Image i's prompt: ``prompts`` in equal consecutive blocks (docs/methods.md §3: ArtBench-2's images
         0–499 use the first prompt, 500–999 the second); None for an unconditional model."""
         if not self.prompts:
             return None
@@ -61,7 +61,7 @@ def ddim_trajectory(
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """DDIM from the per-image initial noise: (images (n, C, H, W) in [−1, 1], x̂₀ at every step
     (n, S, C, H, W) clamped to [−1, 1] — diffusers' ``pred_original_sample``, the trajectory
-    Journey-TRAK attributes (METHODS.md §2.12) — or None unless ``record``, the S timesteps).
+    Journey-TRAK attributes (docs/methods.md §2.12) — or None unless ``record``, the S timesteps).
     Image i starts from :func:`initial_noise` of its seed, so it does not depend on its batch.
     ``cond`` (n,) conditions each image (a text-to-image model's caption indices); ``to_images`` maps
     the final samples to images (a latent model's VAE decoder; default: clamp to [−1, 1])."""
@@ -136,7 +136,7 @@ def generate_set(model_path: str, params: dict[str, Any], store_path: str, table
 def record_trajectory(model_path: str, params: dict[str, Any], generated_store: str, out_path: str,
                       device: str = "cpu") -> np.ndarray:
     """trajectory: re-run ``generate``'s DDIM sampling and store x̂₀ at every step with the step's
-    timestep (METHODS.md §2.12), after checking that it ends at the stored generated images. The
+    timestep (docs/methods.md §2.12), after checking that it ends at the stored generated images. The
     store is checksummed and sealed (:mod:`diffattr.integrity`)."""
     import zarr
 

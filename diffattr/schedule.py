@@ -1,6 +1,6 @@
 """Training schedule as pure functions of the config: no torch, so the DAG can use them.
 
-METHODS.md §3: AdamW, cosine learning rate with linear warm-up (10 % of the steps by default),
+docs/methods.md §3: AdamW, cosine learning rate with linear warm-up (10 % of the steps by default),
 gradient clipping. Checkpoints are saved at configured fractions of training (TracIn, §2.4).
 """
 

@@ -2,7 +2,7 @@
 
 For an attributed sample x (row ``sample`` of a score store ``scores/{method}/{set}.zarr``) and
 every training image z, the store holds a raw score τ(x, z) and, in its attrs, the method's LDS
-sign s (METHODS.md §0, §4.4; :mod:`diffattr.methods.registry`). The LDS predicts the loss of a
+sign s (docs/methods.md §0, §4.4; :mod:`diffattr.methods.registry`). The LDS predicts the loss of a
 model trained on a subset S at x as Σ_{z∈S} s·τ(x, z): including z changes x's loss by s·τ. So
 
     responsibility(x, z) = −s·τ(x, z)

@@ -54,7 +54,7 @@ def shard_ranges(n: int, shard_size: int) -> list[tuple[int, int]]:
 
 
 def kernel_form(n_train: int, k: int | None) -> str:
-    """Which Gram the kernel uses (METHODS.md §7.4): ``primal`` (k × k, summed from per-shard
+    """Which Gram the kernel uses (docs/methods.md §7.4): ``primal`` (k × k, summed from per-shard
     partials) when k ≤ N, else ``dual`` (N × N, Woodbury). Torch-free: the DAG decides with it."""
     return "primal" if k is not None and k <= n_train else "dual"
 

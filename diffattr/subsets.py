@@ -1,4 +1,4 @@
-"""Seeded α-subsets of the training set in disjoint pools (METHODS.md §4.2).
+"""Seeded α-subsets of the training set in disjoint pools (docs/methods.md §4.2).
 
 Subset k of pool p is ``train_test_split(rows, train_size=α, random_state=seed + offset_p + k,
 stratify=labels)``: for the ``lds`` pool (offset 0) and seed 42 this is exactly D-TRAK's recipe.
@@ -7,7 +7,7 @@ Pools have offsets 10 000 apart, so no subset of one pool is drawn with another 
 feeds datamodels, empirical influence and ensembles. Each mask is a pure function of
 (labels, α, seed, pool, k), so a training job computes its own and adding subsets adds jobs only.
 
-The ``encoded`` pool is Dai & Gifford's design instead (METHODS.md §2.18): its E models are the
+The ``encoded`` pool is Dai & Gifford's design instead (docs/methods.md §2.18): its E models are the
 columns of balanced codes — every training point in exactly E/2 of them, no two points alike
 (:func:`balanced_codes`) — so mask k is a function of (N, E, seed, k) and α is not used.
 """
@@ -41,7 +41,7 @@ def _unrank_combination(rank: int, e: int, k: int) -> np.ndarray:
 def balanced_codes(n: int, e: int, seed: int) -> np.ndarray:
     """(n, e) bool codes: n distinct rows with e/2 ones each, drawn uniformly without replacement from
     the C(e, e/2) balanced codes by ``np.random.default_rng(seed)``; model m trains on
-    {i : codes[i, m]} (METHODS.md §2.18)."""
+    {i : codes[i, m]} (docs/methods.md §2.18)."""
     if e < 2 or e % 2:
         raise ValueError(f"an encoded ensemble needs an even number of models (at least 2), not {e}")
     count = math.comb(e, e // 2)

@@ -7,7 +7,7 @@ v's non-alphanumerics as "_"), each a copy of M with K set to v. K is looked up 
 ``noise_seeds``, …), which is copied the same way into ``{spec}__{leaf}{v}``. Everything the value
 does not change is shared: a ``projection.dim`` sweep re-featurizes, but trains, measures and
 generates nothing again; a value equal to M's own is M itself (no new job). Each derived method runs
-and is evaluated like any other (METHODS.md §4.4), and :func:`sweep_table` gathers LDS against the
+and is evaluated like any other (docs/methods.md §4.4), and :func:`sweep_table` gathers LDS against the
 value, per attributed set: D-TRAK's per-timestep-count (§5.1, 10 / 100 / 1000 timesteps) and per-k
 (projection dimension) ablations are two such sweeps.
 """

@@ -1,6 +1,6 @@
 """One training loop for full, subset, ensemble and counterfactual DDPMs; resumable.
 
-METHODS.md §3: uniform t, ε-prediction, loss = mean over pixels and batch of (ε_θ(x_t,t) − ε)²,
+docs/methods.md §3: uniform t, ε-prediction, loss = mean over pixels and batch of (ε_θ(x_t,t) − ε)²,
 AdamW (β = (0.95, 0.999), weight decay 1e-6), cosine LR with warm-up, gradient-norm clip 1.0,
 optional random horizontal flip, no EMA.
 
@@ -25,9 +25,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from diffattr.atomic import atomic_path
+from diffattr.models.checkpoint import save_safetensors
 from diffattr.models.ddpm import add_noise, alphas_cumprod
 from diffattr.models.family import Model, denoise, save_model
 from diffattr.progress import progress
@@ -101,7 +102,7 @@ def training_draws(
 
 def trained_timesteps(n: int, batch_size: int, seed: int, until_step: int, num_train_timesteps: int) -> np.ndarray:
     """t_z^c (n,): the timestep each sample was last trained at before optimizer step ``until_step``
-    (−1 if never): Diffusion-TracIn's record (METHODS.md §2.5). Training's draws are pure functions
+    (−1 if never): Diffusion-TracIn's record (docs/methods.md §2.5). Training's draws are pure functions
     of (seed, step) (:func:`training_draws`), so the record is replayed exactly rather than stored."""
     last = np.full(n, -1, dtype=np.int64)
     for step in range(until_step):
@@ -135,8 +136,7 @@ def _save_state(path: Path, model: Model, opt: torch.optim.Optimizer, step: int,
     for index, state in opt.state_dict()["state"].items():
         for field, value in state.items():
             tensors[f"opt.{names[index]}.{field}"] = torch.as_tensor(value).detach().clone().reshape(-1) if field == "step" else value.detach().clone().contiguous()
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"step": str(step), "key": key})
+    save_safetensors(tensors, path, {"step": str(step), "key": key})
 
 
 def _load_state(path: Path, model: Model, opt: torch.optim.Optimizer,
@@ -180,6 +180,40 @@ def _load_state(path: Path, model: Model, opt: torch.optim.Optimizer,
     return int(meta["step"]), rows, float(tensors["log.running"][0])
 
 
+RESUME_ROOT = "resume"
+"""The name of the folder that holds every job's resume directory (the rules put them at
+``{output_dir}/resume/{pool}/{subset}/seed{seed}``, ``…/resume/counterfactual/…``): the highest folder
+a finished training removes when it is left empty."""
+
+
+def _make_resume_dir(path: Path, attempts: int = 100) -> None:
+    """``path`` and its parents, created; retried when a parent vanishes half-way (another job that
+    just finished removed it while it was empty, :func:`remove_resume_dir`)."""
+    for _ in range(attempts - 1):
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            return
+        except FileNotFoundError:
+            continue
+    path.mkdir(parents=True, exist_ok=True)
+
+
+def remove_resume_dir(path: Path) -> None:
+    """Remove a finished training's (empty) resume directory ``path``, then each parent that is left
+    empty, up to and including the nearest one named :data:`RESUME_ROOT` (just ``path`` if none is);
+    stops at the first non-empty one (another job's progress), never removes one."""
+    path.rmdir()  # it must be empty: its state and checkpoints were moved out or unlinked
+    parents = list(path.parents)
+    top = next((i for i, p in enumerate(parents) if p.name == RESUME_ROOT), None)
+    if path.name == RESUME_ROOT or top is None:
+        return
+    for parent in parents[: top + 1]:
+        try:
+            parent.rmdir()
+        except OSError:  # not empty (or already gone): the rest above it stays
+            return
+
+
 def _step(model: Model, opt: torch.optim.Optimizer, data: torch.Tensor, cond: torch.Tensor | None, cfg: TrainConfig,
           seed: int, step: int, abar: torch.Tensor) -> float:
     """One optimiser step of L_Simple on the step's seeded draws (rows, t, ε, flips); its loss."""
@@ -217,7 +251,8 @@ def train(
     ``checkpoints`` (one per checkpoint step, in order, the last = final weights) and a training-log table.
 
     Progress (trainable weights, AdamW moments, checkpoints reached) is kept in ``resume_dir`` every
-    ``resume_every`` steps; a rerun continues from there. ``resume_dir`` is removed on success.
+    ``resume_every`` steps; a rerun continues from there. On success ``resume_dir`` is removed, and
+    so is each parent it leaves empty up to the resume root (:func:`remove_resume_dir`).
     """
     cfg = TrainConfig.from_dict(train_config)
     steps_to_save = checkpoint_steps(cfg.steps, cfg.checkpoint_fractions)
@@ -234,7 +269,7 @@ def train(
     data = torch.from_numpy(inputs).to(model.device)
     labels = None if cond is None else torch.from_numpy(cond).to(model.device)
     resume = Path(resume_dir)
-    resume.mkdir(parents=True, exist_ok=True)
+    _make_resume_dir(resume)
     key = json.dumps([model.params, train_config, seed, len(inputs)], sort_keys=True)
     state_path = resume / "state.safetensors"
     start, rows_log, running = _load_state(state_path, model, opt, key)
@@ -272,7 +307,7 @@ def train(
     with atomic_path(log_table) as tmp:
         table.to_csv(tmp, index=False)
     state_path.unlink(missing_ok=True)
-    resume.rmdir()
+    remove_resume_dir(resume)
     model.network.eval()
     return table
 

@@ -1,4 +1,4 @@
-"""Counterfactual evaluation (METHODS.md §4.5, §5.4): removal sets, the retraining plan, retraining
+"""Counterfactual evaluation (docs/methods.md §4.5, §5.4): removal sets, the retraining plan, retraining
 on the kept images, regeneration from identical noise, and the metrics, each against an independent
 computation (hand formulas, numpy/pandas, D-TRAK's recorded sample indices)."""
 

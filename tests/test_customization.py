@@ -1,4 +1,4 @@
-"""AbC-style customization (METHODS.md §2.16): exemplar groups, Recall@k and AP against scikit-learn and
+"""AbC-style customization (docs/methods.md §2.16): exemplar groups, Recall@k and AP against scikit-learn and
 by hand, customization of a tiny LoRA model, and the evaluation on a case with a known answer."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Data sources behind one interface, class filtering and stratified splits (METHODS.md §4.1)."""
+"""Data sources behind one interface, class filtering and stratified splits (docs/methods.md §4.1)."""
 
 import pickle
 from pathlib import Path

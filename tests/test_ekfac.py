@@ -1,4 +1,4 @@
-"""K-FAC / EK-FAC influence (METHODS.md §2.9) through kronfluence, checked against independent math:
+"""K-FAC / EK-FAC influence (docs/methods.md §2.9) through kronfluence, checked against independent math:
 
 * a linear model whose Gauss-Newton matrix is exactly S ⊗ A, where every strategy has a closed form
   (EK-FAC = K-FAC = exact damped GGN influence), computed here in float64 numpy;

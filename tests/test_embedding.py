@@ -1,4 +1,4 @@
-"""Embedding-similarity attribution (METHODS.md §2.2, §2.16): CLIP preprocessing and embeddings agree
+"""Embedding-similarity attribution (docs/methods.md §2.2, §2.16): CLIP preprocessing and embeddings agree
 with independent computations, scores are dot / cosine of embeddings, missing weights fail clearly, the
 DDPM-UNet encoder is deterministic with the chosen layer's width, and a training image's nearest
 training image is itself."""

@@ -1,4 +1,4 @@
-"""Encoded ensembles (METHODS.md §2.18): balanced codes, complement-ensemble losses against brute force
+"""Encoded ensembles (docs/methods.md §2.18): balanced codes, complement-ensemble losses against brute force
 and against the ground truth's own measurement, DDPM sampling against diffusers' scheduler, forward-mode
 Jacobians against finite differences, and the registry scorer through real checkpoints and stores."""
 

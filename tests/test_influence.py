@@ -1,4 +1,4 @@
-"""Influence functions (METHODS.md §2.8) against independent computations: closed-form ridge influence
+"""Influence functions (docs/methods.md §2.8) against independent computations: closed-form ridge influence
 and exact leave-one-out on linear regression, torch.autograd Hessians of a small MLP, plain-autograd
 double backward and featurize's per-sample gradients on a UNet; exact = CG on a micro UNet;
 determinism and batch-size independence on the tiny UNet; the exact solver's size limit."""

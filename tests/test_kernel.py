@@ -1,4 +1,4 @@
-"""TRAK kernel and scores (METHODS.md §0, §2.10) against dense closed forms and an sklearn ridge refit."""
+"""TRAK kernel and scores (docs/methods.md §0, §2.10) against dense closed forms and an sklearn ridge refit."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""LDS (METHODS.md §4.4) against an independent computation with scipy."""
+"""LDS (docs/methods.md §4.4) against an independent computation with scipy."""
 
 import warnings
 

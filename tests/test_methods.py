@@ -1,5 +1,5 @@
 """Kernel variants (RelatIF, renormalised IF, DAS weight) and gradient similarity / TracIn / GAS
-against dense numpy computations (METHODS.md §2.3, §2.4, §2.6, §2.7, §2.13)."""
+against dense numpy computations (docs/methods.md §2.3, §2.4, §2.6, §2.7, §2.13)."""
 
 import numpy as np
 import pytest

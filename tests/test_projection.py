@@ -1,4 +1,4 @@
-"""Projection (METHODS.md §0, §7.3): seed-addressable, device-independent, unbiased inner products."""
+"""Projection (docs/methods.md §0, §7.3): seed-addressable, device-independent, unbiased inner products."""
 
 import numpy as np
 import pytest

@@ -104,6 +104,113 @@ def test_a_resumed_training_writes_the_same_log_bytes(digits_store, tmp_path):
     assert (tmp_path / "resumed" / "log.csv").read_bytes() == (tmp_path / "straight" / "log.csv").read_bytes()
 
 
+SAVE_IN_A_PROCESS = """
+import sys, torch
+from diffattr.models.checkpoint import save_safetensors
+tensors = {"w": torch.arange(12, dtype=torch.float32).reshape(3, 4), "b": torch.tensor([1.5, -2.0], dtype=torch.float64),
+           "Upper": torch.tensor([7], dtype=torch.uint8), "idx": torch.arange(5, dtype=torch.int64)}
+metadata = {f"key{i}": f"value {i}" for i in (7, 3, 0, 5, 1, 6, 2, 4)} | {"note": "λ = 1e-2, ✓"}
+save_safetensors(tensors, sys.argv[1], metadata)
+"""
+
+
+def test_checkpoints_saved_in_two_processes_are_the_same_bytes_and_read_back(tmp_path):
+    """safetensors orders ``__metadata__`` by a per-process hash seed; the helper's canonical header
+    does not: two processes write the same bytes, which safetensors reads back exactly."""
+    import json
+    import struct
+    import subprocess
+    import sys
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    paths = [tmp_path / "a.safetensors", tmp_path / "b.safetensors"]
+    for path in paths:
+        subprocess.run([sys.executable, "-c", SAVE_IN_A_PROCESS, str(path)], check=True, cwd=soak.REPO)
+    assert paths[0].read_bytes() == paths[1].read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.safetensors", "b.safetensors"]  # no temporaries left
+
+    blob = paths[0].read_bytes()
+    (length,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8 : 8 + length])
+    assert length % 8 == 0 and blob[8 : 8 + length].rstrip(b" ").endswith(b"}")
+    assert list(header) == sorted(header) and list(header["__metadata__"]) == sorted(header["__metadata__"])
+    tensors = load_file(str(paths[0]))
+    assert torch.equal(tensors["w"], torch.arange(12, dtype=torch.float32).reshape(3, 4))
+    assert torch.equal(tensors["b"], torch.tensor([1.5, -2.0], dtype=torch.float64))
+    assert torch.equal(tensors["Upper"], torch.tensor([7], dtype=torch.uint8))
+    assert torch.equal(tensors["idx"], torch.arange(5))
+    with safe_open(str(paths[0]), framework="pt") as f:
+        assert f.metadata() == {f"key{i}": f"value {i}" for i in range(8)} | {"note": "λ = 1e-2, ✓"}
+
+
+def test_the_canonical_header_keeps_the_tensor_bytes_and_only_reorders_the_header():
+    """Against safetensors' own serialisation: the same tensor bytes after the header, and the same
+    header once parsed (only the order of keys and the padding may change)."""
+    import json
+    import struct
+
+    from safetensors.torch import save
+
+    from diffattr.models.checkpoint import canonical_bytes
+
+    tensors = {"z": torch.ones(3, dtype=torch.float16), "a": torch.zeros(2, 2)}
+    blob = save(tensors, metadata={"q": "1", "b": "2", "x": "3"})
+    start, data = canonical_bytes(blob)
+    (old,), (new,) = struct.unpack("<Q", blob[:8]), struct.unpack("<Q", start[:8])
+    assert len(start) == 8 + new and new % 8 == 0
+    assert bytes(data) == blob[8 + old :]
+    assert json.loads(start[8:]) == json.loads(blob[8 : 8 + old])
+
+
+def test_a_finished_trainings_empty_resume_folders_go_up_to_the_resume_root(tmp_path):
+    from diffattr.train import remove_resume_dir
+
+    root = tmp_path / "out" / "resume"
+    mine, other = root / "lds" / "0" / "seed0", root / "lds" / "1" / "seed0"
+    mine.mkdir(parents=True)
+    other.mkdir(parents=True)
+    remove_resume_dir(mine)  # its subset folder goes; the pool folder holds another job's progress
+    assert not (root / "lds" / "0").exists() and other.is_dir()
+    remove_resume_dir(other)  # the last one: every empty folder up to the root, which goes too
+    assert not root.exists() and (tmp_path / "out").is_dir()
+    leftover = tmp_path / "x" / "resume" / "p" / "seed0"
+    leftover.mkdir(parents=True)
+    (leftover / "state.safetensors").write_bytes(b"progress")
+    with pytest.raises(OSError):  # a resume folder that still holds something is never removed
+        remove_resume_dir(leftover)
+    assert (leftover / "state.safetensors").read_bytes() == b"progress"
+    outside = tmp_path / "y" / "a" / "seed0"  # under no folder named resume: only the leaf
+    outside.mkdir(parents=True)
+    remove_resume_dir(outside)
+    assert not outside.exists() and (tmp_path / "y" / "a").is_dir()
+
+
+def test_retraining_curves_hold_no_wall_time():
+    from diffattr.methods.retraining import lds_vs_models
+
+    rng = np.random.default_rng(0)
+    masks, eval_masks = rng.random((12, 10)) < 0.5, rng.random((6, 10)) < 0.5
+    weights = rng.standard_normal((10, 3))
+    table = lds_vs_models(masks, masks @ weights, eval_masks, eval_masks @ weights, [12], "datamodels", cv=3)
+    assert not [c for c in table.columns if "second" in c]
+    assert table["lds"].iloc[0] > 0.5  # a linear truth: the datamodel recovers it
+
+
+def test_the_ceiling_rows_count_their_queries_like_a_method():
+    from diffattr.evaluate.table import ceiling_rows
+    from diffattr.ground_truth import reliability_table
+
+    losses = np.random.default_rng(1).random((1, 5, 4, 7))  # (seeds, subsets, pairs, queries)
+    reliability = reliability_table({"val": losses})
+    rows = ceiling_rows(reliability)
+    assert rows[["n_subsets", "n_queries", "n_undefined"]].to_dict("records") == [
+        {"n_subsets": 5, "n_queries": 7, "n_undefined": 0}]
+    rows = ceiling_rows(reliability.assign(n_undefined=2))  # a table that counts its undefined queries
+    assert rows[["n_queries", "n_undefined"]].to_dict("records") == [{"n_queries": 5, "n_undefined": 2}]
+
+
 # -------------------------------------------------------------------------------- workflow tier
 
 class Reference:

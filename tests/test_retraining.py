@@ -1,4 +1,4 @@
-"""Empirical influence and datamodels (METHODS.md §2.14, §2.15) against independent computations:
+"""Empirical influence and datamodels (docs/methods.md §2.14, §2.15) against independent computations:
 a plain loop for EI, sklearn's RidgeCV per query for datamodels, planted linear datamodels, and
 the LDS vs number of retrained models (§4.4, §5.3)."""
 

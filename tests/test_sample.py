@@ -1,4 +1,4 @@
-"""DDIM generation and its recorded trajectory (METHODS.md §3 "Generation", §2.12)."""
+"""DDIM generation and its recorded trajectory (docs/methods.md §3 "Generation", §2.12)."""
 
 import numpy as np
 import pytest

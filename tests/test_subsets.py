@@ -1,4 +1,4 @@
-"""Subset pools (METHODS.md §4.2): disjoint, stratified, reproducible from the seed."""
+"""Subset pools (docs/methods.md §4.2): disjoint, stratified, reproducible from the seed."""
 
 import numpy as np
 from sklearn.model_selection import train_test_split

@@ -1,4 +1,4 @@
-"""Text-to-image LoRA components (METHODS.md §3 "ArtBench SD-LoRA"), on tiny random models."""
+"""Text-to-image LoRA components (docs/methods.md §3 "ArtBench SD-LoRA"), on tiny random models."""
 
 from __future__ import annotations
 

@@ -58,12 +58,12 @@ def test_training_is_deterministic_and_resume_is_exact(digits_store, tmp_path):
 
     # Interrupt after step 8 (a state was saved at step 8), then rerun: it resumes, same result.
     out = tmp_path / "c"
-    calls = {"n": 0}
+    calls = {"n": 0, "die_at": 10}
     original = torch.optim.AdamW.step
 
     def dying_step(self, *args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 10:
+        if calls["n"] == calls["die_at"]:
             raise KeyboardInterrupt("killed mid-training")
         return original(self, *args, **kwargs)
 
@@ -71,14 +71,20 @@ def test_training_is_deterministic_and_resume_is_exact(digits_store, tmp_path):
     try:
         with pytest.raises(KeyboardInterrupt):
             run_training(images, out)
+        assert (out / "resume" / "state.safetensors").exists() and not (out / "step12.safetensors").exists()
+        calls.update(n=0, die_at=None)
+        resumed = run_training(images, out)
     finally:
         torch.optim.AdamW.step = original
-    assert (out / "resume" / "state.safetensors").exists() and not (out / "step12.safetensors").exists()
-    resumed = run_training(images, out)
-    log = (out / "log.csv").read_text().splitlines()
-    assert log[1].startswith("12,") or log[1].startswith("12.")  # only steps after the resume point were run
+    assert calls["n"] == 4  # steps 9–12 only: it resumed from step 8
+    # the log rows before the resume point came back with the state: the same table, byte for byte
+    assert (out / "log.csv").read_bytes() == (tmp_path / "a" / "log.csv").read_bytes()
+    assert [line.split(",")[0] for line in (out / "log.csv").read_text().splitlines()] == ["step", "4", "8", "12"]
     for x, y in zip(straight, resumed):
         assert_same_weights(x, y)
+    # the checkpoints too: the same bytes (weights and a header in canonical order), not just equal tensors
+    for name in ("step6.safetensors", "step12.safetensors"):
+        assert (out / name).read_bytes() == (tmp_path / "a" / name).read_bytes(), name
 
 
 def test_ground_truth_is_bit_identical_across_two_runs(digits_store, tmp_path):

@@ -1,4 +1,4 @@
-"""Attribution by Unlearning (METHODS.md §2.17) against independent computations: the Fisher diagonal
+"""Attribution by Unlearning (docs/methods.md §2.17) against independent computations: the Fisher diagonal
 against a plain per-sample torch.autograd loop over re-derived draws; the unlearning step against
 θ + η·g/((F + ε_F)·N·M) with g from a plain autograd loop over single copies; the scores against
 per-image hand L_Simple averages of both models; and the issue's check on a tiny trained DDPM: a

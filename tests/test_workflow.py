@@ -164,7 +164,7 @@ def test_smoke_run_end_to_end(smoke):
         assert abs(lds[("random", split)]) < 0.15
         assert lds[("pixel_l2", split)] > lds[("random", split)]
         assert 0 < lds[("ground_truth_split_half", split)] <= 1
-        # Both gradient methods beat the control. D-TRAK > TRAK (METHODS.md §5.1) needs the default's
+        # Both gradient methods beat the control. D-TRAK > TRAK (docs/methods.md §5.1) needs the default's
         # scale (1597 images, 500 steps: val 0.151 vs 0.121); on 300 images and 120 steps TRAK leads.
         assert lds[("trak", split)] > lds[("random", split)]
         assert lds[("dtrak", split)] > lds[("random", split)]

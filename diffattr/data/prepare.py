@@ -1,5 +1,5 @@
 """prepare_data: class filtering and stratified sampling into the train set and the attributed
-("val") set, written to the image store plus a pandas metadata table (METHODS.md §4.1)."""
+("val") set, written to the image store plus a pandas metadata table (docs/methods.md §4.1)."""
 
 from __future__ import annotations
 

@@ -65,7 +65,7 @@ def read_captions(path: str | os.PathLike, split: str) -> list[str] | None:
 
 
 def to_model_range(images: np.ndarray) -> np.ndarray:
-    """uint8 (N, H, W, C) → float32 (N, C, H, W) in [−1, 1] (METHODS.md §0)."""
+    """uint8 (N, H, W, C) → float32 (N, C, H, W) in [−1, 1] (docs/methods.md §0)."""
     return (images.astype(np.float32) / 127.5 - 1.0).transpose(0, 3, 1, 2).copy()
 
 

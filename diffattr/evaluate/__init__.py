@@ -1,1 +1,1 @@
-"""Evaluation of attribution scores: LDS (METHODS.md §4.4), later counterfactual (§4.5)."""
+"""Evaluation of attribution scores: LDS (docs/methods.md §4.4), later counterfactual (§4.5)."""

@@ -1,4 +1,4 @@
-"""Linear datamodeling score, exactly as METHODS.md §4.4.
+"""Linear datamodeling score, exactly as docs/methods.md §4.4.
 
 For subset masks A (M × N), scores τ (n × N) and ground truth Y (M × n):
 predicted outputs P = A · (s·τ)ᵀ with s = −1 for scores where larger means "helps" (TRAK family,

@@ -65,7 +65,7 @@ def evaluate_method(method: str, score_paths: dict[str, str], masks_path: str, t
 def evaluate_steps(scores_path: str, masks_path: str, truth_path: str, params: dict[str, Any],
                    out_path: str, block_rows: int = 256) -> pd.DataFrame:
     """trajectory_lds: the LDS (with bootstrap) of Journey-TRAK's score at each sampling step on the
-    generated set (METHODS.md §2.12), from the per-step score store of ``score_trajectory``."""
+    generated set (docs/methods.md §2.12), from the per-step score store of ``score_trajectory``."""
     import zarr
 
     masks, truth = read_pool(masks_path), read_ground_truth(truth_path, "gen")
@@ -84,11 +84,16 @@ def evaluate_steps(scores_path: str, masks_path: str, truth_path: str, params: d
 
 
 def ceiling_rows(reliability: pd.DataFrame) -> pd.DataFrame:
+    """The ceiling rows: per set, the split-half reliability of the ground truth (its reliability
+    table, :func:`diffattr.ground_truth.reliability_table`). Counted like a method's LDS: when the
+    reliability table has ``n_undefined`` (queries whose halves had no correlation, out of its
+    ``n_queries`` measured), ``n_queries`` = measured − undefined; without it, 0 are undefined."""
+    undefined = reliability["n_undefined"] if "n_undefined" in reliability else 0
     return pd.DataFrame(
         {"method": "ground_truth_split_half", "kind": "ceiling", "set": reliability["set"],
          "lds": reliability["split_half"], "std": np.nan, "ci_low": np.nan, "ci_high": np.nan,
-         "n_subsets": reliability["n_subsets"], "n_queries": reliability["n_queries"], "n_undefined": np.nan, "sign": 0,
-         "chosen": "halves: " + reliability["halves"]},
+         "n_subsets": reliability["n_subsets"], "n_queries": reliability["n_queries"] - undefined,
+         "n_undefined": undefined, "sign": 0, "chosen": "halves: " + reliability["halves"]},
         columns=COLUMNS,
     )
 

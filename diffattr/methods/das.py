@@ -1,4 +1,4 @@
-"""DAS's training-residual weight (METHODS.md §2.13, step 3).
+"""DAS's training-residual weight (docs/methods.md §2.13, step 3).
 
 e_{i,t} = L_Simple of training sample z_i at timestep t (one ε per (noise seed, t), the ground
 truth's noise scheme) on the method's model; r_i = mean_t( sqrt(e_{i,t}) / ‖sqrt(e_{i,·})‖₂ ).

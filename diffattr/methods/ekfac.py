@@ -1,4 +1,4 @@
-"""K-FAC / EK-FAC influence for diffusion models (METHODS.md §2.9, Mlodozeniec et al., ICLR 2025).
+"""K-FAC / EK-FAC influence for diffusion models (docs/methods.md §2.9, Mlodozeniec et al., ICLR 2025).
 
 Score (sign: positive = z helps x, i.e. lowers its measurement; the same convention as TRAK in
 :mod:`diffattr.methods.trak`)::
@@ -6,9 +6,9 @@ Score (sign: positive = z helps x, i.e. lowers its measurement; the same convent
     τ(x, z) = ∇_θ m(x)ᵀ (Ĝ + λI)⁻¹ ∇_θ L(z)
 
 * ``L(z) = (1/D) Σ_d ℓ(z, t_d, ε_d)``, ℓ = L_Simple = mean over the output dimensions of
-  (ε_θ(x_t, t) − ε)² (METHODS.md §0), averaged over D (t, ε) draws per training sample.
+  (ε_θ(x_t, t) − ε)² (docs/methods.md §0), averaged over D (t, ε) draws per training sample.
 * ``m(x) = (1/D') Σ_d F(x, t_d, ε_d)`` with F the measurement: ``loss`` (L_Simple), ``square``
-  (mean ε_θ², D-TRAK's L_Square) or ``elbo`` (w_t·L_Simple, w_t = β_t / (2α_t(1−ᾱ_t)), METHODS.md §1).
+  (mean ε_θ², D-TRAK's L_Square) or ``elbo`` (w_t·L_Simple, w_t = β_t / (2α_t(1−ᾱ_t)), docs/methods.md §1).
 * Ĝ approximates the Gauss-Newton matrix of the training loss averaged over data, t and ε,
   G = E_{z,t,ε}[Jᵀ ∇²_out ℓ J] with ∇²_out ℓ = (2/d)·I (d = C·H·W). Every (z, t, ε) draw is one
   "example" of the curvature. With ``fisher="mc"`` (default, Mlodozeniec's ``fisher_type="mc"``,
@@ -67,6 +67,8 @@ from diffattr.models.ddpm import noisy_draws
 from diffattr.noise import gaussian_noise, sample_timesteps
 from diffattr.outputs import l_simple, output_values
 
+log = logging.getLogger(__name__)
+
 STRATEGIES = ("ekfac", "kfac", "diagonal", "identity")
 MEASUREMENTS = {"loss": "loss", "square": "square", "elbo": "weighted_mse"}
 """Measurement name → :func:`diffattr.outputs.output_function` name."""
@@ -82,7 +84,7 @@ _SCORES = "scores"
 
 @dataclass(frozen=True)
 class EkfacConfig:
-    """Settings of :func:`ekfac_scores` (METHODS.md §2.9).
+    """Settings of :func:`ekfac_scores` (docs/methods.md §2.9).
 
     ``batch_size`` counts *samples*; each forward pass runs ``batch_size × draws`` rows.
     ``queries_per_pass`` bounds how many preconditioned query gradients are held at once
@@ -266,6 +268,11 @@ def mean_eigenvalue(factors: dict[str, dict[str, torch.Tensor]], strategy: str) 
     return total / count
 
 
+RESULT_FACTS = ("damping", "tracked_parameters")
+"""The run facts of :func:`influence_scores` that describe the result (a score store's attrs); its
+timings only go to the job's log."""
+
+
 def influence_scores(model: torch.nn.Module, task: DrawTask, fit_data: torch.utils.data.Dataset,
                      train_data: torch.utils.data.Dataset, query_data: torch.utils.data.Dataset,
                      cfg: EkfacConfig, workdir: str, device: str = "cpu") -> tuple[np.ndarray, dict[str, Any]]:
@@ -274,8 +281,9 @@ def influence_scores(model: torch.nn.Module, task: DrawTask, fit_data: torch.uti
     Ĝ is fitted on ``fit_data`` (one curvature example per row), ∇L on ``train_data`` and ∇m on
     ``query_data``. ``model`` is copied, never modified. ``workdir`` receives the factor and score
     files (overwritten on every call). The facts: ``damping`` (the absolute λ used),
-    ``tracked_parameters`` (p, the parameters of the tracked layers), ``fit_seconds``,
-    ``score_seconds``.
+    ``tracked_parameters`` (p, the parameters of the tracked layers) — :data:`RESULT_FACTS`, which a
+    score store records — and the wall times ``fit_seconds``, ``score_seconds`` (also logged; a
+    result file holds no wall time, README "Guarantees").
     """
     model = prepare_model(copy.deepcopy(model).to(device).eval(), task)
     # kronfluence calls gc.collect() between stages (≈0.5 s each in a large process); objects that
@@ -322,6 +330,8 @@ def _run_engine(model: torch.nn.Module, task: DrawTask, fit_data: torch.utils.da
         scores = analyzer.load_pairwise_scores(_SCORES)["all_modules"]
     info = {"damping": float(damping), "tracked_parameters": int(tracked), "fit_seconds": fitted - start,
             "score_seconds": time.perf_counter() - fitted}
+    log.info("EK-FAC (%s, %d tracked parameters): factors fitted in %.1f s, scores in %.1f s", cfg.strategy,
+             tracked, info["fit_seconds"], info["score_seconds"])
     return scores.float().cpu().numpy(), info
 
 
@@ -381,6 +391,5 @@ def ekfac_method_scores(inputs: dict[str, str], params: dict[str, Any], query_se
     with tempfile.TemporaryDirectory(prefix="ekfac-") as workdir:
         scores = ekfac_scores(model, build_scheduler(params["scheduler"]), train, queries, cfg, workdir, device(),
                               info=info)[query_set]
-    attrs = {"strategy": cfg.strategy, "damping_setting": cfg.damping,
-             **{k: v for k, v in info.items() if isinstance(v, (int, float, str))}}
+    attrs = {"strategy": cfg.strategy, "damping_setting": cfg.damping, **{k: info[k] for k in RESULT_FACTS}}
     return ScoreBlocks(scores.shape[0], scores.shape[1], lambda start, stop: scores[start:stop], attrs)

@@ -1,4 +1,4 @@
-"""Embedding-similarity attribution (METHODS.md §2.2 "CLIP similarity", §2.16 AbC).
+"""Embedding-similarity attribution (docs/methods.md §2.2 "CLIP similarity", §2.16 AbC).
 
 An image encoder E maps each image to a vector e = E(x) ∈ R^d and the score of training image z for
 query x is either
@@ -6,7 +6,7 @@ query x is either
 - ``dot``:    τ(x, z) = e(x)ᵀ e(z)                          (§2.2, D-TRAK's CLIP dot score), or
 - ``cosine``: τ(x, z) = e(x)ᵀ e(z) / (‖e(x)‖₂ · ‖e(z)‖₂)     (§2.2 cosine; §2.16 AbC's score).
 
-Larger τ means "z helps x" (sign ``HELPS`` in :mod:`diffattr.methods.registry`, METHODS.md §0, §4.4).
+Larger τ means "z helps x" (sign ``HELPS`` in :mod:`diffattr.methods.registry`, docs/methods.md §0, §4.4).
 Nothing here downloads anything; two encoder families load from local files only:
 
 ``clip``
@@ -25,7 +25,7 @@ Nothing here downloads anything; two encoder families load from local files only
     :func:`diffattr.models.ddpm.load_unet`) used as a feature extractor, so the default digits config
     needs no shipped weights. With a fixed timestep t and a fixed noise image ε (zeros by default,
     or one N(0, I) draw from ``noise_seed`` shared by every image), the UNet runs on
-    x_t = sqrt(ᾱ_t)·x₀ + sqrt(1−ᾱ_t)·ε (METHODS.md §0) and e(x) is the spatial mean of the chosen
+    x_t = sqrt(ᾱ_t)·x₀ + sqrt(1−ᾱ_t)·ε (docs/methods.md §0) and e(x) is the spatial mean of the chosen
     block's output activations: ``mid`` (mid block), ``down.i`` or ``up.i`` (i-th down / up block).
     Its dimension is that block's channel count. The embedding of an image depends on nothing but the
     image (not on its batch or position), so a training image queried against itself always matches.
@@ -56,7 +56,7 @@ Encoder = Callable[[torch.Tensor], torch.Tensor]
 
 @dataclass(frozen=True)
 class EmbeddingConfig:
-    """Knobs of an embedding-similarity method (METHODS.md §2.2, §2.16).
+    """Knobs of an embedding-similarity method (docs/methods.md §2.2, §2.16).
 
     ``path``: the CLIP model directory (``clip``) or the UNet safetensors checkpoint (``ddpm``).
     ``layer``, ``timestep`` and ``noise_seed`` apply to ``ddpm`` only; ``image_size`` to ``clip``
@@ -201,7 +201,7 @@ def ddpm_encoder(cfg: EmbeddingConfig, unet_config: Mapping[str, Any],
                  scheduler_config: Mapping[str, Any] | None = None) -> Encoder:
     """E(x) = mean over (h, w) of block ``cfg.layer``'s output on UNet(x_t, t), t = ``cfg.timestep``.
 
-    x_t = sqrt(ᾱ_t)·x + sqrt(1−ᾱ_t)·ε (METHODS.md §0) with ε = 0, or with one ε ~ N(0, I) of shape
+    x_t = sqrt(ᾱ_t)·x + sqrt(1−ᾱ_t)·ε (docs/methods.md §0) with ε = 0, or with one ε ~ N(0, I) of shape
     (C, H, W) drawn from ``torch.Generator().manual_seed(noise_seed)`` and shared by all images.
     ``scheduler_config`` (``model.scheduler``) gives ᾱ; None means diffusers' default (T = 1000,
     linear β from 1e-4 to 0.02).

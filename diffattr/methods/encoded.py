@@ -1,4 +1,4 @@
-"""Encoded ensembles (Dai & Gifford), METHODS.md §2.18.
+"""Encoded ensembles (Dai & Gifford), docs/methods.md §2.18.
 
 **Split design.** E models, E even. Training point i gets a distinct balanced code c(i) ∈ {0,1}^E
 with E/2 ones (:func:`diffattr.subsets.balanced_codes`); member m trains on {i : c_m(i) = 1}. So for every i, exactly
@@ -10,7 +10,7 @@ E/2 members never saw z_i: their mean is the ensemble *without* z_i, at no retra
     τ(x, z_i) = mean over the ground truth's (noise seed, t) pairs of
                 L_Simple(ε̄; x, t, ε) − L_Simple(ε̄_{−i}; x, t, ε),
 
-with L_Simple = mean over pixels of (prediction − ε)² (METHODS.md §0) and exactly the ground truth's
+with L_Simple = mean over pixels of (prediction − ε)² (docs/methods.md §0) and exactly the ground truth's
 draws of ε and t (§4.3, :func:`diffattr.measure.measure_losses`). τ > 0 means including z_i raises
 the loss at x: the sign ``LOSS_UNITS`` of :mod:`diffattr.methods.registry`. Writing a_i ∈ R^E for
 the complement weights (2/E)·[c_m(i) = 0] and P ∈ R^{E×D} for one sample's member predictions, the
@@ -21,7 +21,7 @@ the ε prediction Σ_m w_m ε_m (w = 1/E: the full ensemble) (:func:`ensemble_sa
 counterfactual of z_i samples again with w = a_i and the same noise (:func:`counterfactual_sample`).
 Linearised version: J_m = ∂x₀/∂w_m at w = 1/E by forward-mode AD and
 Δx(i) ≈ Σ_m (w'_m − 1/E)·J_m, w' = a_i (:func:`linearised_counterfactual`); this linearisation is
-the spec author's derivation, UNVERIFIED against the paper (METHODS.md §2.18).
+the spec author's derivation, UNVERIFIED against the paper (docs/methods.md §2.18).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def check_codes(codes: np.ndarray, members: int) -> None:
     bad = int((codes.sum(axis=1) != members // 2).sum())
     if bad:
         raise ValueError(f"{bad} training points are not in exactly {members // 2} of the {members} members, "
-                         "so the masks are not a balanced code design (METHODS.md §2.18)")
+                         "so the masks are not a balanced code design (docs/methods.md §2.18)")
 
 
 def complement_weights(codes: np.ndarray, device: str | torch.device = "cpu",
@@ -160,7 +160,7 @@ def ensemble_sample(
     device: str = "cpu",
     timesteps: int | None = None,
 ) -> torch.Tensor:
-    """x₀ (B, C, H, W) of deterministic DDPM ancestral sampling with ε̂ = Σ_m w_m ε_m (METHODS.md §2.18).
+    """x₀ (B, C, H, W) of deterministic DDPM ancestral sampling with ε̂ = Σ_m w_m ε_m (docs/methods.md §2.18).
 
     Steps t_{S−1} > … > t_0 = 0 from :func:`sampling_timesteps` (S = T by default). With ᾱ' = ᾱ at
     the chosen steps and ᾱ_{t_{−1}} = 1 (respacing: β'_s = 1 − ᾱ_{t_s}/ᾱ_{t_{s−1}}), step s maps
@@ -238,7 +238,7 @@ def ensemble_jacobian(
     timesteps: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(x₀ of the full ensemble (B, C, H, W), J (E, B, C, H, W)) with J_m = ∂x₀/∂w_m at w = 1/E,
-    one forward-mode ``torch.func.jvp`` of :func:`ensemble_sample` per member (METHODS.md §2.18)."""
+    one forward-mode ``torch.func.jvp`` of :func:`ensemble_sample` per member (docs/methods.md §2.18)."""
     e = len(models)
     w = torch.full((e,), 1.0 / e, dtype=noise.dtype, device=device)
     basis = torch.eye(e, dtype=noise.dtype, device=device)
@@ -262,7 +262,7 @@ def linearised_counterfactual(
     """(x₀ (B, C, H, W), Δx (N, B, C, H, W)) with Δx(i) = Σ_m (w'_m − 1/E)·J_m, w'_m = (2/E)·[c_m(i) = 0]
     and J from :func:`ensemble_jacobian`: the first-order change of the sample when only the members
     without z_i generate it. This linearisation is the spec author's derivation, UNVERIFIED against the
-    paper (METHODS.md §2.18)."""
+    paper (docs/methods.md §2.18)."""
     x0, jacobian = ensemble_jacobian(models, noise, scheduler_config, device, timesteps)
     shift = complement_weights(codes, device, jacobian.dtype) - 1.0 / len(models)
     return x0, torch.tensordot(shift, jacobian, dims=1)

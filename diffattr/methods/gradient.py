@@ -1,4 +1,4 @@
-"""Gradient-similarity methods over stored features, without a kernel (METHODS.md §2.3, §2.4, §2.7).
+"""Gradient-similarity methods over stored features, without a kernel (docs/methods.md §2.3, §2.4, §2.7).
 
 With φ_c(·) the projected gradient features at checkpoint c (one feature spec per checkpoint) and
 weights w_c:

@@ -1,11 +1,11 @@
-"""Influence functions with Hessian-vector products: exact, conjugate gradient, LiSSA (METHODS.md §2.8).
+"""Influence functions with Hessian-vector products: exact, conjugate gradient, LiSSA (docs/methods.md §2.8).
 
 Koh & Liang's influence of a training sample z on a measurement m at a query x is
 IF(x, z) = −∇m(x)ᵀ H⁻¹ ∇L(z), H = ∇²R(θ). We return the opposite sign,
 
     τ(x, z) = ∇m(x)ᵀ (H + λI)⁻¹ ∇L(z) = s_test(x)ᵀ ∇L(z),   s_test(x) = (H + λI)⁻¹ ∇m(x),
 
-so that τ > 0 means "z helps x" (upweighting z lowers m(x)), the TRAK convention of METHODS.md §0
+so that τ > 0 means "z helps x" (upweighting z lowers m(x)), the TRAK convention of docs/methods.md §0
 (:data:`diffattr.methods.registry.HELPS`). To first order, dropping z's term from the training sum
 (weights 1/N of the others unchanged) changes m(x) by τ(x, z)/N. With ``renormalize`` the train
 gradient is divided by its norm: Hammoudeh & Lowd's renormalised IF (§2.7), same sign convention.
@@ -69,7 +69,7 @@ TIMESTEP_STRATEGIES = ("uniform", "cumulative", "random")
 
 @dataclass(frozen=True)
 class InfluenceConfig:
-    """Knobs of the influence-function method (METHODS.md §2.8); λ = ``damping`` is absolute."""
+    """Knobs of the influence-function method (docs/methods.md §2.8); λ = ``damping`` is absolute."""
 
     solver: str = "cg"
     damping: float = 1e-3
@@ -318,7 +318,7 @@ def _relative(rr: torch.Tensor, target: torch.Tensor, tolerance: float) -> torch
 
 def lissa(minibatch_hvp: Callable[[torch.Tensor, int, int], torch.Tensor], rhs: torch.Tensor, damping: float,
           scale: float, depth: int, repeats: int) -> tuple[torch.Tensor, dict[str, Any]]:
-    """LiSSA (METHODS.md §2.8) for all rows v of ``rhs`` at once.
+    """LiSSA (docs/methods.md §2.8) for all rows v of ``rhs`` at once.
 
     h₀ = v; h_j = v + (1 − d)·h_{j−1} − H_{B(r,j)} h_{j−1} / s with d = λ/s; s_test = h_depth / s,
     averaged over ``repeats``. ``minibatch_hvp(h, repeat, step)`` returns H_B h for that step's
@@ -414,7 +414,7 @@ def influence_from_objectives(params: Params, train: Objective, queries: dict[st
     H is the Hessian of ``train`` (the mean of its per-sample losses ℓ_z) at ``params``; ∇m(x) the
     per-sample gradients of each query objective. All query sets are solved together; train
     gradients are streamed in batches of ``cfg.batch_size`` (never stacked). With
-    ``cfg.renormalize`` each ∇ℓ_z is divided by its norm (METHODS.md §2.7).
+    ``cfg.renormalize`` each ∇ℓ_z is divided by its norm (docs/methods.md §2.7).
     """
     p = num_params(params)
     if cfg.solver == "exact":
@@ -438,7 +438,7 @@ def influence_from_objectives(params: Params, train: Objective, queries: dict[st
 def diffusion_objective(model: torch.nn.Module, scheduler: Any, images: np.ndarray, split: str,
                         cfg: InfluenceConfig, output: str = "loss", sample_ids: np.ndarray | None = None,
                         device: str | torch.device = "cpu") -> Objective:
-    """Per-sample (1/D) Σ_{(t,ε)} F(x, t, ε; θ) over D = ``cfg.timesteps`` draws (METHODS.md §0, §1).
+    """Per-sample (1/D) Σ_{(t,ε)} F(x, t, ε; θ) over D = ``cfg.timesteps`` draws (docs/methods.md §0, §1).
 
     Batch tensors: x₀ (B, C, H, W), t (B, D), ε (B, D, C, H, W); t and ε are pure functions of
     (``cfg.noise_seed``, ``split``, sample id, t), as in :func:`diffattr.featurize.featurize`.
@@ -471,7 +471,7 @@ def influence_scores(model: torch.nn.Module, scheduler: Any, train_images: np.nd
                      train_ids: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Influence scores of a diffusion model, per query set an (n_queries × n_train) float32 matrix.
 
-    τ(x, z) = ∇m(x)ᵀ (H + λI)⁻¹ ∇L(z) (METHODS.md §2.8, minus Koh & Liang's IF: > 0 = z helps x),
+    τ(x, z) = ∇m(x)ᵀ (H + λI)⁻¹ ∇L(z) (docs/methods.md §2.8, minus Koh & Liang's IF: > 0 = z helps x),
     H the Hessian of the training objective R (L_Simple averaged over the images and their fixed
     (t, ε) draws), L(z) z's own term of R, m(x) the mean of ``cfg.output`` over x's draws. Images
     are float (n, C, H, W) in [−1, 1]; draws are seeded by split ("train", or the query set's name)

@@ -2,7 +2,7 @@
 
 A method is a name in the config's ``methods`` block whose ``kind`` names an entry here. The entry
 declares what the method needs (artifact keys the Snakefile turns into input files), the sign its
-scores carry in the LDS (METHODS.md §0, §4.4) and the scorer: a function imported only when the job
+scores carry in the LDS (docs/methods.md §0, §4.4) and the scorer: a function imported only when the job
 runs (so the registry is torch-free) that maps (inputs, method params, query set) to
 :class:`ScoreBlocks`, an (attributed × train) matrix produced one row block at a time.
 """
@@ -43,9 +43,9 @@ class ScoreBlocks:
 
 KINDS: dict[str, MethodKind] = {
     "pixel": MethodKind("pixel", HELPS, ("data", "generated"), "diffattr.methods.similarity:pixel_scores",
-                        "Raw-pixel similarity: dot, cosine or negative squared L2 (METHODS.md §2.1)"),
+                        "Raw-pixel similarity: dot, cosine or negative squared L2 (docs/methods.md §2.1)"),
     "random": MethodKind("random", HELPS, ("data", "generated"), "diffattr.methods.similarity:random_scores",
-                         "Seeded −U(0,1) control scores, LDS ≈ 0 (METHODS.md §2.2)"),
+                         "Seeded −U(0,1) control scores, LDS ≈ 0 (docs/methods.md §2.2)"),
     "trak": MethodKind("trak", HELPS, ("kernel_models",), "diffattr.methods.trak:trak_scores",
                        "TRAK / D-TRAK (feature spec's output: loss / square), single model or ensemble (§2.10, §2.11); "
                        "RelatIF, renormalised IF (normalize) and DAS (residual) (§2.6, §2.7, §2.13)"),

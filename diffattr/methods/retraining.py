@@ -1,13 +1,13 @@
-"""The retraining family: empirical influence and datamodels (METHODS.md §2.14, §2.15).
+"""The retraining family: empirical influence and datamodels (docs/methods.md §2.14, §2.15).
 
-Both methods read the same two matrices of the ``retrain`` pool (METHODS.md §4.2, §4.3):
+Both methods read the same two matrices of the ``retrain`` pool (docs/methods.md §4.2, §4.3):
 
 * ``masks`` (M × N, boolean): row m marks the training samples subset model m was trained on;
 * ``outputs`` (M × Q, float): y_m(x), the L_Simple of model m at query x (lower = better fit).
 
 and return a score matrix τ (Q × N) in **loss units**: τ(x, z_i) > 0 means that including z_i
 *raises* the loss at x. They therefore enter the LDS with the sign s = +1
-(:data:`diffattr.methods.registry.LOSS_UNITS`, METHODS.md §0 and §4.4), unlike the TRAK family.
+(:data:`diffattr.methods.registry.LOSS_UNITS`, docs/methods.md §0 and §4.4), unlike the TRAK family.
 
 * Empirical influence (Feldman & Zhang, §2.14):
   EI(x, z_i) = mean_{m: i∈S_m} y_m(x) − mean_{m: i∉S_m} y_m(x).
@@ -20,11 +20,12 @@ Everything is vectorised over queries: the datamodel fit never loops over querie
 solves go through the M × M Gram matrix G = A Aᵀ of the design (exact in floating point, since
 A is 0/1), which every fold derives by centring, and one eigendecomposition per fold serves every
 α and every query. :func:`lds_vs_models` gives the "LDS vs number of retrained models" table
-(METHODS.md §5.3) on an evaluation pool.
+(docs/methods.md §5.3) on an evaluation pool.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -36,6 +37,8 @@ from sklearn.model_selection import KFold
 
 from diffattr.evaluate.lds import bootstrap_lds, predicted_outputs
 from diffattr.methods.registry import LOSS_UNITS, ScoreBlocks
+
+log = logging.getLogger(__name__)
 
 DEFAULT_ALPHAS: tuple[float, ...] = (0.1, 1.0, 10.0)
 """The α grid of D-TRAK's datamodel notebooks, ``RidgeCV(alphas=[0.1, 1, 10], cv=5)`` (§2.15)."""
@@ -84,7 +87,7 @@ def _describe(indices: np.ndarray) -> str:
 # ---------------------------------------------------------------------------------------------
 
 def empirical_influence(masks: np.ndarray, outputs: np.ndarray) -> np.ndarray:
-    """Empirical influence of every training sample on every query (METHODS.md §2.14).
+    """Empirical influence of every training sample on every query (docs/methods.md §2.14).
 
     EI(x, z_i) = mean_{m: i∈S_m} y_m(x) − mean_{m: i∉S_m} y_m(x), in loss units (LDS sign +1).
 
@@ -126,7 +129,7 @@ def empirical_influence(masks: np.ndarray, outputs: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class DatamodelFit:
-    """Per-query ridge datamodels y_m(x) ≈ w_xᵀ 1[S_m] + b_x (METHODS.md §2.15).
+    """Per-query ridge datamodels y_m(x) ≈ w_xᵀ 1[S_m] + b_x (docs/methods.md §2.15).
 
     Attributes:
         weights: (Q × N) τ(x, z_i) = w_x[i], in loss units (LDS sign +1).
@@ -190,7 +193,7 @@ def _check_alphas(alphas: Iterable[float]) -> tuple[float, ...]:
 
 def fit_datamodels(masks: np.ndarray, outputs: np.ndarray, alphas: Iterable[float] = DEFAULT_ALPHAS,
                    cv: int = 5, seed: int = 0, shuffle: bool = False) -> DatamodelFit:
-    """Fit one ridge datamodel per query, α by K-fold CV, all queries at once (METHODS.md §2.15).
+    """Fit one ridge datamodel per query, α by K-fold CV, all queries at once (docs/methods.md §2.15).
 
     For each query x: y_m(x) ≈ w_xᵀ 1[S_m] + b_x, minimising Σ_m (y_m(x) − w_xᵀa_m − b_x)² + α‖w_x‖²
     (intercept not penalised). α is the grid value with the best mean held-out R² over the K folds
@@ -249,7 +252,7 @@ def fit_datamodels(masks: np.ndarray, outputs: np.ndarray, alphas: Iterable[floa
 
 def datamodels(masks: np.ndarray, outputs: np.ndarray, alphas: Iterable[float] = DEFAULT_ALPHAS,
                cv: int = 5, seed: int = 0, shuffle: bool = False) -> np.ndarray:
-    """Datamodel scores τ(x, z_i) = w_x[i] (Q × N), loss units, LDS sign +1 (METHODS.md §2.15).
+    """Datamodel scores τ(x, z_i) = w_x[i] (Q × N), loss units, LDS sign +1 (docs/methods.md §2.15).
 
     Shorthand for ``fit_datamodels(...).weights``; use :func:`fit_datamodels` to report the α
     chosen per query (``.alpha``, ``.alpha_counts()``) and the CV scores.
@@ -268,10 +271,10 @@ def lds_vs_models(masks: np.ndarray, outputs: np.ndarray, eval_masks: np.ndarray
 
     For each method and M', the scores τ (Q × N) come from ``masks[:M']``, ``outputs[:M']``; the
     predicted output of evaluation subset m at query x is P[m, x] = +Σ_{i∈S_m} τ(x, z_i)
-    (sign :data:`LOSS_UNITS`, METHODS.md §4.4) and LDS = mean over queries of Spearman(P[:, x],
+    (sign :data:`LOSS_UNITS`, docs/methods.md §4.4) and LDS = mean over queries of Spearman(P[:, x],
     Y[:, x]) across the evaluation subsets, as :func:`diffattr.evaluate.lds.bootstrap_lds`
     computes it (with a bootstrap std / CI over evaluation subsets when ``resamples`` > 1; D-TRAK
-    used 64 resamples, seed 42). This is the table of METHODS.md §5.3 (M' = 64/128/256/512).
+    used 64 resamples, seed 42). This is the table of docs/methods.md §5.3 (M' = 64/128/256/512).
 
     Args:
         masks, outputs: the retrain pool, (M × N) and (M × Q); its queries are the evaluation's.
@@ -284,7 +287,7 @@ def lds_vs_models(masks: np.ndarray, outputs: np.ndarray, eval_masks: np.ndarray
 
     Returns:
         One row per (method, M'): ``method``, ``n_models``, ``lds``, ``std``, ``ci_low``,
-        ``ci_high``, ``n_queries``, ``fit_seconds``, ``cv`` (folds used, NaN for empirical
+        ``ci_high``, ``n_queries``, ``cv`` (folds used, NaN for empirical
         influence), ``note`` (why an empirical-influence point is NaN: with few models some sample is
         in all or none of them, so EI is undefined) and, for datamodels, ``alpha=<α>`` columns with the number of queries that
         chose each α (NaN for empirical influence).
@@ -321,18 +324,17 @@ def lds_vs_models(masks: np.ndarray, outputs: np.ndarray, eval_masks: np.ndarray
                     scores = empirical_influence(masks[:count], outputs[:count])
                 except ValueError as err:  # too few models: some sample is in all (or none) of them
                     rows.append({"method": name, "n_models": count, "lds": np.nan, "std": np.nan, "ci_low": np.nan,
-                                 "ci_high": np.nan, "n_queries": n_queries, "fit_seconds": np.nan, **extra,
-                                 "note": str(err)})
+                                 "ci_high": np.nan, "n_queries": n_queries, **extra, "note": str(err)})
                     continue
             else:
                 fit = fit_datamodels(masks[:count], outputs[:count], grid, min(int(cv), count))
                 scores = fit.weights
                 extra = {"cv": fit.n_folds} | {f"alpha={a:g}": n for a, n in fit.alpha_counts().items()}
-            seconds = time.perf_counter() - start
+            log.info("%s on %d models fitted in %.2f s", name, count, time.perf_counter() - start)
             pred = predicted_outputs(eval_masks, [(0, scores)], n_queries, LOSS_UNITS)
             res = bootstrap_lds(pred, eval_truth, resamples, confidence, seed)
             rows.append({"method": name, "n_models": count, "lds": res.lds, "std": res.std, "ci_low": res.ci_low,
-                         "ci_high": res.ci_high, "n_queries": n_queries, "fit_seconds": seconds, **extra, "note": ""})
+                         "ci_high": res.ci_high, "n_queries": n_queries, **extra, "note": ""})
     return pd.DataFrame(rows)
 
 

@@ -1,4 +1,4 @@
-"""Similarity methods that need no gradients (METHODS.md §2.1, §2.2 control).
+"""Similarity methods that need no gradients (docs/methods.md §2.1, §2.2 control).
 
 ``pixel``: flattened images in [−1, 1]; τ = xᵀz (``dot``), cos(x, z) (``cosine``) or −‖x − z‖²
 (``l2``, nearest neighbour in pixel space). ``random``: τ = −U(0, 1), drawn per query row from

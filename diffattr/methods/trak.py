@@ -1,5 +1,5 @@
 """Kernel methods: TRAK and D-TRAK (single model and ensemble), RelatIF, renormalised IF and DAS
-(METHODS.md §2.10, §2.11, §2.6, §2.7, §2.13).
+(docs/methods.md §2.10, §2.11, §2.6, §2.7, §2.13).
 
 τ(x, z) = φ(x)ᵀ (ΦᵀΦ + λI)⁻¹ φ(z) · w(z), with no out-to-loss term (Q = 1 for diffusion) and no
 rescaling. TRAK uses features of F = L_Simple (``loss``), D-TRAK of F = L_Square (``square``): the
@@ -149,7 +149,7 @@ def trak_scores(inputs: dict[str, str], params: dict[str, Any], query_set: str) 
 
 def trajectory_scores(inputs: dict[str, str], params: dict[str, Any], out_path: str, query_rows: int = 4096) -> np.ndarray:
     """score_trajectory: Journey-TRAK's score at every sampling step s, τ_s(x, z) = φ_s(x)ᵀ K_λ⁻¹ φ(z)·w(z)
-    averaged over the method's models (METHODS.md §2.12: one score vector per step; their mean over
+    averaged over the method's models (docs/methods.md §2.12: one score vector per step; their mean over
     steps is the method's score), written as an (S, n, N) float32 array ``scores`` with the steps'
     ``timesteps``. All steps of a block of samples are solved together (about ``query_rows``
     (sample, step) rows per solve), so the training features are streamed once per block, not once

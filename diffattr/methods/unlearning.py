@@ -1,4 +1,4 @@
-"""Attribution by Unlearning (Wang et al., NeurIPS 2024; METHODS.md §2.17).
+"""Attribution by Unlearning (Wang et al., NeurIPS 2024; docs/methods.md §2.17).
 
 Unlearn the attributed (synthesized) image x̂ from the trained model with one Fisher-preconditioned
 gradient-ascent step, then score every training image z by how much the model forgot it.
@@ -11,7 +11,7 @@ from *per-sample* gradients (``torch.func`` ``vmap(grad)``, never the square of 
 P = ``fisher_passes`` passes over the training set (§2.17: 5 epochs, one random t per sample and
 pass). t_{z,p} is column p of a seeded permutation of {0..T−1} per sample (so a sample's passes see
 distinct timesteps) and ε_{z,p} = ``gaussian_noise(seed, "fisher", z, t_{z,p})``: pure functions
-of (``seed``, pass, sample index), independent of ``fisher_batch_size`` (METHODS.md §7.2).
+of (``seed``, pass, sample index), independent of ``fisher_batch_size`` (docs/methods.md §7.2).
 
 **2. Unlearning step.** One step of gradient *ascent* on x̂, preconditioned by the Fisher,
 
@@ -71,7 +71,7 @@ QUERY_SPLIT = "unlearn"
 
 @dataclass(frozen=True)
 class UnlearningConfig:
-    """Knobs of attribution by unlearning (METHODS.md §2.17); defaults are §2.17's where it has one."""
+    """Knobs of attribution by unlearning (docs/methods.md §2.17); defaults are §2.17's where it has one."""
 
     eta: float = 0.01
     fisher_passes: int = 5

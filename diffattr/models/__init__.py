@@ -1,1 +1,1 @@
-"""Model families behind one interface (METHODS.md §3)."""
+"""Model families behind one interface (docs/methods.md §3)."""

@@ -1,6 +1,6 @@
 """Unconditional DDPM: diffusers ``UNet2DModel`` + ``DDPMScheduler`` built from explicit configs.
 
-METHODS.md §0 and §3: ε-prediction, T = 1000, linear β from 1e-4 to 0.02 by default. The UNet's
+docs/methods.md §0 and §3: ε-prediction, T = 1000, linear β from 1e-4 to 0.02 by default. The UNet's
 keyword arguments are exactly diffusers' (``model.unet`` in the config), so any architecture of the
 D-TRAK benchmark (DDPM-CIFAR, 36 M parameters) is a config change.
 """
@@ -13,10 +13,10 @@ from typing import Any
 
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from diffattr.atomic import atomic_path
 from diffattr.integrity import check_safetensors
+from diffattr.models.checkpoint import save_safetensors
 from diffattr.models.weights import check_weights_file
 
 
@@ -37,7 +37,7 @@ def alphas_cumprod(scheduler_config: dict[str, Any]) -> torch.Tensor:
 
 
 def add_noise(x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
-    """x_t = sqrt(ᾱ_t)·x₀ + sqrt(1−ᾱ_t)·ε (METHODS.md §0); ``t`` indexes ``abar`` per row."""
+    """x_t = sqrt(ᾱ_t)·x₀ + sqrt(1−ᾱ_t)·ε (docs/methods.md §0); ``t`` indexes ``abar`` per row."""
     a = abar.to(x0.device)[t].view(-1, *([1] * (x0.dim() - 1)))
     return a.sqrt() * x0 + (1 - a).sqrt() * eps
 
@@ -57,10 +57,10 @@ def count_parameters(model: torch.nn.Module) -> int:
 
 
 def save_weights(model: torch.nn.Module, path: str | Path, metadata: dict[str, Any]) -> None:
-    """Write the model's weights as safetensors (atomically), with JSON-able metadata."""
+    """Write the model's weights as safetensors (atomically, the same bytes in every process:
+    :func:`~diffattr.models.checkpoint.save_safetensors`), each metadata value JSON-encoded."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={k: json.dumps(v) for k, v in metadata.items()})
+    save_safetensors(tensors, path, {k: json.dumps(v, sort_keys=True) for k, v in metadata.items()})
 
 
 def load_unet(path: str | Path, unet_config: dict[str, Any], device: str = "cpu") -> UNet2DModel:

@@ -1,15 +1,15 @@
-"""The model interface every stage uses: one :class:`Model` per family (METHODS.md §3).
+"""The model interface every stage uses: one :class:`Model` per family (docs/methods.md §3).
 
 A family decides four things — what a stored image becomes as the network's input, how the trainable
 network is built, loaded and saved, and how a sample is conditioned — and nothing downstream (training,
 ground truth, featurization, generation, counterfactuals, unlearning) knows which family it runs.
 
 - ``ddpm``: diffusers ``UNet2DModel`` on pixels in [−1, 1], unconditional; every weight trains; a
-  checkpoint holds every weight (METHODS.md §3 "DDPM training").
+  checkpoint holds every weight (docs/methods.md §3 "DDPM training").
 - ``text_to_image``: Stable-Diffusion components (:mod:`diffattr.models.text_to_image`) loaded from the
   base pipeline directory ``base`` (a local SD pipeline, or the one the workflow pretrains); the input is
   the VAE latent z = ``latent_dist.mode()`` · ``scaling_factor`` of the image and the condition is the
-  text encoder's last hidden state of the sample's caption (METHODS.md §3 "ArtBench SD-LoRA", §4.3
+  text encoder's last hidden state of the sample's caption (docs/methods.md §3 "ArtBench SD-LoRA", §4.3
   "ArtBench: the same, in VAE latent space (mode()) with the caption"); only the LoRA weights train, so
   gradients, Fishers and checkpoints cover the LoRA weights only.
 
@@ -159,7 +159,7 @@ class Model:
 
 def split_captions(store: str, split: str, params: dict[str, Any]) -> list[str]:
     """Every sample's caption: the split's caption column, else the model's ``caption_template`` filled
-    with the sample's class name, underscores as spaces (METHODS.md §3: "a {style} painting"; ArtBench's
+    with the sample's class name, underscores as spaces (docs/methods.md §3: "a {style} painting"; ArtBench's
     ``ukiyo_e`` is prompted "a ukiyo e painting")."""
     from diffattr.data.store import read_captions, read_class_names, read_labels
     from diffattr.models.text_to_image import captions

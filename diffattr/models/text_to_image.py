@@ -1,10 +1,10 @@
 """Text-to-image latent diffusion with LoRA: Stable-Diffusion components, frozen, plus a LoRA adapter.
 
-METHODS.md §3 "ArtBench SD-LoRA": a pretrained Stable-Diffusion pipeline (UNet2DConditionModel, CLIP
+docs/methods.md §3 "ArtBench SD-LoRA": a pretrained Stable-Diffusion pipeline (UNet2DConditionModel, CLIP
 text encoder and tokenizer, AutoencoderKL) is fine-tuned with LoRA on the attention projections of the
 UNet (``to_q``, ``to_k``, ``to_v``, ``to_out.0`` of every self- and cross-attention); only the LoRA
 weights train. Each image is captioned "a {label} painting" and training runs in the VAE's latent space
-(METHODS.md §0): z = ``latent_dist.mode()`` · ``scaling_factor``, and the per-sample loss is L_Simple,
+(docs/methods.md §0): z = ``latent_dist.mode()`` · ``scaling_factor``, and the per-sample loss is L_Simple,
 the mean over latent dimensions of (ε_θ(√ᾱ_t z + √(1−ᾱ_t) ε, t, c) − ε)² with c the text encoder's last
 hidden state. Attribution methods on this family (D-TRAK's ArtBench features, §2.10–2.11; attribution by
 unlearning, §2.17) differentiate with respect to the LoRA weights only (:func:`lora_gradient`, and the
@@ -35,17 +35,17 @@ from typing import Any
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch.func import functional_call, grad, vmap
 from transformers import AutoTokenizer, CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from diffattr.atomic import atomic_path
 from diffattr.integrity import check_safetensors
+from diffattr.models.checkpoint import save_safetensors
 from diffattr.models.ddpm import add_noise
 from diffattr.models.weights import check_pipeline_dir, check_weights_file
 
 DEFAULT_TARGET_MODULES: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
-DEFAULT_LORA_RANK = 128  # METHODS.md §3: LoRAAttnProcessor(rank=128)
+DEFAULT_LORA_RANK = 128  # docs/methods.md §3: LoRAAttnProcessor(rank=128)
 PAD, BOS, EOS, UNK = "<|pad|>", "<|startoftext|>", "<|endoftext|>", "<|unk|>"
 
 
@@ -228,12 +228,12 @@ def count_lora_parameters(unet: torch.nn.Module) -> int:
 
 
 def save_lora(unet: torch.nn.Module, path: str | Path, metadata: dict[str, Any]) -> None:
-    """Write only the LoRA tensors as safetensors (atomically), with JSON-encoded metadata."""
+    """Write only the LoRA tensors as safetensors (atomically, the same bytes in every process:
+    :func:`~diffattr.models.checkpoint.save_safetensors`), each metadata value JSON-encoded."""
     tensors = {n: p.detach().cpu().contiguous() for n, p in lora_parameters(unet).items()}
     if not tensors:
         raise ValueError("the UNet has no LoRA adapter to save")
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={k: json.dumps(v) for k, v in metadata.items()})
+    save_safetensors(tensors, path, {k: json.dumps(v, sort_keys=True) for k, v in metadata.items()})
 
 
 def load_lora(unet: torch.nn.Module, path: str | Path) -> dict[str, Any]:
@@ -262,7 +262,7 @@ def load_lora(unet: torch.nn.Module, path: str | Path) -> dict[str, Any]:
 
 
 def captions(labels: list[str], template: str = "a {label} painting") -> list[str]:
-    """One caption per label (METHODS.md §0: "a {style} painting"); labels are used verbatim."""
+    """One caption per label (docs/methods.md §0: "a {style} painting"); labels are used verbatim."""
     return [template.format(label=label) for label in labels]
 
 
@@ -282,7 +282,7 @@ def encode_images(vae: AutoencoderKL, images: torch.Tensor) -> torch.Tensor:
     """Latents ``latent_dist.mode()`` · ``scaling_factor`` of images (n, C, H, W) in [−1, 1].
 
     Stable-Diffusion training samples the latent distribution; we take its mode, as D-TRAK's gradient
-    code does (METHODS.md §0), so latents — hence features and retraining ground truth — are
+    code does (docs/methods.md §0), so latents — hence features and retraining ground truth — are
     deterministic.
     """
     return vae.encode(images).latent_dist.mode() * vae.config.scaling_factor

@@ -8,7 +8,7 @@ rule gram_partial:
     benchmark:
         f"{OUT}/benchmarks/gram_partial/{{spec}}/{{pool}}/{{subset}}/seed{{seed}}/shard{{shard}}.tsv"
     conda:
-        "../envs/eval.yaml"
+        "../envs/torch.yaml"
     resources:
         **SLURM,
         mem_mb=4000,
@@ -33,7 +33,7 @@ rule kernel:
     group:
         "solve"
     conda:
-        "../envs/eval.yaml"
+        "../envs/torch.yaml"
     resources:
         **SLURM,
         mem_mb=4000,

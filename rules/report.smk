@@ -82,7 +82,7 @@ rule plot_lambda:
     log:
         f"{OUT}/logs/plot_lambda.log",
     conda:
-        "../envs/eval.yaml"
+        "../envs/torch.yaml"
     params:
         methods=list(LAMBDA_METHODS),
         oracle_methods=list(ORACLE_MODELS),

@@ -15,6 +15,8 @@ from typing import Any
 import jsonschema
 import yaml
 
+from diffattr.errors import ConfigError  # re-exported: `from diffattr.config import ConfigError`
+
 SOURCES_WITH_PATH = {"cifar10", "image_folder", "npz"}
 MODEL_KEYS = ("family", "unet", "scheduler", "text_to_image", "base")
 """Keys of :func:`model_params` (what a job needs to build, load or condition the model)."""
@@ -24,10 +26,6 @@ MIN_SUBSETS = 2
 """Subset models an LDS needs: it is a Spearman correlation across them (docs/methods.md §4.4)."""
 DEFAULT_FEATURE_CHECKPOINT = 1.0
 """A feature spec's ``checkpoint`` when it sets none: the final one."""
-
-
-class ConfigError(ValueError):
-    """A config problem, stated in one sentence that names the key."""
 
 
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:

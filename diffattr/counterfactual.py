@@ -8,7 +8,7 @@ Protocol, for a seeded set of generated samples x (:func:`counterfactual_samples
    §0, §4.4; :mod:`diffattr.methods.registry`), the LDS predicts the loss at x of a model trained on
    S as Σ_{z∈S} s·τ(x, z), so the training images most responsible for x — whose inclusion most
    lowers x's loss — are those with the largest responsibility −s·τ(x, z)
-   (:func:`diffattr.show.responsibility`): the largest τ for ``HELPS`` (s = −1; D-TRAK's "highest
+   (:func:`diffattr.scores.responsibility`): the largest τ for ``HELPS`` (s = −1; D-TRAK's "highest
    score") and the most negative τ for ``LOSS_UNITS`` (s = +1). R_k(x) = the k most responsible
    (ties: lower training index first; :func:`removal_set`). The control removes k training images
    drawn uniformly without replacement by ``default_rng([seed, sample, k])``
@@ -57,7 +57,7 @@ import pandas as pd
 
 from diffattr.atomic import atomic_path, write_csv
 from diffattr.integrity import read_array
-from diffattr.show import responsibility
+from diffattr.scores import open_score_store, responsibility
 
 if TYPE_CHECKING:
     import torch
@@ -89,7 +89,7 @@ def counterfactual_samples(n_generated: int, count: int, seed: int) -> np.ndarra
 
 def removal_set(scores_row: np.ndarray, sign: int, k: int) -> np.ndarray:
     """R_k(x): indices of the ``k`` training images with the largest responsibility −sign·τ
-    (:func:`diffattr.show.responsibility`), most responsible first, ties → lower index first."""
+    (:func:`diffattr.scores.responsibility`), most responsible first, ties → lower index first."""
     row = np.asarray(scores_row)
     if row.ndim != 1:
         raise ValueError(f"a score row must be one-dimensional, got shape {row.shape}")
@@ -135,8 +135,6 @@ def parse_removed(text: Any) -> np.ndarray:
 def read_method_scores(path: str | os.PathLike) -> tuple[Any, int]:
     """(the lazily read ``scores`` array, the LDS sign) of a checked score store
     (:func:`diffattr.scores.open_score_store`: missing or damaged stores are one sentence)."""
-    from diffattr.scores import open_score_store
-
     root = open_score_store(path)
     if "sign" not in root.attrs:
         raise ValueError(f"the score store {path} records no sign")

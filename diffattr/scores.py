@@ -1,7 +1,12 @@
 """Score store: an (attributed × train) float32 zarr array written and read in row blocks, so no
 stage needs the whole score matrix in memory (the trak library needed > 200 GB for this, §6).
 Reads are checked (:mod:`diffattr.integrity`): a truncated, garbled or missing chunk is named in one
-sentence with the rule that rebuilds the store, not a codec traceback."""
+sentence with the rule that rebuilds the store, not a codec traceback.
+
+A store's raw scores τ(x, z) carry, in its attrs, the method's LDS sign s (docs/methods.md §0,
+§4.4; :mod:`diffattr.methods.registry`): the LDS predicts the loss at x of a model trained on S as
+Σ_{z∈S} s·τ(x, z). So :func:`responsibility` = −s·τ is how much including z *lowers* x's loss, the
+one ranking that display (:mod:`diffattr.show`) and removal (:mod:`diffattr.counterfactual`) share."""
 
 from __future__ import annotations
 
@@ -25,6 +30,19 @@ from diffattr.integrity import (
     require_arrays,
     seal,
 )
+
+
+class ScoreSignError(ValueError):
+    """A score sign other than −1 or +1, stated in one sentence."""
+
+
+def responsibility(scores: np.ndarray, sign: int) -> np.ndarray:
+    """−sign·τ: how much including each training image lowers the attributed sample's loss
+    (larger = more responsible), for a store whose LDS sign is ``sign`` (±1). For s = −1
+    (``HELPS``) this is τ; for s = +1 (``LOSS_UNITS``, τ = the loss change) it is −τ."""
+    if sign not in (-1, 1):
+        raise ScoreSignError(f"The score sign must be -1 or +1, got {sign!r}.")
+    return -float(sign) * np.asarray(scores, dtype=np.float64)
 
 
 def write_scores(

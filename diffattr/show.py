@@ -7,7 +7,8 @@ model trained on a subset S at x as Σ_{z∈S} s·τ(x, z): including z changes 
 
     responsibility(x, z) = −s·τ(x, z)
 
-is how much including z *lowers* x's loss:
+(:func:`diffattr.scores.responsibility`, the one place this convention is written) is how much
+including z *lowers* x's loss:
 
 - s = −1 (``HELPS``: TRAK family, similarity, TracIn, influence): responsibility = τ, a larger score
   means z helps x more;
@@ -33,8 +34,9 @@ from typing import Any
 
 import numpy as np
 
-from diffattr.integrity import StoreError, read_array, reading
+from diffattr.integrity import SEAL, StoreError, read_array, reading
 from diffattr.plots import DPI, new_figure, save_png  # DPI: the grid's pixels per inch of grid_figsize
+from diffattr.scores import ScoreSignError, open_score_store, responsibility  # responsibility: the LDS sign convention
 
 ATTRIBUTED_SPLIT_STORES = {"val": ("data/dataset.zarr", "val"), "gen": ("data/generated.zarr", "gen")}
 """Attributed set → (image store under output_dir, split inside it), as rules/common.smk names them."""
@@ -54,14 +56,6 @@ class Ranked:
     rank: np.ndarray
 
 
-def responsibility(scores: np.ndarray, sign: int) -> np.ndarray:
-    """−sign·τ: how much including each training image lowers the attributed sample's loss
-    (larger = more responsible), for a store whose LDS sign is ``sign`` (±1)."""
-    if sign not in (-1, 1):
-        raise ShowError(f"The score sign must be -1 or +1, got {sign!r}.")
-    return -float(sign) * np.asarray(scores, dtype=np.float64)
-
-
 def rank_training(scores: np.ndarray, sign: int, k: int) -> tuple[Ranked, Ranked]:
     """(proponents, opponents) of one score row: the ``k`` training images with the highest
     responsibility, most responsible first, and the ``k`` with the lowest, least responsible first
@@ -73,7 +67,10 @@ def rank_training(scores: np.ndarray, sign: int, k: int) -> tuple[Ranked, Ranked
         raise ShowError(f"--top must be at least 1, got {k}.")
     n = len(scores)
     k = min(k, n)
-    resp = responsibility(scores, sign)
+    try:
+        resp = responsibility(scores, sign)
+    except ScoreSignError as err:
+        raise ShowError(str(err)) from err
     order = np.argsort(-resp, kind="stable")  # most responsible first
     ranks = np.empty(n, dtype=np.int64)
     ranks[order] = np.arange(1, n + 1)
@@ -158,9 +155,6 @@ def _open_split(store: Path, split: str, what: str) -> Any:
 def read_score_row(path: str | os.PathLike, sample: int) -> tuple[np.ndarray, dict[str, Any], tuple[int, int]]:
     """(row ``sample`` of the score store at ``path``, the store's attrs, its shape); a damaged
     store raises :class:`diffattr.integrity.StoreError`."""
-    from diffattr.integrity import SEAL
-    from diffattr.scores import open_score_store
-
     path = Path(path)
     root = open_score_store(path)
     scores = root["scores"]

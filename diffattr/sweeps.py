@@ -21,7 +21,7 @@ from typing import Any
 
 import pandas as pd
 
-from diffattr.config import ConfigError
+from diffattr.errors import ConfigError
 
 SWEEP_COLUMNS = ["sweep", "method", "key", "value", "set", "lds", "std", "ci_low", "ci_high", "chosen"]
 

@@ -3,42 +3,15 @@
 Sources: ``digits`` (scikit-learn's 8×8 digits, shipped with scikit-learn: the embedded default),
 ``cifar10`` (the python-pickle batch folder), ``image_folder`` (PNG/JPEG, optional class
 subfolders) and ``npz``. :mod:`diffattr.data.prepare` turns pools into the train and attributed sets.
+:class:`ImageSet` lives in the leaf :mod:`diffattr.data.imageset`, which the loaders import, so no
+loader imports this package back (issue 15).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from diffattr.data.imageset import ImageSet  # re-exported: `from diffattr.data import ImageSet`
 
-import numpy as np
-
-
-@dataclass(frozen=True)
-class ImageSet:
-    """Images (N, H, W, C) uint8, integer labels (N,), a provenance string per image, class names and,
-    optionally, a caption per image (text-to-image models; else captions come from a template)."""
-
-    images: np.ndarray
-    labels: np.ndarray
-    sources: list[str]
-    class_names: list[str]
-    captions: list[str] | None = None
-
-    def __post_init__(self) -> None:
-        if self.images.ndim != 4 or self.images.dtype != np.uint8:
-            raise ValueError(
-                f"images must be uint8 of shape (N, H, W, C), got {self.images.dtype} {self.images.shape}"
-            )
-        if not (len(self.images) == len(self.labels) == len(self.sources)):
-            raise ValueError(
-                f"{len(self.images)} images but {len(self.labels)} labels and {len(self.sources)} sources"
-            )
-        if self.captions is not None and len(self.captions) != len(self.images):
-            raise ValueError(f"{len(self.images)} images but {len(self.captions)} captions")
-
-    def take(self, rows: np.ndarray) -> ImageSet:
-        captions = None if self.captions is None else [self.captions[i] for i in rows]
-        return ImageSet(self.images[rows], self.labels[rows], [self.sources[i] for i in rows], self.class_names,
-                        captions)
+__all__ = ["ImageSet", "load_source"]
 
 
 def load_source(source: str, path: str | None, resolution: int | None, color: str) -> dict[str, ImageSet]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from diffattr.data import ImageSet
+from diffattr.data.imageset import ImageSet
 
 _ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
             ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from diffattr.data import ImageSet
+from diffattr.data.imageset import ImageSet
 
 
 def load_digits_pools() -> dict[str, ImageSet]:

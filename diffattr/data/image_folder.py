@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from diffattr.data import ImageSet
+from diffattr.data.imageset import ImageSet
 
 SUFFIXES = {".png", ".jpg", ".jpeg"}
 

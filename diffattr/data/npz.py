@@ -9,7 +9,7 @@ import zipfile
 
 import numpy as np
 
-from diffattr.data import ImageSet
+from diffattr.data.imageset import ImageSet
 
 
 class NpzError(ValueError):

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from diffattr.config import ConfigError
+from diffattr.errors import ConfigError
 
 DIGITS_CLASS_COUNTS = (178, 182, 177, 183, 181, 182, 181, 179, 174, 180)
 """Images per class of scikit-learn's digits (1797 in all); a test checks them against sklearn."""

@@ -43,6 +43,15 @@ def yaml_problem(error: yaml.YAMLError | UnicodeDecodeError) -> str:
     return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else problem
 
 
+def check_yaml_file(path: str | os.PathLike, name: str | None = None) -> None:
+    """Refuse a config file that is not YAML in one sentence naming it and the line and column
+    (the Snakefile checks its own config.yaml with this before Snakemake's ``configfile:`` reads it)."""
+    try:
+        load_yaml(path)
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise ConfigError(f"Config file '{name or path}' is not valid YAML: {yaml_problem(error)}.") from None
+
+
 def _key(path: Any) -> str:
     return ".".join(str(p) for p in path) or "<top level>"
 

@@ -430,3 +430,22 @@ def test_a_stratified_draw_needs_one_image_per_class_on_both_sides(tmp_path, dat
         else:
             _, rest = train_test_split(rows, test_size=first, stratify=labels, random_state=0)
             train_test_split(rest, train_size=data["n_train"], stratify=labels[rest], random_state=0)
+
+
+@pytest.mark.workflow
+def test_plain_snakemake_names_the_line_of_a_broken_config_yaml(tmp_path):
+    """Snakemake's own message for a broken config.yaml names neither file nor line; the Snakefile
+    checks it first (a copy of the workflow whose config.yaml is broken at line 4)."""
+    import shutil
+    import subprocess
+    import sys
+
+    for name in ("Snakefile", "rules", "schemas", "report", "envs", "workflow_scripts"):
+        (shutil.copytree if (REPO / name).is_dir() else shutil.copy)(REPO / name, tmp_path / name)
+    (tmp_path / "config.yaml").write_text("output_dir: results\ndata:\n  source: digits\n bad: [\n")
+    result = subprocess.run([sys.executable, "-m", "snakemake", "-n"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=120)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "Config file 'config.yaml' is not valid YAML: line 4, column 2:" in output, output
+    assert "diffattr/" not in output.split("is not valid YAML")[1], output  # no frame of the package

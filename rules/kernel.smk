@@ -44,37 +44,6 @@ rule kernel:
         "../workflow_scripts/kernel.py"
 
 
-def lambda_sweep_inputs(pool):
-    """Inputs of a λ sweep of one model of a kernel method, scored by LDS on ``pool``."""
-
-    def inputs(w):
-        spec = method_spec(w.method)
-        residual = config["methods"][w.method].get("residual")
-        return {
-            "kernel": model_artifact(KERNEL, spec, w),
-            "train": model_artifact(FEATURES, spec, w, split="train"),
-            "queries": [
-                model_artifact(FEATURES, spec, w, split=query_split(w.method, s))
-                for s in method_sets(w.method)
-            ],
-            "masks": [SUBSET_MASKS.format(pool=pool)],
-            "truths": [GROUND_TRUTH.format(pool=pool)],
-            "residuals": [RESIDUAL.format(**dict(w.items()))] if residual else [],
-        }
-
-    return inputs
-
-
-def lambda_sweep_params(pool):
-    """Params of a λ sweep: the method's grid and weighting, its sets, and the pool."""
-    return {
-        "grid": lambda w: config["methods"][w.method]["lambdas"],
-        "normalize": lambda w: config["methods"][w.method].get("normalize", "none"),
-        "sets": lambda w: method_sets(w.method),
-        "pools": [pool],
-    }
-
-
 rule select_lambda:
     input:
         unpack(lambda_sweep_inputs("select")),

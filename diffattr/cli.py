@@ -25,6 +25,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from diffattr.workflow.layout import Layout
+
 REPO = Path(__file__).resolve().parents[1]
 """The checkout this package lives in: the default workflow directory."""
 PROFILES = ("local", "slurm")
@@ -115,6 +117,12 @@ def output_dir(config: Mapping[str, Any], workdir: Path) -> Path:
     return workdir / str(config["output_dir"])
 
 
+def report_file(config: Mapping[str, Any], workdir: Path) -> Path:
+    """Where ``diffattr report`` and a whole ``diffattr run`` write the HTML report (the layout's
+    ``report_html`` under :func:`output_dir`)."""
+    return Path(Layout(str(output_dir(config, workdir))).report_html)
+
+
 def snakemake_command(profile: str | os.PathLike, configfiles: Sequence[str | os.PathLike] = (),
                       cores: int | None = None, dry_run: bool = False, report: str | os.PathLike | None = None,
                       extra: Sequence[str] = (), python: str | None = None) -> list[str]:
@@ -203,13 +211,13 @@ def _snakemake(args: argparse.Namespace, extra: list[str]) -> int:
         if args.output:
             report = Path(args.output).expanduser().resolve()
         else:
-            report = output_dir(config, workdir) / "report.html"
+            report = report_file(config, workdir)
         report.parent.mkdir(parents=True, exist_ok=True)
     cmd = snakemake_command(profile, configfiles, cores=getattr(args, "cores", None),
                             dry_run=args.command == "dry-run", report=report, extra=extra)
     code = run_command(cmd, workdir)
     if args.command == "run" and code == 0 and not extra:
-        report = output_dir(config, workdir) / "report.html"
+        report = report_file(config, workdir)
         code = run_command(snakemake_command(profile, configfiles, report=report), workdir)
         if code == 0:
             print(f"report: {report}", flush=True)

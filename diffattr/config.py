@@ -380,7 +380,9 @@ def base_pipeline(config: dict[str, Any]) -> str | None:
     model = config["model"]
     if model.get("family", "ddpm") != "text_to_image":
         return None
-    return model["text_to_image"].get("pipeline_path") or f"{config['output_dir']}/models/base/pipeline"
+    from diffattr.workflow.layout import Layout
+
+    return model["text_to_image"].get("pipeline_path") or Layout(config["output_dir"]).base_pipeline
 
 
 def model_params(config: dict[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ its inputs — so the reader must. Three cheap checks, none of which re-hashes a
 
 Every such error becomes a :class:`StoreError` whose message is one sentence naming the store, the
 damaged array and chunk, and the rule that rebuilds it (:func:`producing_rule`, from the path layout
-of ``rules/common.smk``), e.g. "Store 'results/scores/trak/val.zarr' is truncated or corrupted
+of :mod:`diffattr.workflow.layout`), e.g. "Store 'results/scores/trak/val.zarr' is truncated or corrupted
 (array 'scores', chunk (0, 0)); delete it or rebuild it with `snakemake --forcerun score`."
 Stores written before the seal (or by other tools) get the decode check only.
 """
@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,33 +33,13 @@ import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
 
+from diffattr.workflow import layout
+
 SEAL = "diffattr_chunks_complete"
 """Group attribute of a store written by diffattr: every chunk of every array was written."""
 
 CHUNK_CODEC = ZstdCodec(level=0, checksum=True)
 """zstd with its frame checksum: a garbled chunk fails to decode (costs 4 bytes per chunk)."""
-
-PRODUCING_RULES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
-    (re.compile(pattern), rule) for pattern, rule in (
-        (r"/features/.+/shard\d+\.zarr$", "featurize"),
-        (r"/features/.+\.zarr$", "gather_features"),
-        (r"/kernels/.+/gram/shard\d+\.zarr$", "gram_partial"),
-        (r"/kernels/.+\.zarr$", "kernel"),
-        (r"/scores/[^/]+/trajectory\.zarr$", "score_trajectory"),
-        (r"/scores/[^/]+/[^/]+\.zarr$", "score"),
-        (r"/ground_truth/[^/]+/\d+/seed\d+\.zarr$", "measure_outputs"),
-        (r"/ground_truth/[^/]+\.zarr$", "gather_ground_truth"),
-        (r"/data/dataset\.zarr$", "prepare_data"),
-        (r"/data/generated\.zarr$", "generate"),
-        (r"/data/trajectory\.zarr$", "trajectory"),
-        (r"/subsets/[^/]+\.zarr$", "make_subsets"),
-        (r"/residuals/.+\.zarr$", "residuals"),
-        (r"/counterfactual/models/.+\.safetensors$", "counterfactual_train"),
-        (r"/customization/(models|images)/g\d+\.(safetensors|zarr)$", "customize"),
-        (r"/models/[^/]+/\d+/seed\d+/step\d+\.safetensors$", "train_model"),
-    )
-)
-"""Path layout (rules/common.smk) → the rule whose job writes it; the first match wins."""
 
 
 class StoreError(ValueError):
@@ -79,9 +58,9 @@ def seal(group: zarr.Group) -> None:
 
 
 def producing_rule(path: str | os.PathLike) -> str | None:
-    """The rule that writes ``path``, from the artifact layout of rules/common.smk (None if unknown)."""
-    posix = "/" + Path(path).as_posix().rstrip("/")
-    return next((rule for pattern, rule in PRODUCING_RULES if pattern.search(posix)), None)
+    """The rule that writes ``path``, from the artifact templates of :mod:`diffattr.workflow.layout`
+    (None if unknown)."""
+    return layout.producing_rule(path)
 
 
 def rebuild_advice(path: str | os.PathLike) -> str:

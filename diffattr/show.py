@@ -37,9 +37,7 @@ import numpy as np
 from diffattr.integrity import SEAL, StoreError, read_array, reading
 from diffattr.plots import DPI, new_figure, save_png  # DPI: the grid's pixels per inch of grid_figsize
 from diffattr.scores import ScoreSignError, open_score_store, responsibility  # responsibility: the LDS sign convention
-
-ATTRIBUTED_SPLIT_STORES = {"val": ("data/dataset.zarr", "val"), "gen": ("data/generated.zarr", "gen")}
-"""Attributed set → (image store under output_dir, split inside it), as rules/common.smk names them."""
+from diffattr.workflow.layout import ATTRIBUTED_SETS, Layout
 
 
 class ShowError(ValueError):
@@ -181,20 +179,21 @@ def show_attribution(output_dir: str | os.PathLike, method: str, query_set: str,
     scores under ``output_dir``, and draw them (default PNG:
     ``{output_dir}/attribution/{method}_{query_set}_{sample}.png``). Raises :class:`ShowError`
     with one sentence for a missing store, an out-of-range sample or inconsistent stores."""
-    out = Path(output_dir)
-    if query_set not in ATTRIBUTED_SPLIT_STORES:
+    layout = Layout(os.fspath(output_dir))
+    if query_set not in ATTRIBUTED_SETS:
         raise ShowError(f"Unknown set {query_set!r}: scores are written for the attributed sets 'val' and 'gen' only.")
-    score_path = out / "scores" / method / f"{query_set}.zarr"
+    score_path = Path(layout.scores.format(method=method, set=query_set))
     if not score_path.exists():
         if configured_methods is not None and method not in configured_methods:
             raise ShowError(f"Unknown method {method!r}: there is no score store at {score_path} and the config names "
                             f"only {', '.join(configured_methods)}; add it and run it first (e.g. `diffattr run`).")
         raise ShowError(f"No score store at {score_path}: method {method!r} must be run on set {query_set!r} "
                         "first (e.g. `diffattr run`).")
-    store_name, split = ATTRIBUTED_SPLIT_STORES[query_set]
-    png = Path(png) if png is not None else out / "attribution" / f"{method}_{query_set}_{sample}.png"
-    return draw_attribution(score_path, out / "data" / "dataset.zarr", out / store_name, split, method, query_set,
-                            sample, k, png)
+    if png is None:
+        png = layout.attribution_png.format(method=method, set=query_set, sample=sample)
+    # an image store holds an attributed set under the set's own name
+    return draw_attribution(score_path, Path(layout.data), Path(layout.image_store(query_set)), query_set, method,
+                            query_set, sample, k, Path(png))
 
 
 def draw_attribution(score_path: str | os.PathLike, train_store: str | os.PathLike,

@@ -23,8 +23,8 @@ from diffattr.config import (
 from diffattr.methods.gradient import checkpoint_weights
 from diffattr.methods.registry import method_kind
 from diffattr.schedule import checkpoint_steps
-from diffattr.show import ATTRIBUTED_SPLIT_STORES
 from diffattr.store import kernel_form, shard_ranges, spec_hash
+from diffattr.workflow.layout import METHOD_MODEL_KEY, SPEC_MODEL_KEY, Layout, fill
 
 min_version("9.0")
 
@@ -38,6 +38,8 @@ except ConfigError as error:
     raise ConfigError(str(error)) from None
 
 OUT = config["output_dir"]
+LAYOUT = Layout(OUT)
+"""Every artifact path (diffattr/workflow/layout.py); the names below are its templates."""
 POOLS = [p for p, spec in config["subsets"]["pools"].items() if spec["count"] > 0]
 SETS = config["evaluation"]["sets"]
 METHODS = config["evaluation"].get("methods") or list(config["methods"])
@@ -47,45 +49,44 @@ CKPT_STEPS = checkpoint_steps(
     config["train"]["steps"], config["train"]["checkpoint_fractions"]
 )
 
-DATA = f"{OUT}/data/dataset.zarr"
-METADATA = f"{OUT}/data/metadata.csv"
-GENERATED = f"{OUT}/data/generated.zarr"
-GENERATED_TABLE = f"{OUT}/data/generated.csv"
-TRAJECTORY = f"{OUT}/data/trajectory.zarr"
-SUBSET_MASKS = f"{OUT}/subsets/{{pool}}.zarr"
-MODEL_DIR = f"{OUT}/models/{{pool}}/{{subset}}/seed{{seed}}"
-CHECKPOINT = f"{MODEL_DIR}/step{{step}}.safetensors"
-MEASUREMENT = f"{OUT}/ground_truth/{{pool}}/{{subset}}/seed{{seed}}.zarr"
-GROUND_TRUTH = f"{OUT}/ground_truth/{{pool}}.zarr"
-RELIABILITY = f"{OUT}/ground_truth/{{pool}}_reliability.csv"
-SCORES = f"{OUT}/scores/{{method}}/{{set}}.zarr"
-STEP_SCORES = f"{OUT}/scores/{{method}}/trajectory.zarr"
-STEP_LDS = f"{OUT}/eval/trajectory/{{method}}.csv"
-METHOD_LDS = f"{OUT}/eval/lds/{{method}}.csv"
-RETRAINING_CURVE = f"{OUT}/eval/retraining/{{method}}.csv"
-LDS_TABLE = f"{OUT}/lds.csv"
-LDS_MARKDOWN = f"{OUT}/lds.md"
+DATA = LAYOUT.data
+METADATA = LAYOUT.metadata
+GENERATED = LAYOUT.generated
+GENERATED_TABLE = LAYOUT.generated_table
+TRAJECTORY = LAYOUT.trajectory
+SUBSET_MASKS = LAYOUT.subset_masks
+MODEL_DIR = LAYOUT.model_dir
+CHECKPOINT = LAYOUT.checkpoint
+MEASUREMENT = LAYOUT.measurement
+GROUND_TRUTH = LAYOUT.ground_truth
+RELIABILITY = LAYOUT.reliability
+SCORES = LAYOUT.scores
+STEP_SCORES = LAYOUT.step_scores
+STEP_LDS = LAYOUT.step_lds
+METHOD_LDS = LAYOUT.method_lds
+RETRAINING_CURVE = LAYOUT.retraining_curve
+LDS_TABLE = LAYOUT.lds_table
+LDS_MARKDOWN = LAYOUT.lds_markdown
 LDS_POOL = config["evaluation"]["lds"]["pool"]
-MODEL_KEY = "{spec}/{pool}/{subset}/seed{seed}"
-FEATURE_SHARD = f"{OUT}/features/{MODEL_KEY}/{{split}}/shard{{shard}}.zarr"
-FEATURES = f"{OUT}/features/{MODEL_KEY}/{{split}}.zarr"
-GRAM_PARTIAL = f"{OUT}/kernels/{MODEL_KEY}/gram/shard{{shard}}.zarr"
-KERNEL = f"{OUT}/kernels/{MODEL_KEY}/kernel.zarr"
-LAMBDA_CURVE = f"{OUT}/lambda/{{method}}/{{pool}}/{{subset}}/seed{{seed}}.csv"
-ORACLE_CURVE = f"{OUT}/lambda_oracle/{{method}}/{{pool}}/{{subset}}/seed{{seed}}.csv"
-RESIDUAL = f"{OUT}/residuals/{{method}}/{{pool}}/{{subset}}/seed{{seed}}.zarr"
-METHOD_MODEL_KEY = "{method}/{pool}/{subset}/seed{seed}"
-SCORE_BENCHMARK = f"{OUT}/benchmarks/score/{{method}}/{{set}}.tsv"
-SELECT_BENCHMARK = f"{OUT}/benchmarks/select_lambda/{METHOD_MODEL_KEY}.tsv"
-RESIDUAL_BENCHMARK = f"{OUT}/benchmarks/residuals/{METHOD_MODEL_KEY}.tsv"
+MODEL_KEY = SPEC_MODEL_KEY
+FEATURE_SHARD = LAYOUT.feature_shard
+FEATURES = LAYOUT.features
+GRAM_PARTIAL = LAYOUT.gram_partial
+KERNEL = LAYOUT.kernel
+LAMBDA_CURVE = LAYOUT.lambda_curve
+ORACLE_CURVE = LAYOUT.oracle_curve
+RESIDUAL = LAYOUT.residual
+SCORE_BENCHMARK = LAYOUT.benchmark("score")
+SELECT_BENCHMARK = LAYOUT.benchmark("select_lambda")
+RESIDUAL_BENCHMARK = LAYOUT.benchmark("residuals")
 
-CF_MODEL = f"{OUT}/counterfactual/models/{{cf_method}}/s{{sample}}_k{{k}}.safetensors"
-CF_REMOVED = f"{OUT}/counterfactual/removed/{{cf_method}}/s{{sample}}_k{{k}}.csv"
-CF_EVAL = f"{OUT}/counterfactual/eval/{{cf_method}}.csv"
-COUNTERFACTUAL = f"{OUT}/counterfactual.csv"
-COUNTERFACTUAL_SUMMARY = f"{OUT}/counterfactual_summary.csv"
-COUNTERFACTUAL_MARKDOWN = f"{OUT}/counterfactual.md"
-SWEEP_TABLE = f"{OUT}/sweeps/{{sweep}}.csv"
+CF_MODEL = LAYOUT.cf_model
+CF_REMOVED = LAYOUT.cf_removed
+CF_EVAL = LAYOUT.cf_eval
+COUNTERFACTUAL = LAYOUT.counterfactual
+COUNTERFACTUAL_SUMMARY = LAYOUT.counterfactual_summary
+COUNTERFACTUAL_MARKDOWN = LAYOUT.counterfactual_markdown
+SWEEP_TABLE = LAYOUT.sweep_table
 CF = config.get("counterfactual") or {"methods": []}
 CF_METHODS = [RANDOM_CONTROL, *CF["methods"]] if CF["methods"] else []
 """The random-removal control and the methods whose top-k the counterfactual stage removes (§4.5)."""
@@ -99,16 +100,16 @@ ARTIFACTS = {"data": DATA, "generated": GENERATED}
 CUSTOM = config.get("customization") or {}
 CUSTOM_GROUPS = CustomizationConfig.from_dict(CUSTOM).groups if CUSTOM else 0
 """AbC customization groups (§2.16; text_to_image only): fine-tune on exemplars, attribute their images."""
-CUSTOM_MODEL = f"{OUT}/customization/models/g{{group}}.safetensors"
-CUSTOM_LOG = f"{OUT}/customization/models/g{{group}}_log.csv"
-CUSTOM_IMAGES = f"{OUT}/customization/images/g{{group}}.zarr"
-CUSTOMIZATION_TABLE = f"{OUT}/customization.csv"
-CUSTOMIZATION_MARKDOWN = f"{OUT}/customization.md"
+CUSTOM_MODEL = LAYOUT.custom_model
+CUSTOM_LOG = LAYOUT.custom_log
+CUSTOM_IMAGES = LAYOUT.custom_images
+CUSTOMIZATION_TABLE = LAYOUT.customization_table
+CUSTOMIZATION_MARKDOWN = LAYOUT.customization_markdown
 BASE = base_pipeline(config)
 """The text-to-image base pipeline directory (a local SD pipeline, or pretrained by pretrain_base)."""
 BASE_INPUT = [BASE] if BASE else []
 """Input of every job that loads the model: the base pipeline under a LoRA (nothing for a DDPM)."""
-PRETRAIN_LOG = f"{OUT}/models/base/pretrain_log.csv"
+PRETRAIN_LOG = LAYOUT.pretrain_log
 
 _RES = config.get("resources", {})
 GPU = {"gpu": _RES.get("gpus", 0)} | (
@@ -159,7 +160,7 @@ def pool_models(pool):
 
 def set_store(name):
     """Image store holding an attributed set (``journey``: the generated samples' trajectories)."""
-    return {"gen": GENERATED, "journey": TRAJECTORY}.get(name, DATA)
+    return LAYOUT.image_store(name)
 
 
 def data_inputs():

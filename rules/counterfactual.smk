@@ -6,11 +6,11 @@ rule counterfactual_train:
     output:
         model=CF_MODEL,
         removed=CF_REMOVED,
-        log_table=f"{OUT}/counterfactual/models/{{cf_method}}/s{{sample}}_k{{k}}_log.csv",
+        log_table=LAYOUT.cf_log,
     log:
-        f"{OUT}/logs/counterfactual_train/{{cf_method}}/s{{sample}}_k{{k}}.log",
+        LAYOUT.log("counterfactual_train"),
     benchmark:
-        f"{OUT}/benchmarks/counterfactual_train/{{cf_method}}/s{{sample}}_k{{k}}.tsv"
+        LAYOUT.benchmark("counterfactual_train")
     group:
         "counterfactual"
     conda:
@@ -24,7 +24,7 @@ rule counterfactual_train:
     params:
         cfg={**model_params(config), "train": config["train"]},
         run=cf_run,
-        resume_dir=lambda w: f"{OUT}/resume/counterfactual/{w.cf_method}/s{w.sample}_k{w.k}",
+        resume_dir=lambda w: LAYOUT.cf_resume.format(**dict(w.items())),
     script:
         "../workflow_scripts/counterfactual_train.py"
 
@@ -39,9 +39,9 @@ rule counterfactual_evaluate:
     output:
         table=CF_EVAL,
     log:
-        f"{OUT}/logs/counterfactual_evaluate/{{cf_method}}.log",
+        LAYOUT.log("counterfactual_evaluate"),
     benchmark:
-        f"{OUT}/benchmarks/counterfactual_evaluate/{{cf_method}}.tsv"
+        LAYOUT.benchmark("counterfactual_evaluate")
     conda:
         "../envs/torch.yaml"
     threads: 1
@@ -76,7 +76,7 @@ rule counterfactual_table:
         ),
         markdown=COUNTERFACTUAL_MARKDOWN,
     log:
-        f"{OUT}/logs/counterfactual_table.log",
+        LAYOUT.log("counterfactual_table"),
     conda:
         "../envs/eval.yaml"
     resources:

@@ -8,9 +8,9 @@ rule customize:
         images=directory(CUSTOM_IMAGES),
         log_table=CUSTOM_LOG,
     log:
-        f"{OUT}/logs/customize/g{{group}}.log",
+        LAYOUT.log("customize"),
     benchmark:
-        f"{OUT}/benchmarks/customize/g{{group}}.tsv"
+        LAYOUT.benchmark("customize")
     conda:
         "../envs/torch.yaml"
     threads: 1
@@ -21,7 +21,7 @@ rule customize:
         runtime=60,
     params:
         cfg=customization_params,
-        resume_dir=lambda w: f"{OUT}/resume/customization/g{w.group}",
+        resume_dir=lambda w: LAYOUT.custom_resume.format(**dict(w.items())),
     script:
         "../workflow_scripts/customize.py"
 
@@ -35,9 +35,9 @@ rule customization_eval:
         table=CUSTOMIZATION_TABLE,
         summary=CUSTOMIZATION_MARKDOWN,
     log:
-        f"{OUT}/logs/customization_eval.log",
+        LAYOUT.log("customization_eval"),
     benchmark:
-        f"{OUT}/benchmarks/customization_eval.tsv"
+        LAYOUT.benchmark("customization_eval")
     conda:
         "../envs/torch.yaml"
     threads: 1

@@ -5,9 +5,9 @@ rule prepare_data:
         store=directory(DATA),
         table=METADATA,
     log:
-        f"{OUT}/logs/prepare_data.log",
+        LAYOUT.log("prepare_data"),
     benchmark:
-        f"{OUT}/benchmarks/prepare_data.tsv"
+        LAYOUT.benchmark("prepare_data")
     conda:
         "../envs/data.yaml"
     resources:
@@ -26,9 +26,9 @@ rule make_subsets:
     output:
         masks=directory(SUBSET_MASKS),
     log:
-        f"{OUT}/logs/make_subsets/{{pool}}.log",
+        LAYOUT.log("make_subsets"),
     benchmark:
-        f"{OUT}/benchmarks/make_subsets/{{pool}}.tsv"
+        LAYOUT.benchmark("make_subsets")
     conda:
         "../envs/data.yaml"
     resources:

@@ -8,9 +8,9 @@ rule evaluate_lds:
     output:
         table=METHOD_LDS,
     log:
-        f"{OUT}/logs/evaluate_lds/{{method}}.log",
+        LAYOUT.log("evaluate_lds"),
     benchmark:
-        f"{OUT}/benchmarks/evaluate_lds/{{method}}.tsv"
+        LAYOUT.benchmark("evaluate_lds")
     conda:
         "../envs/eval.yaml"
     resources:
@@ -32,7 +32,7 @@ rule trajectory_lds:
     output:
         table=STEP_LDS,
     log:
-        f"{OUT}/logs/trajectory_lds/{{method}}.log",
+        LAYOUT.log("trajectory_lds"),
     conda:
         "../envs/eval.yaml"
     resources:
@@ -64,7 +64,7 @@ rule lds_table:
         ),
         markdown=LDS_MARKDOWN,
     log:
-        f"{OUT}/logs/lds_table.log",
+        LAYOUT.log("lds_table"),
     conda:
         "../envs/eval.yaml"
     resources:
@@ -86,7 +86,7 @@ rule retraining_curve:
     output:
         table=RETRAINING_CURVE,
     log:
-        f"{OUT}/logs/retraining_curve/{{method}}.log",
+        LAYOUT.log("retraining_curve"),
     conda:
         "../envs/eval.yaml"
     resources:
@@ -115,7 +115,7 @@ rule sweep_table:
             labels={"figure": "table"},
         ),
     log:
-        f"{OUT}/logs/sweep_table/{{sweep}}.log",
+        LAYOUT.log("sweep_table"),
     conda:
         "../envs/eval.yaml"
     params:

@@ -6,9 +6,9 @@ rule featurize:
     output:
         shard=update(directory(FEATURE_SHARD)),
     log:
-        f"{OUT}/logs/featurize/{{spec}}/{{pool}}/{{subset}}/seed{{seed}}/{{split}}/shard{{shard}}.log",
+        LAYOUT.log("featurize"),
     benchmark:
-        f"{OUT}/benchmarks/featurize/{{spec}}/{{pool}}/{{subset}}/seed{{seed}}/{{split}}/shard{{shard}}.tsv"
+        LAYOUT.benchmark("featurize")
     group:
         "featurize"
     conda:
@@ -36,9 +36,9 @@ rule gather_features:
     output:
         features=update(directory(FEATURES)),
     log:
-        f"{OUT}/logs/gather_features/{{spec}}/{{pool}}/{{subset}}/seed{{seed}}/{{split}}.log",
+        LAYOUT.log("gather_features"),
     benchmark:
-        f"{OUT}/benchmarks/gather_features/{{spec}}/{{pool}}/{{subset}}/seed{{seed}}/{{split}}.tsv"
+        LAYOUT.benchmark("gather_features")
     conda:
         "../envs/eval.yaml"
     resources:

@@ -6,9 +6,9 @@ rule generate:
         store=directory(GENERATED),
         table=GENERATED_TABLE,
     log:
-        f"{OUT}/logs/generate.log",
+        LAYOUT.log("generate"),
     benchmark:
-        f"{OUT}/benchmarks/generate.tsv"
+        LAYOUT.benchmark("generate")
     conda:
         "../envs/torch.yaml"
     threads: 1
@@ -35,9 +35,9 @@ rule trajectory:
     output:
         trajectory=directory(TRAJECTORY),
     log:
-        f"{OUT}/logs/trajectory.log",
+        LAYOUT.log("trajectory"),
     benchmark:
-        f"{OUT}/benchmarks/trajectory.tsv"
+        LAYOUT.benchmark("trajectory")
     conda:
         "../envs/torch.yaml"
     threads: 1

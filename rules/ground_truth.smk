@@ -6,9 +6,9 @@ rule measure_outputs:
     output:
         measurement=update(directory(MEASUREMENT)),
     log:
-        f"{OUT}/logs/measure_outputs/{{pool}}/{{subset}}/seed{{seed}}.log",
+        LAYOUT.log("measure_outputs"),
     benchmark:
-        f"{OUT}/benchmarks/measure_outputs/{{pool}}/{{subset}}/seed{{seed}}.tsv"
+        LAYOUT.benchmark("measure_outputs")
     group:
         "measure"
     conda:
@@ -36,9 +36,9 @@ rule gather_ground_truth:
         truth=update(directory(GROUND_TRUTH)),
         reliability=update(RELIABILITY),
     log:
-        f"{OUT}/logs/gather_ground_truth/{{pool}}.log",
+        LAYOUT.log("gather_ground_truth"),
     benchmark:
-        f"{OUT}/benchmarks/gather_ground_truth/{{pool}}.tsv"
+        LAYOUT.benchmark("gather_ground_truth")
     conda:
         "../envs/eval.yaml"
     resources:

@@ -1,12 +1,12 @@
 rule gram_partial:
     input:
-        shard=FEATURE_SHARD.replace("{split}", "train"),
+        shard=fill(FEATURE_SHARD, split="train"),
     output:
         gram=directory(GRAM_PARTIAL),
     log:
-        f"{OUT}/logs/gram_partial/{{spec}}/{{pool}}/{{subset}}/seed{{seed}}/shard{{shard}}.log",
+        LAYOUT.log("gram_partial"),
     benchmark:
-        f"{OUT}/benchmarks/gram_partial/{{spec}}/{{pool}}/{{subset}}/seed{{seed}}/shard{{shard}}.tsv"
+        LAYOUT.benchmark("gram_partial")
     conda:
         "../envs/torch.yaml"
     resources:
@@ -27,9 +27,9 @@ rule kernel:
     output:
         kernel=update(directory(KERNEL)),
     log:
-        f"{OUT}/logs/kernel/{{spec}}/{{pool}}/{{subset}}/seed{{seed}}.log",
+        LAYOUT.log("kernel"),
     benchmark:
-        f"{OUT}/benchmarks/kernel/{{spec}}/{{pool}}/{{subset}}/seed{{seed}}.tsv"
+        LAYOUT.benchmark("kernel")
     group:
         "solve"
     conda:
@@ -50,7 +50,7 @@ rule select_lambda:
     output:
         curve=LAMBDA_CURVE,
     log:
-        f"{OUT}/logs/select_lambda/{{method}}/{{pool}}/{{subset}}/seed{{seed}}.log",
+        LAYOUT.log("select_lambda"),
     benchmark:
         SELECT_BENCHMARK
     group:
@@ -78,8 +78,8 @@ use rule select_lambda as oracle_lambda with:
     output:
         curve=ORACLE_CURVE,
     log:
-        f"{OUT}/logs/oracle_lambda/{{method}}/{{pool}}/{{subset}}/seed{{seed}}.log",
+        LAYOUT.log("oracle_lambda"),
     benchmark:
-        f"{OUT}/benchmarks/oracle_lambda/{METHOD_MODEL_KEY}.tsv"
+        LAYOUT.benchmark("oracle_lambda")
     params:
         **lambda_sweep_params(LDS_POOL),

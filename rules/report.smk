@@ -1,6 +1,5 @@
 # Figures of the HTML report (`snakemake --report results/report.html`, `diffattr report`).
 # Each is a local job: plotting takes seconds and needs no cluster slot.
-REPORT_DIR = f"{OUT}/report"
 _REP = config["report"]
 REPORT_SET = _REP["set"]
 REPORT_SAMPLES = _REP["samples"]
@@ -10,10 +9,10 @@ REPORT_METHODS = [
     if m in METHODS and REPORT_SET in method_sets(m)
 ]
 """The methods whose attribution grids the report shows: those configured that were run on its set."""
-GRID = f"{REPORT_DIR}/attributions/{{method}}/{REPORT_SET}_{{sample}}.png"
-STEP_FIGURE = f"{REPORT_DIR}/trajectory/{{method}}.png"
-SWEEP_FIGURE = f"{REPORT_DIR}/sweeps/{{sweep}}.png"
-METHOD_RUNTIME = f"{OUT}/benchmarks/methods.csv"
+GRID = fill(LAYOUT.attribution_grid, set=REPORT_SET)
+STEP_FIGURE = LAYOUT.step_figure
+SWEEP_FIGURE = LAYOUT.sweep_figure
+METHOD_RUNTIME = LAYOUT.method_runtime
 """Wall seconds of each method's own jobs: timings live under benchmarks/, never in a result file."""
 LAMBDA_METHODS = {
     m: method_models(m)[0] for m in METHODS if config["methods"][m]["kind"] == "trak"
@@ -30,10 +29,10 @@ FINAL_OUTPUTS = [
 ]
 """What the run delivers; the runtime figure waits for all of it."""
 REPORT_FIGURES = [
-    f"{REPORT_DIR}/lds.png",
-    f"{REPORT_DIR}/runtime.png",
-    *([f"{REPORT_DIR}/lambda.png"] if LAMBDA_METHODS else []),
-    *([f"{REPORT_DIR}/counterfactual.png"] if CF_METHODS else []),
+    LAYOUT.lds_figure,
+    LAYOUT.runtime_figure,
+    *([LAYOUT.lambda_figure] if LAMBDA_METHODS else []),
+    *([LAYOUT.counterfactual_figure] if CF_METHODS else []),
     *expand(STEP_FIGURE, method=JOURNEY_METHODS),
     *expand(SWEEP_FIGURE, sweep=SWEEPS),
     *[GRID.format(method=m, sample=s) for m in REPORT_METHODS for s in REPORT_SAMPLES],
@@ -45,13 +44,13 @@ rule plot_lds:
         table=LDS_TABLE,
     output:
         png=report(
-            f"{REPORT_DIR}/lds.png",
+            LAYOUT.lds_figure,
             caption="../report/lds.rst",
             category="1 LDS",
             labels={"figure": "LDS per method and set"},
         ),
     log:
-        f"{OUT}/logs/plot_lds.log",
+        LAYOUT.log("plot_lds"),
     conda:
         "../envs/eval.yaml"
     script:
@@ -74,13 +73,13 @@ rule plot_lambda:
         ],
     output:
         png=report(
-            f"{REPORT_DIR}/lambda.png",
+            LAYOUT.lambda_figure,
             caption="../report/lambda.rst",
             category="2 λ selection",
             labels={"figure": "LDS vs λ"},
         ),
     log:
-        f"{OUT}/logs/plot_lambda.log",
+        LAYOUT.log("plot_lambda"),
     conda:
         "../envs/torch.yaml"
     params:
@@ -95,13 +94,13 @@ rule plot_counterfactual:
         results=COUNTERFACTUAL,
     output:
         png=report(
-            f"{REPORT_DIR}/counterfactual.png",
+            LAYOUT.counterfactual_figure,
             caption="../report/counterfactual.rst",
             category="3 Counterfactual",
             labels={"figure": "per-sample changes"},
         ),
     log:
-        f"{OUT}/logs/plot_counterfactual.log",
+        LAYOUT.log("plot_counterfactual"),
     conda:
         "../envs/eval.yaml"
     script:
@@ -116,7 +115,7 @@ rule attribution_grids:
     output:
         pngs=[
             report(
-                GRID.replace("{sample}", str(s)),
+                fill(GRID, sample=s),
                 caption="../report/attribution.rst",
                 category="4 Attributions",
                 subcategory="{method}",
@@ -125,12 +124,12 @@ rule attribution_grids:
             for s in REPORT_SAMPLES
         ],
     log:
-        f"{OUT}/logs/attribution_grids/{{method}}.log",
+        LAYOUT.log("attribution_grids"),
     conda:
         "../envs/eval.yaml"
     params:
         set=REPORT_SET,
-        split=ATTRIBUTED_SPLIT_STORES[REPORT_SET][1],
+        split=REPORT_SET,  # an image store holds a set under the set's own name
         samples=REPORT_SAMPLES,
         top=_REP["top"],
     script:
@@ -149,7 +148,7 @@ rule plot_trajectory:
             labels={"method": "{method}"},
         ),
     log:
-        f"{OUT}/logs/plot_trajectory/{{method}}.log",
+        LAYOUT.log("plot_trajectory"),
     conda:
         "../envs/eval.yaml"
     script:
@@ -168,7 +167,7 @@ rule plot_sweep:
             labels={"figure": "LDS vs value"},
         ),
     log:
-        f"{OUT}/logs/plot_sweep/{{sweep}}.log",
+        LAYOUT.log("plot_sweep"),
     conda:
         "../envs/eval.yaml"
     script:
@@ -180,13 +179,13 @@ rule plot_runtime:
         FINAL_OUTPUTS,
     output:
         png=report(
-            f"{REPORT_DIR}/runtime.png",
+            LAYOUT.runtime_figure,
             caption="../report/runtime.rst",
             category="6 Runtime and memory",
             labels={"figure": "per rule"},
         ),
         table=report(
-            f"{REPORT_DIR}/runtime.csv",
+            LAYOUT.runtime_table,
             caption="../report/runtime.rst",
             category="6 Runtime and memory",
             labels={"figure": "table"},
@@ -198,7 +197,7 @@ rule plot_runtime:
             labels={"figure": "per method"},
         ),
     log:
-        f"{OUT}/logs/plot_runtime.log",
+        LAYOUT.log("plot_runtime"),
     conda:
         "../envs/eval.yaml"
     params:

@@ -4,7 +4,7 @@ rule score:
     output:
         scores=update(directory(SCORES)),
     log:
-        f"{OUT}/logs/score/{{method}}/{{set}}.log",
+        LAYOUT.log("score"),
     benchmark:
         SCORE_BENCHMARK
     group:
@@ -30,7 +30,7 @@ rule residuals:
     output:
         residuals=directory(RESIDUAL),
     log:
-        f"{OUT}/logs/residuals/{{method}}/{{pool}}/{{subset}}/seed{{seed}}.log",
+        LAYOUT.log("residuals"),
     benchmark:
         RESIDUAL_BENCHMARK
     group:
@@ -56,9 +56,9 @@ rule score_trajectory:
     output:
         scores=directory(STEP_SCORES),
     log:
-        f"{OUT}/logs/score_trajectory/{{method}}.log",
+        LAYOUT.log("score_trajectory"),
     benchmark:
-        f"{OUT}/benchmarks/score_trajectory/{{method}}.tsv"
+        LAYOUT.benchmark("score_trajectory")
     group:
         "score"
     conda:

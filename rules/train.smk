@@ -7,9 +7,9 @@ if BASE and not config["model"]["text_to_image"].get("pipeline_path"):
             pipeline=directory(BASE),
             log_table=PRETRAIN_LOG,
         log:
-            f"{OUT}/logs/pretrain_base.log",
+            LAYOUT.log("pretrain_base"),
         benchmark:
-            f"{OUT}/benchmarks/pretrain_base.tsv"
+            LAYOUT.benchmark("pretrain_base")
         conda:
             "../envs/torch.yaml"
         threads: 1
@@ -29,14 +29,12 @@ rule train_model:
         data=DATA,
         base=BASE_INPUT,
     output:
-        checkpoints=update(
-            [f"{MODEL_DIR}/step{step}.safetensors" for step in CKPT_STEPS]
-        ),
-        log_table=update(f"{MODEL_DIR}/train_log.csv"),
+        checkpoints=update([fill(CHECKPOINT, step=step) for step in CKPT_STEPS]),
+        log_table=update(LAYOUT.train_log),
     log:
-        f"{OUT}/logs/train_model/{{pool}}/{{subset}}/seed{{seed}}.log",
+        LAYOUT.log("train_model"),
     benchmark:
-        f"{OUT}/benchmarks/train_model/{{pool}}/{{subset}}/seed{{seed}}.tsv"
+        LAYOUT.benchmark("train_model")
     group:
         "train"
     conda:
@@ -49,6 +47,6 @@ rule train_model:
         runtime=120,
     params:
         cfg=lambda w: train_params(config, w.pool, w.subset),
-        resume_dir=lambda w: f"{OUT}/resume/{w.pool}/{w.subset}/seed{w.seed}",
+        resume_dir=lambda w: LAYOUT.train_resume.format(**dict(w.items())),
     script:
         "../workflow_scripts/train_model.py"

@@ -1,0 +1,1 @@
+"""What the Snakemake workflow and the tools around it share: where every artifact lives."""

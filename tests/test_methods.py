@@ -153,3 +153,12 @@ def test_the_oracle_curve_is_joined_with_the_select_pool_choice_marked():
     lds_rows = joined[joined["pool"] == "lds"]
     assert lds_rows.loc[lds_rows["chosen"], ["set", "lambda"]].values.tolist() == [["val", 0.1], ["gen", 0.01]]
     assert choose_lambda(joined) == {"val": 0.1, "gen": 0.01} and len(joined) == 12
+
+
+def test_score_blocks_from_a_matrix_serve_its_row_slices():
+    from diffattr.methods.registry import ScoreBlocks
+
+    scores = np.arange(12.0).reshape(4, 3)
+    blocks = ScoreBlocks.from_matrix(scores, {"kind": "x"})
+    assert (blocks.n_queries, blocks.n_train, blocks.attrs) == (4, 3, {"kind": "x"})
+    assert np.array_equal(np.vstack([blocks.block(0, 3), blocks.block(3, 4)]), scores)

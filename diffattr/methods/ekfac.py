@@ -392,4 +392,4 @@ def ekfac_method_scores(inputs: dict[str, str], params: dict[str, Any], query_se
         scores = ekfac_scores(model, build_scheduler(params["scheduler"]), train, queries, cfg, workdir, device(),
                               info=info)[query_set]
     attrs = {"strategy": cfg.strategy, "damping_setting": cfg.damping, **{k: info[k] for k in RESULT_FACTS}}
-    return ScoreBlocks(scores.shape[0], scores.shape[1], lambda start, stop: scores[start:stop], attrs)
+    return ScoreBlocks.from_matrix(scores, attrs)

@@ -314,4 +314,4 @@ def embedding_method_scores(inputs: dict[str, str], params: dict[str, Any], quer
     attrs = {"encoder": cfg.encoder, "similarity": cfg.similarity, "embedding_path": cfg.path}
     if cfg.encoder == "ddpm":
         attrs |= {"layer": cfg.layer, "timestep": cfg.timestep, "noise_seed": cfg.noise_seed}
-    return ScoreBlocks(len(queries), len(train), lambda start, stop: scores[start:stop], attrs)
+    return ScoreBlocks.from_matrix(scores, attrs)

@@ -319,4 +319,4 @@ def encoded_method_scores(inputs: dict[str, str], params: dict[str, Any], query_
                                int(params.get("batch_size", cfg.batch_size)), where)
     attrs = {"members": len(paths), "pairs": len(pairs), "timestep_strategy": cfg.timestep_strategy,
              "timesteps": cfg.timesteps, "noise_seeds": list(cfg.noise_seeds)}
-    return ScoreBlocks(len(queries), n_train, lambda start, stop: scores[start:stop], attrs)
+    return ScoreBlocks.from_matrix(scores, attrs)

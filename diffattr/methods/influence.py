@@ -505,5 +505,4 @@ def influence_method_scores(inputs: dict[str, str], params: dict[str, Any], quer
     train = to_model_range(read_images(inputs["data"], "train"))
     queries = {query_set: to_model_range(query_images(inputs, query_set))}
     scores = influence_scores(model, build_scheduler(params["scheduler"]), train, queries, cfg, device())[query_set]
-    return ScoreBlocks(scores.shape[0], scores.shape[1], lambda start, stop: scores[start:stop],
-                       {"solver": cfg.solver, "damping": cfg.damping})
+    return ScoreBlocks.from_matrix(scores, {"solver": cfg.solver, "damping": cfg.damping})

@@ -40,6 +40,11 @@ class ScoreBlocks:
     block: Callable[[int, int], np.ndarray]
     attrs: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def from_matrix(cls, scores: np.ndarray, attrs: dict[str, Any] | None = None) -> ScoreBlocks:
+        """A score matrix already in memory (methods that score all queries at once), served by row slices."""
+        return cls(scores.shape[0], scores.shape[1], lambda start, stop: scores[start:stop], dict(attrs or {}))
+
 
 KINDS: dict[str, MethodKind] = {
     "pixel": MethodKind("pixel", HELPS, ("data", "generated"), "diffattr.methods.similarity:pixel_scores",

@@ -358,7 +358,7 @@ def retraining_scores(inputs: dict[str, str], params: dict[str, Any], query_set:
         fit = fit_datamodels(masks, outputs, params["alphas"], params["cv"])
         scores = fit.weights
         attrs["chosen"] = "α per query: " + ", ".join(f"{a:g}×{n}" for a, n in fit.alpha_counts().items())
-    return ScoreBlocks(scores.shape[0], scores.shape[1], lambda start, stop: scores[start:stop], attrs)
+    return ScoreBlocks.from_matrix(scores, attrs)
 
 
 def retraining_curve(masks_path: str, truth_path: str, eval_masks_path: str, eval_truth_path: str,

@@ -297,6 +297,6 @@ def unlearning_method_scores(inputs: dict[str, str], params: dict[str, Any], que
     train, train_cond = model.inputs(inputs["data"], "train")
     queries, query_cond = model.inputs(query_store(inputs, query_set), query_set)
     scores = unlearning_scores(model.network, queries, train, cfg, pairs, abar, where, None, query_cond, train_cond)
-    return ScoreBlocks(scores.shape[0], scores.shape[1], lambda start, stop: scores[start:stop],
-                       {"eta": cfg.eta, "micro_batches": cfg.micro_batches, "query_copies": cfg.query_copies,
-                        "fisher_passes": cfg.fisher_passes, "hflip_max": cfg.hflip_max})
+    return ScoreBlocks.from_matrix(scores, {"eta": cfg.eta, "micro_batches": cfg.micro_batches,
+                                            "query_copies": cfg.query_copies, "fisher_passes": cfg.fisher_passes,
+                                            "hflip_max": cfg.hflip_max})

@@ -264,15 +264,18 @@ def test_a_changed_knob_reruns_only_what_it_touches(smoke, tmp_path):
                                              "e": {"sweeps": {"k": {"method": "trak", "key": "projection.dim",
                                                                     "values": [128, 256]},
                                                               "dtrak_dim": None, "dtrak_timesteps": None}}})
-    # (a) one method's λ grid: its λ selection, scores and evaluation only (and the report's figures of them)
+    # (a) one method's λ grid: its λ selection (and oracle diagnostic), scores and evaluation only (and the
+    # report's figures of them)
     figures = {"plot_lds", "plot_lambda", "plot_runtime"}
     jobs = planned["a"]
-    assert {r for r, _ in jobs} == {"select_lambda", "score", "evaluate_lds", "lds_table", "attribution_grids", *figures}
+    assert {r for r, _ in jobs} == {"select_lambda", "oracle_lambda", "score", "evaluate_lds", "lds_table",
+                                    "attribution_grids", *figures}
     assert {w.get("method") for r, w in jobs if r != "lds_table" and r not in figures} == {"trak"}
     # (b) one feature spec's projection dim: that spec's features, kernels and its methods only
     jobs = planned["b"]
     assert {r for r, _ in jobs} == {"featurize", "gather_features", "gram_partial", "kernel", "select_lambda",
-                                    "score", "evaluate_lds", "lds_table", "attribution_grids", "score_trajectory",
+                                    "oracle_lambda", "score", "evaluate_lds", "lds_table", "attribution_grids",
+                                    "score_trajectory",
                                     "trajectory_lds", "plot_trajectory", *figures}
     assert {w["spec"] for r, w in jobs if "spec" in w} == {"loss"}
     assert {w["method"] for r, w in jobs if "method" in w} == {"trak", "trak_ens", "relatif", "grad_cos", "tracin", "gas",
@@ -290,8 +293,9 @@ def test_a_changed_knob_reruns_only_what_it_touches(smoke, tmp_path):
     # (e) a projection-dim sweep of TRAK (dropping the default config's sweeps): the new dimension's features,
     # kernel and method; 256 is trak itself
     jobs = planned["e"]
-    assert {r for r, _ in jobs} == {"featurize", "gather_features", "gram_partial", "kernel", "select_lambda", "score",
-                                    "evaluate_lds", "sweep_table", "plot_sweep", "lds_table", *figures}
+    assert {r for r, _ in jobs} == {"featurize", "gather_features", "gram_partial", "kernel", "select_lambda",
+                                    "oracle_lambda", "score", "evaluate_lds", "sweep_table", "plot_sweep", "lds_table",
+                                    *figures}
     assert {w["spec"] for r, w in jobs if "spec" in w} == {"loss__dim128"}
     assert {w["method"] for r, w in jobs if "method" in w} == {"trak__dim128"}
     never = {"train_model", "measure_outputs", "prepare_data", "generate"}

@@ -2,10 +2,10 @@
 # The pipeline, stage by stage (each stage is one file under rules/):
 
 
-from diffattr.config import ConfigError, check_yaml_file
+from diffattr.config import ConfigError, read_config_file
 
 try:  # Snakemake's own message for a YAML error names neither the file nor the line
-    check_yaml_file(f"{workflow.basedir}/config.yaml", "config.yaml")
+    read_config_file(f"{workflow.basedir}/config.yaml", "config.yaml")
 except ConfigError as error:
     raise ConfigError(str(error)) from None  # the sentence, and no frame of diffattr/
 

@@ -84,20 +84,13 @@ def resolve_profile(profile: str, workdir: Path) -> Path:
 
 
 def read_config_file(path: str | os.PathLike, name: str | None = None) -> dict[str, Any]:
-    """One config file's mapping of keys; a file that is not YAML (its line and column named) or not
-    a mapping is refused in one sentence naming it as ``name`` (default: its path)."""
-    import yaml
+    """:func:`diffattr.config.read_config_file`, its refusal as a :class:`CliError`."""
+    from diffattr.config import ConfigError, read_config_file as read
 
-    from diffattr.config import load_yaml, yaml_problem
-
-    name = str(path) if name is None else name
     try:
-        layer = load_yaml(path)
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
-        raise CliError(f"Config file '{name}' is not valid YAML: {yaml_problem(error)}.") from None
-    if not isinstance(layer, Mapping):
-        raise CliError(f"Config file '{name}' must hold a mapping of config keys, not a {type(layer).__name__}.")
-    return layer
+        return read(path, name)
+    except ConfigError as error:
+        raise CliError(str(error)) from None
 
 
 def load_config(workdir: Path, configfiles: Sequence[str | os.PathLike],

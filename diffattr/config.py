@@ -43,13 +43,18 @@ def yaml_problem(error: yaml.YAMLError | UnicodeDecodeError) -> str:
     return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else problem
 
 
-def check_yaml_file(path: str | os.PathLike, name: str | None = None) -> None:
-    """Refuse a config file that is not YAML in one sentence naming it and the line and column
-    (the Snakefile checks its own config.yaml with this before Snakemake's ``configfile:`` reads it)."""
+def read_config_file(path: str | os.PathLike, name: str | None = None) -> dict[str, Any]:
+    """One config file's mapping of keys; a file that is not YAML (its line and column named) or not a
+    mapping is refused in one sentence naming it as ``name`` (default: its path). The Snakefile checks
+    its own config.yaml with this before Snakemake's ``configfile:`` reads it; the CLI every file."""
+    name = str(path) if name is None else name
     try:
-        load_yaml(path)
+        layer = load_yaml(path)
     except (yaml.YAMLError, UnicodeDecodeError) as error:
-        raise ConfigError(f"Config file '{name or path}' is not valid YAML: {yaml_problem(error)}.") from None
+        raise ConfigError(f"Config file '{name}' is not valid YAML: {yaml_problem(error)}.") from None
+    if not isinstance(layer, dict):
+        raise ConfigError(f"Config file '{name}' must hold a mapping of config keys, not a {type(layer).__name__}.")
+    return layer
 
 
 def _key(path: Any) -> str:

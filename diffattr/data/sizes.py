@@ -25,17 +25,22 @@ COLOR_CHANNELS = {"gray": 1, "rgb": 3}
 """Channels of an image folder's images per ``data.color`` (:mod:`diffattr.data.image_folder`)."""
 
 
-def _kept(counts: dict[str, int], classes: list[str] | None) -> int:
-    if not classes:
-        return sum(counts.values())
+def _kept_classes(counts: dict[str, int], classes: list[str] | None) -> list[int]:
+    """Image counts of the classes ``data.classes`` keeps (by name or index; all when unset), those
+    with any image; an unknown class is refused naming the key."""
     names = list(counts)
-    total = 0
-    for c in classes:
+    keys = []
+    for c in classes or names:
         key = str(c) if str(c) in counts else (names[int(c)] if str(c).isdigit() and int(c) < len(names) else None)
         if key is None:
             raise ConfigError(f"Config key 'data.classes' names {c!r}, which is not a class of the data ({names}).")
-        total += counts[key]
-    return total
+        keys.append(key)
+    return [counts[k] for k in keys if counts[k] > 0]
+
+
+def _kept(counts: dict[str, int], classes: list[str] | None) -> int:
+    """Images of the kept classes (:func:`_kept_classes`)."""
+    return sum(_kept_classes(counts, classes))
 
 
 def _folder_counts(root: Path) -> dict[str, int]:
@@ -171,13 +176,6 @@ def class_counts(data: dict[str, Any]) -> dict[str, dict[str, int]]:
         return {"all": _folder_counts(root)}
     prefixes = npz_prefixes(data["path"], npz_headers(data["path"]))
     return {pool: _npz_counts(data["path"], prefix) for pool, prefix in prefixes.items()}
-
-
-def _kept_classes(counts: dict[str, int], classes: list[str] | None) -> list[int]:
-    """Image counts of the classes :func:`_kept` keeps (those with any image)."""
-    names = list(counts)
-    keys = names if not classes else [str(c) if str(c) in counts else names[int(c)] for c in classes]
-    return [counts[k] for k in keys if counts[k] > 0]
 
 
 def check_stratified(key: str, size: int, total: int, class_sizes: list[int]) -> None:

@@ -98,21 +98,31 @@ def split_half_reliability(losses: np.ndarray) -> tuple[float, str]:
     ``losses`` is (seeds, subsets, P, n). With ≥ 2 training seeds the halves are alternate seeds;
     with one seed they are alternate (noise seed, t) pairs (which omits training-seed noise).
     """
+    per_query, how = split_half_correlations(losses)
+    return float(np.nanmean(per_query)), how
+
+
+def split_half_correlations(losses: np.ndarray) -> tuple[np.ndarray, str]:
+    """Per query, the Spearman correlation of :func:`split_half_reliability`'s two halves (NaN where
+    a half is constant across subsets), and which halves were used."""
     if losses.shape[0] >= 2:
         a, b = losses[0::2].mean(axis=(0, 2)), losses[1::2].mean(axis=(0, 2))
         how = "training seeds"
     else:
         a, b = losses[0, :, 0::2].mean(axis=1), losses[0, :, 1::2].mean(axis=1)
         how = "(noise seed, t) pairs"
-    return float(np.nanmean(spearman_per_column(a, b))), how
+    return spearman_per_column(a, b), how
 
 
 def reliability_table(losses_by_set: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Per set: the split-half reliability (mean over the queries with a defined correlation), the
+    halves used, the sizes, and ``n_undefined`` (measured queries left out of the mean)."""
     rows = []
     for split, losses in losses_by_set.items():
-        value, how = split_half_reliability(losses)
-        rows.append({"set": split, "split_half": value, "halves": how, "n_subsets": losses.shape[1],
-                     "n_seeds": losses.shape[0], "n_pairs": losses.shape[2], "n_queries": losses.shape[3]})
+        per_query, how = split_half_correlations(losses)
+        rows.append({"set": split, "split_half": float(np.nanmean(per_query)), "halves": how,
+                     "n_subsets": losses.shape[1], "n_seeds": losses.shape[0], "n_pairs": losses.shape[2],
+                     "n_queries": losses.shape[3], "n_undefined": int(np.isnan(per_query).sum())})
     return pd.DataFrame(rows)
 
 

@@ -269,3 +269,17 @@ def test_the_same_config_gives_the_same_bytes(reference, killed):
 def test_a_run_killed_three_times_recovers_to_the_same_bytes(killed):
     assert not killed.failures, killed.failures[0]
     assert killed.summary() == "faults survived 3/3, files differing 0", ", ".join(killed.differing)
+
+
+def test_the_reliability_table_counts_queries_without_a_split_half_correlation():
+    from diffattr.ground_truth import reliability_table
+
+    losses = np.random.default_rng(2).random((1, 5, 4, 7))
+    losses[0, :, :, 3] = 1.0  # constant across subsets: its halves have no correlation
+    table = reliability_table({"val": losses})
+    halves_a, halves_b = losses[0, :, 0::2].mean(axis=1), losses[0, :, 1::2].mean(axis=1)
+    from scipy.stats import spearmanr
+
+    expected = np.mean([spearmanr(halves_a[:, q], halves_b[:, q]).statistic for q in range(7) if q != 3])
+    assert table[["n_queries", "n_undefined"]].to_dict("records") == [{"n_queries": 7, "n_undefined": 1}]
+    assert np.isclose(table["split_half"].item(), expected)

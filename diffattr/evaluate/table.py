@@ -85,9 +85,9 @@ def evaluate_steps(scores_path: str, masks_path: str, truth_path: str, params: d
 
 def ceiling_rows(reliability: pd.DataFrame) -> pd.DataFrame:
     """The ceiling rows: per set, the split-half reliability of the ground truth (its reliability
-    table, :func:`diffattr.ground_truth.reliability_table`). Counted like a method's LDS: when the
-    reliability table has ``n_undefined`` (queries whose halves had no correlation, out of its
-    ``n_queries`` measured), ``n_queries`` = measured − undefined; without it, 0 are undefined."""
+    table, :func:`diffattr.ground_truth.reliability_table`). Counted like a method's LDS: ``n_queries``
+    = measured − ``n_undefined`` (queries whose halves had no correlation); a table written before
+    that column existed counts 0 undefined."""
     undefined = reliability["n_undefined"] if "n_undefined" in reliability else 0
     return pd.DataFrame(
         {"method": "ground_truth_split_half", "kind": "ceiling", "set": reliability["set"],

@@ -19,7 +19,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import rankdata
 
 
 class LDSError(ValueError):
@@ -29,6 +28,8 @@ class LDSError(ValueError):
 def spearman_per_column(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Spearman correlation of each column of ``a`` with the same column of ``b`` (both M × n);
     NaN where a column is constant."""
+    from scipy.stats import rankdata  # here, not at the top: measure_outputs jobs import this module (0.5 s)
+
     ra = rankdata(a, axis=0)
     rb = rankdata(b, axis=0)
     ra -= ra.mean(axis=0)

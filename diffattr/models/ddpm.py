@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import DDPMScheduler, UNet2DModel
 from safetensors.torch import load_file
 
 from diffattr.integrity import check_safetensors
 from diffattr.models.checkpoint import save_safetensors
+from diffattr.models.diffusers_classes import DDPMScheduler, UNet2DModel
 from diffattr.models.weights import check_weights_file
 
 

@@ -54,8 +54,8 @@ localrules:
 rule all:
     default_target: True
     input:
-        FINAL_OUTPUTS,
-        REPORT_FIGURES,
+        plan.final_outputs,
+        plan.report_figures,
 
 
 # Repair what killed jobs left under output_dir (diffattr/atomic.py: orphan asides renamed back, old
@@ -87,6 +87,6 @@ onerror:
 
 
 onsuccess:
-    print_table("LDS", LDS_MARKDOWN)
-    print_table("Counterfactual", COUNTERFACTUAL_MARKDOWN)
-    print_table("Customization (AbC)", CUSTOMIZATION_MARKDOWN)
+    print_table("LDS", L.lds_markdown)
+    print_table("Counterfactual", L.counterfactual_markdown)
+    print_table("Customization (AbC)", L.customization_markdown)

@@ -18,14 +18,19 @@ import yaml
 from diffattr.errors import ConfigError  # re-exported: `from diffattr.config import ConfigError`
 
 SOURCES_WITH_PATH = {"cifar10", "image_folder", "npz"}
-MODEL_KEYS = ("family", "unet", "scheduler", "text_to_image", "base")
-"""Keys of :func:`model_params` (what a job needs to build, load or condition the model)."""
-TEXT_TO_IMAGE_UNSUPPORTED = {"influence", "ekfac", "embedding", "encoded"}
-"""Method kinds that run the DDPM directly and are not wired for the text_to_image family yet."""
 MIN_SUBSETS = 2
 """Subset models an LDS needs: it is a Spearman correlation across them (docs/methods.md §4.4)."""
 DEFAULT_FEATURE_CHECKPOINT = 1.0
 """A feature spec's ``checkpoint`` when it sets none: the final one."""
+DEFAULT_FAMILY = "ddpm"
+"""``model.family`` when the config sets none (:func:`model_family`)."""
+DEFAULT_CAPTION_TEMPLATE = "a {label} painting"
+"""``model.text_to_image.caption_template`` when the config sets none (ArtBench's captions)."""
+
+
+def model_family(config: dict[str, Any]) -> str:
+    """The config's model family: ``model.family``, else :data:`DEFAULT_FAMILY`."""
+    return config["model"].get("family", DEFAULT_FAMILY)
 
 
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
@@ -98,6 +103,62 @@ def validate(config: dict[str, Any], schema: dict[str, Any]) -> None:
         raise ConfigError(describe(best))
 
 
+def schema_with_kinds(schema: dict[str, Any]) -> dict[str, Any]:
+    """The schema with every registered method kind allowed: a plugin kind (registry.register) that
+    the schema file does not name gets its block's schema from its settings dataclass
+    (:func:`diffattr.methods.registry.settings_schema`). The file's own kinds are unchanged."""
+    import copy
+
+    from diffattr.methods.registry import KINDS, settings_schema
+
+    schema = copy.deepcopy(schema)
+    methods = schema["properties"]["methods"]["additionalProperties"]
+    enum = methods["properties"]["kind"]["enum"]
+    for name, kind in KINDS.items():
+        if name not in enum:
+            enum.append(name)
+            schema["$defs"][f"method_{name}"] = settings_schema(kind)
+            methods["allOf"].append({"if": {"properties": {"kind": {"const": name}}},
+                                     "then": {"$ref": f"#/$defs/method_{name}"}})
+    return schema
+
+
+def fill_defaults(config: dict[str, Any], schema: dict[str, Any]) -> None:
+    """Set every missing key the schema gives a ``default:`` (in place), wherever validation visits
+    an object's ``properties``: the rule Snakemake's ``validate(..., set_default=True)`` applies."""
+    base = jsonschema.Draft202012Validator
+    check_properties = base.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, subschema):
+        if isinstance(instance, dict):
+            for key, sub in properties.items():
+                if "default" in sub:
+                    instance.setdefault(key, sub["default"])
+        yield from check_properties(validator, properties, instance, subschema)
+
+    jsonschema.validators.extend(base, {"properties": set_defaults})(schema).validate(config)
+
+
+def resolve_config(config: dict[str, Any], schema: dict[str, Any],
+                   base: str | os.PathLike = ".") -> tuple[dict[str, list[dict[str, Any]]], dict[str, int]]:
+    """The DAG's whole config step, in place: import the ``plugins``, validate against the schema
+    with their kinds (one sentence naming the key), fill the schema's defaults, then
+    :func:`check_config`. Returns what check_config returns."""
+    from diffattr.methods.registry import load_plugins
+
+    plugins = config.get("plugins") or []
+    if not isinstance(plugins, list):
+        raise ConfigError("Config key 'plugins' is invalid: it must be a list of module names.")
+    try:
+        load_plugins(plugins)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    schema = schema_with_kinds(schema)
+    validate(config, schema)
+    fill_defaults(config, schema)
+    return check_config(config, schema, base)
+
+
 def _retrain_models_needed(method: dict[str, Any]) -> int:
     """How many retrain-pool models a method reads (datamodels, EI, ensembles)."""
     if method["kind"] == "retraining":
@@ -129,16 +190,19 @@ def check_output_dir(config: dict[str, Any], base: str | os.PathLike = ".") -> N
 
 def _images_phrase(data: dict[str, Any]) -> str:
     """How a refusal names the data's images."""
+    from diffattr.data.settings import DataConfig
+
+    cfg = DataConfig.from_dict(data)
     return {"digits": "the digits images", "cifar10": "the CIFAR-10 images",
-            "image_folder": f"the images (data.resolution {data.get('resolution')}, data.color {data.get('color', 'rgb')})",
-            }.get(data["source"], f"the images in '{data.get('path')}' (data.path)")
+            "image_folder": f"the images (data.resolution {cfg.resolution}, data.color {cfg.color})",
+            }.get(cfg.source, f"the images in '{cfg.path}' (data.path)")
 
 
 def check_image_shape(config: dict[str, Any], shape: tuple[int, int, int]) -> None:
     """The model must take the data's (H, W, C) images: a DDPM's UNet ``sample_size`` is H = W and
     its ``in_channels`` is C; a text-to-image VAE takes any size but its ``in_channels`` must be C."""
     height, width, channels = shape
-    if config["model"].get("family", "ddpm") == "text_to_image":
+    if model_family(config) == "text_to_image":
         key, model = "model.text_to_image.vae", config["model"]["text_to_image"].get("vae", {})
     else:
         key, model = "model.unet", config["model"]["unet"]
@@ -215,9 +279,9 @@ def check_inputs(config: dict[str, Any], base: str | os.PathLike = ".") -> None:
     for name in config["evaluation"].get("methods") or []:
         if name not in methods:
             raise ConfigError(f"Config key 'evaluation.methods' names '{name}', which is not a block under 'methods'.")
-    if config.get("customization") and config["model"].get("family", "ddpm") != "text_to_image":
+    if config.get("customization") and model_family(config) != "text_to_image":
         raise ConfigError("Config key 'customization' needs model.family text_to_image (it customizes a LoRA).")
-    if config["model"].get("family", "ddpm") == "text_to_image":
+    if model_family(config) == "text_to_image":
         check_text_to_image(config)
     check_image_shape(config, image_shape(data, base))
     retrain = config["subsets"]["pools"].get("retrain", {"count": 0})["count"]
@@ -267,6 +331,8 @@ def check_model_dirs(config: dict[str, Any]) -> None:
 
 def check_text_to_image(config: dict[str, Any]) -> None:
     """What the text_to_image family needs and what it does not support yet (one sentence each)."""
+    from diffattr.methods.registry import method_kind
+
     model, methods = config["model"], config.get("methods", {})
     t2i = model["text_to_image"]
     if t2i.get("pipeline_path"):
@@ -283,7 +349,8 @@ def check_text_to_image(config: dict[str, Any]) -> None:
         raise ConfigError("Config key 'train.hflip' must be false for the text_to_image family (its inputs are latents).")
     for name in used_methods(config):
         method = methods[name]
-        if method["kind"] in TEXT_TO_IMAGE_UNSUPPORTED or method.get("query") == "journey" or method.get("residual"):
+        if ("text_to_image" not in method_kind(method).families or method.get("query") == "journey"
+                or method.get("residual")):
             raise ConfigError(f"Config key 'methods.{name}' is not supported for the text_to_image family yet; "
                               f"evaluate it with a ddpm model or leave it out of evaluation.methods.")
     counterfactual = config.get("counterfactual") or {}
@@ -383,7 +450,7 @@ def base_pipeline(config: dict[str, Any]) -> str | None:
     """The text-to-image base pipeline directory: the config's local SD pipeline, else the one the
     ``pretrain_base`` job writes; None for the DDPM."""
     model = config["model"]
-    if model.get("family", "ddpm") != "text_to_image":
+    if model_family(config) != "text_to_image":
         return None
     from diffattr.workflow.layout import Layout
 
@@ -393,7 +460,7 @@ def base_pipeline(config: dict[str, Any]) -> str | None:
 def model_params(config: dict[str, Any]) -> dict[str, Any]:
     """What a job needs to build, load or condition the model (:mod:`diffattr.models.family`)."""
     model = config["model"]
-    if model.get("family", "ddpm") != "text_to_image":
+    if model_family(config) != "text_to_image":
         return {"unet": model["unet"], "scheduler": model["scheduler"]}
     return {"family": "text_to_image", "scheduler": model["scheduler"], "text_to_image": model["text_to_image"],
             "base": base_pipeline(config)}
@@ -403,6 +470,6 @@ def pretrain_params(config: dict[str, Any]) -> dict[str, Any]:
     """The ``pretrain_base`` job's params: the built pipeline's config, the recipe and every word its
     tokenizer must know (the fine-tuning captions' template and class names, and the prompts)."""
     model = config["model"]
-    words = [model["text_to_image"].get("caption_template", "a {label} painting"), *(config["generate"].get("prompts") or [])]
+    words = [model["text_to_image"].get("caption_template", DEFAULT_CAPTION_TEMPLATE), *(config["generate"].get("prompts") or [])]
     return {"scheduler": model["scheduler"], "text_to_image": model["text_to_image"],
             "pretrain": model.get("pretrain", {}), "words": words}

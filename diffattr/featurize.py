@@ -25,6 +25,7 @@ from diffattr.noise import gaussian_noise, sample_timesteps
 from diffattr.outputs import output_values
 from diffattr.progress import progress
 from diffattr.projection import ProjectionConfig, Projector
+from diffattr.store import SHARD_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ class FeatureSpec:
     noise_seeds: tuple[int, ...] = (0,)
     checkpoint: float = 1.0
     projection: ProjectionConfig = field(default_factory=ProjectionConfig)
-    shard_size: int = 2048
+    shard_size: int = SHARD_SIZE
     batch_size: int = 32
     normalize_timesteps: bool = False
 

@@ -56,17 +56,21 @@ class FitSettings:
     ``weight_decay``) with the cosine learning rate peaking at ``lr`` after a linear warm-up over
     ``warmup_fraction`` of the steps (None: constant ``lr``), gradient-norm clip ``grad_clip`` (None:
     none), the resume state saved every ``resume_every`` steps (and after the last one with
-    ``save_final``), a log row every ``log_every`` steps."""
+    ``save_final``), a log row every ``log_every`` steps.
+
+    No field has a default but ``save_final``: every fit is made from a config block's settings
+    (:func:`diffattr.train.fit_settings`, :func:`diffattr.pretrain.fit_settings`), whose dataclasses
+    hold the defaults, so a second copy here could only disagree with them (issue 15, item 4)."""
 
     steps: int
     lr: float
-    warmup_fraction: float | None = 0.1
-    weight_decay: float = WEIGHT_DECAY
-    adam_betas: tuple[float, float] = ADAM_BETAS
-    adam_eps: float = ADAM_EPS
-    grad_clip: float | None = 1.0
-    resume_every: int = 100
-    log_every: int = 50
+    warmup_fraction: float | None
+    weight_decay: float
+    adam_betas: tuple[float, float]
+    adam_eps: float
+    grad_clip: float | None
+    resume_every: int
+    log_every: int
     save_final: bool = False
 
     def learning_rate(self, step: int) -> float:

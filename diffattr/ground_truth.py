@@ -22,17 +22,19 @@ from diffattr.noise import timestep_set
 
 @dataclass(frozen=True)
 class GroundTruthConfig:
-    """The ``ground_truth`` block: timesteps × noise seeds define the (seed, t) pairs."""
+    """The ``ground_truth`` block: timesteps × noise seeds define the (seed, t) pairs. ``timesteps``
+    and ``noise_seeds`` are required (by the schema too); the optional keys' defaults live here."""
 
+    timesteps: int
+    noise_seeds: tuple[int, ...]
     timestep_strategy: str = "uniform"
-    timesteps: int = 50
-    noise_seeds: tuple[int, ...] = (0, 1)
     batch_size: int = 256
 
     @classmethod
     def from_dict(cls, cfg: dict) -> GroundTruthConfig:
+        """The block as settings (``noise_seeds`` as a tuple)."""
         cfg = dict(cfg)
-        cfg["noise_seeds"] = tuple(cfg.get("noise_seeds", cls.noise_seeds))
+        cfg["noise_seeds"] = tuple(cfg["noise_seeds"])
         return cls(**cfg)
 
     def pairs(self, num_train_timesteps: int) -> np.ndarray:

@@ -13,18 +13,20 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler
 
 from diffattr.models.ddpm import build_scheduler
+from diffattr.models.diffusers_classes import DDIMScheduler
 from diffattr.models.family import denoise
 
 
 @dataclass(frozen=True)
 class GenerateConfig:
-    """The ``generate`` block of the config."""
+    """The ``generate`` block of the config (less ``model_seed``, which the DAG reads: the schema
+    defaults it). ``count`` and ``steps`` are required (by the schema too); the other keys' defaults
+    live here."""
 
-    count: int = 200
-    steps: int = 50
+    count: int
+    steps: int
     eta: float = 0.0
     seed: int = 0
     batch_size: int = 256

@@ -36,6 +36,8 @@ from diffattr.integrity import (
 )
 
 MARKER = "complete.json"
+SHARD_SIZE = 2048
+"""Rows per featurize job when a feature spec sets no ``shard_size`` (FeatureSpec's default too)."""
 
 
 class ShardError(StoreError):
@@ -48,7 +50,7 @@ def spec_hash(spec: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def shard_ranges(n: int, shard_size: int) -> list[tuple[int, int]]:
+def shard_ranges(n: int, shard_size: int = SHARD_SIZE) -> list[tuple[int, int]]:
     """Row ranges of the shards of a split of ``n`` rows."""
     return [(a, min(a + shard_size, n)) for a in range(0, n, shard_size)] or [(0, 0)]
 

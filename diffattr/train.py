@@ -41,7 +41,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """The ``train`` block of the config."""
+    """The ``train`` block of the config; the one home of its defaults (the schema gives none, and
+    the engine's :class:`diffattr.fit.FitSettings` none: :func:`fit_settings` passes every field)."""
 
     steps: int
     batch_size: int
@@ -54,7 +55,7 @@ class TrainConfig:
     hflip: bool = False
     checkpoint_fractions: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
     resume_every: int = 100
-    log_every: int = 50
+    log_every: int = 100
 
     @classmethod
     def from_dict(cls, cfg: dict[str, Any]) -> TrainConfig:

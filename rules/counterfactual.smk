@@ -1,16 +1,16 @@
 rule counterfactual_train:
     input:
-        unpack(cf_scores),
-        data=DATA,
-        base=BASE_INPUT,
+        unpack(plan.cf_scores),
+        data=L.data,
+        base=plan.base_input,
     output:
-        model=CF_MODEL,
-        removed=CF_REMOVED,
-        log_table=LAYOUT.cf_log,
+        model=L.cf_model,
+        removed=L.cf_removed,
+        log_table=L.cf_log,
     log:
-        LAYOUT.log("counterfactual_train"),
+        L.log("counterfactual_train"),
     benchmark:
-        LAYOUT.benchmark("counterfactual_train")
+        L.benchmark("counterfactual_train")
     group:
         "counterfactual"
     conda:
@@ -22,26 +22,26 @@ rule counterfactual_train:
         mem_mb=4000,
         runtime=120,
     params:
-        cfg={**model_params(config), "train": config["train"]},
-        run=cf_run,
-        resume_dir=lambda w: LAYOUT.cf_resume.format(**dict(w.items())),
+        cfg={**plan.model, "train": config["train"]},
+        run=plan.cf_run,
+        resume_dir=lambda w: L.cf_resume.format(**dict(w.items())),
     script:
         "../workflow_scripts/counterfactual_train.py"
 
 
 rule counterfactual_evaluate:
     input:
-        unpack(cf_runs),
-        original=checkpoint("full", 0, config["generate"]["model_seed"]),
-        generated=GENERATED,
-        table=GENERATED_TABLE,
-        base=BASE_INPUT,
+        unpack(plan.cf_runs),
+        original=plan.generator,
+        generated=L.generated,
+        table=L.generated_table,
+        base=plan.base_input,
     output:
-        table=CF_EVAL,
+        table=L.cf_eval,
     log:
-        LAYOUT.log("counterfactual_evaluate"),
+        L.log("counterfactual_evaluate"),
     benchmark:
-        LAYOUT.benchmark("counterfactual_evaluate")
+        L.benchmark("counterfactual_evaluate")
     conda:
         "../envs/torch.yaml"
     threads: 1
@@ -52,12 +52,10 @@ rule counterfactual_evaluate:
         runtime=60,
     params:
         cfg={
-            **model_params(config),
-            "generate": {
-                k: v for k, v in config["generate"].items() if k != "model_seed"
-            },
+            **plan.model,
+            "generate": plan.generate,
             "ground_truth": config["ground_truth"],
-            "embedding": CF.get("embedding"),
+            "embedding": plan.cf.get("embedding"),
         },
     script:
         "../workflow_scripts/counterfactual_evaluate.py"
@@ -65,18 +63,18 @@ rule counterfactual_evaluate:
 
 rule counterfactual_table:
     input:
-        tables=expand(CF_EVAL, cf_method=CF_METHODS),
+        tables=expand(L.cf_eval, cf_method=plan.cf_methods),
     output:
-        results=COUNTERFACTUAL,
+        results=L.counterfactual,
         summary=report(
-            COUNTERFACTUAL_SUMMARY,
+            L.counterfactual_summary,
             caption="../report/counterfactual_table.rst",
             category="3 Counterfactual",
             labels={"figure": "summary table"},
         ),
-        markdown=COUNTERFACTUAL_MARKDOWN,
+        markdown=L.counterfactual_markdown,
     log:
-        LAYOUT.log("counterfactual_table"),
+        L.log("counterfactual_table"),
     conda:
         "../envs/eval.yaml"
     resources:
@@ -84,10 +82,6 @@ rule counterfactual_table:
         mem_mb=1000,
         runtime=10,
     params:
-        bootstrap={
-            "resamples": CF.get("bootstrap_resamples", 1000),
-            "confidence": CF.get("confidence", 0.95),
-            "seed": CF.get("seed", 0),
-        },
+        bootstrap=plan.cf_bootstrap,
     script:
         "../workflow_scripts/counterfactual_table.py"

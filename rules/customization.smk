@@ -1,16 +1,16 @@
 rule customize:
     input:
-        data=DATA,
-        model=checkpoint("full", 0, config["generate"]["model_seed"]),
-        base=BASE_INPUT,
+        data=L.data,
+        model=plan.generator,
+        base=plan.base_input,
     output:
-        model=CUSTOM_MODEL,
-        images=directory(CUSTOM_IMAGES),
-        log_table=CUSTOM_LOG,
+        model=L.custom_model,
+        images=directory(L.custom_images),
+        log_table=L.custom_log,
     log:
-        LAYOUT.log("customize"),
+        L.log("customize"),
     benchmark:
-        LAYOUT.benchmark("customize")
+        L.benchmark("customize")
     conda:
         "../envs/torch.yaml"
     threads: 1
@@ -20,24 +20,24 @@ rule customize:
         mem_mb=4000,
         runtime=60,
     params:
-        cfg=customization_params,
-        resume_dir=lambda w: LAYOUT.custom_resume.format(**dict(w.items())),
+        cfg=plan.customization_params,
+        resume_dir=lambda w: L.custom_resume.format(**dict(w.items())),
     script:
         "../workflow_scripts/customize.py"
 
 
 rule customization_eval:
     input:
-        data=DATA,
-        images=expand(CUSTOM_IMAGES, group=range(CUSTOM_GROUPS)),
-        base=BASE_INPUT,
+        data=L.data,
+        images=expand(L.custom_images, group=range(plan.custom_groups)),
+        base=plan.base_input,
     output:
-        table=CUSTOMIZATION_TABLE,
-        summary=CUSTOMIZATION_MARKDOWN,
+        table=L.customization_table,
+        summary=L.customization_markdown,
     log:
-        LAYOUT.log("customization_eval"),
+        L.log("customization_eval"),
     benchmark:
-        LAYOUT.benchmark("customization_eval")
+        L.benchmark("customization_eval")
     conda:
         "../envs/torch.yaml"
     threads: 1
@@ -46,6 +46,6 @@ rule customization_eval:
         mem_mb=4000,
         runtime=30,
     params:
-        cfg=customization_params,
+        cfg=plan.customization_params,
     script:
         "../workflow_scripts/customization_eval.py"

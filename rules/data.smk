@@ -1,13 +1,13 @@
 rule prepare_data:
     input:
-        data_inputs(),
+        plan.data_inputs,
     output:
-        store=directory(DATA),
-        table=METADATA,
+        store=directory(L.data),
+        table=L.metadata,
     log:
-        LAYOUT.log("prepare_data"),
+        L.log("prepare_data"),
     benchmark:
-        LAYOUT.benchmark("prepare_data")
+        L.benchmark("prepare_data")
     conda:
         "../envs/data.yaml"
     resources:
@@ -22,13 +22,13 @@ rule prepare_data:
 
 rule make_subsets:
     input:
-        data=DATA,
+        data=L.data,
     output:
-        masks=directory(SUBSET_MASKS),
+        masks=directory(L.subset_masks),
     log:
-        LAYOUT.log("make_subsets"),
+        L.log("make_subsets"),
     benchmark:
-        LAYOUT.benchmark("make_subsets")
+        L.benchmark("make_subsets")
     conda:
         "../envs/data.yaml"
     resources:

@@ -1,16 +1,16 @@
 rule evaluate_lds:
     input:
         scores=lambda w: [
-            SCORES.format(method=w.method, set=s) for s in method_sets(w.method)
+            L.scores.format(method=w.method, set=s) for s in plan.method_sets(w.method)
         ],
-        masks=SUBSET_MASKS.format(pool=LDS_POOL),
-        truth=GROUND_TRUTH.format(pool=LDS_POOL),
+        masks=L.subset_masks.format(pool=plan.lds_pool),
+        truth=L.ground_truth.format(pool=plan.lds_pool),
     output:
-        table=METHOD_LDS,
+        table=L.method_lds,
     log:
-        LAYOUT.log("evaluate_lds"),
+        L.log("evaluate_lds"),
     benchmark:
-        LAYOUT.benchmark("evaluate_lds")
+        L.benchmark("evaluate_lds")
     conda:
         "../envs/eval.yaml"
     resources:
@@ -19,20 +19,20 @@ rule evaluate_lds:
         runtime=30,
     params:
         lds={k: v for k, v in config["evaluation"]["lds"].items() if k != "pool"},
-        sets=lambda w: method_sets(w.method),
+        sets=lambda w: plan.method_sets(w.method),
     script:
         "../workflow_scripts/evaluate_lds.py"
 
 
 rule trajectory_lds:
     input:
-        scores=STEP_SCORES,
-        masks=SUBSET_MASKS.format(pool=LDS_POOL),
-        truth=GROUND_TRUTH.format(pool=LDS_POOL),
+        scores=L.step_scores,
+        masks=L.subset_masks.format(pool=plan.lds_pool),
+        truth=L.ground_truth.format(pool=plan.lds_pool),
     output:
-        table=STEP_LDS,
+        table=L.step_lds,
     log:
-        LAYOUT.log("trajectory_lds"),
+        L.log("trajectory_lds"),
     conda:
         "../envs/eval.yaml"
     resources:
@@ -47,24 +47,24 @@ rule trajectory_lds:
 
 rule lds_table:
     input:
-        tables=expand(METHOD_LDS, method=METHODS),
-        reliability=RELIABILITY.format(pool=LDS_POOL),
+        tables=expand(L.method_lds, method=plan.methods),
+        reliability=L.reliability.format(pool=plan.lds_pool),
         oracle=[
-            ORACLE_CURVE.format(
+            L.oracle_curve.format(
                 method=m, **dict(zip(("pool", "subset", "seed"), models[0]))
             )
-            for m, models in ORACLE_MODELS.items()
+            for m, models in plan.oracle_models.items()
         ],
     output:
         csv=report(
-            LDS_TABLE,
+            L.lds_table,
             caption="../report/lds_table.rst",
             category="1 LDS",
             labels={"figure": "LDS table"},
         ),
-        markdown=LDS_MARKDOWN,
+        markdown=L.lds_markdown,
     log:
-        LAYOUT.log("lds_table"),
+        L.log("lds_table"),
     conda:
         "../envs/eval.yaml"
     resources:
@@ -72,21 +72,21 @@ rule lds_table:
         mem_mb=1000,
         runtime=10,
     params:
-        oracle_methods=list(ORACLE_MODELS),
+        oracle_methods=list(plan.oracle_models),
     script:
         "../workflow_scripts/lds_table.py"
 
 
 rule retraining_curve:
     input:
-        masks=SUBSET_MASKS.format(pool="retrain"),
-        truth=GROUND_TRUTH.format(pool="retrain"),
-        eval_masks=SUBSET_MASKS.format(pool=LDS_POOL),
-        eval_truth=GROUND_TRUTH.format(pool=LDS_POOL),
+        masks=L.subset_masks.format(pool="retrain"),
+        truth=L.ground_truth.format(pool="retrain"),
+        eval_masks=L.subset_masks.format(pool=plan.lds_pool),
+        eval_truth=L.ground_truth.format(pool=plan.lds_pool),
     output:
-        table=RETRAINING_CURVE,
+        table=L.retraining_curve,
     log:
-        LAYOUT.log("retraining_curve"),
+        L.log("retraining_curve"),
     conda:
         "../envs/eval.yaml"
     resources:
@@ -94,8 +94,8 @@ rule retraining_curve:
         mem_mb=4000,
         runtime=30,
     params:
-        method=lambda w: config["methods"][w.method],
-        sets=SETS,
+        method=lambda w: plan.method(w.method),
+        sets=plan.sets,
         lds=config["evaluation"]["lds"],
     script:
         "../workflow_scripts/retraining_curve.py"
@@ -104,22 +104,22 @@ rule retraining_curve:
 rule sweep_table:
     input:
         tables=lambda w: [
-            METHOD_LDS.format(method=p["method"]) for p in SWEEPS[w.sweep]
+            L.method_lds.format(method=p["method"]) for p in plan.sweeps[w.sweep]
         ],
     output:
         table=report(
-            SWEEP_TABLE,
+            L.sweep_table,
             caption="../report/sweep_table.rst",
             category="7 Sweeps",
             subcategory="{sweep}",
             labels={"figure": "table"},
         ),
     log:
-        LAYOUT.log("sweep_table"),
+        L.log("sweep_table"),
     conda:
         "../envs/eval.yaml"
     params:
         key=lambda w: config["sweeps"][w.sweep]["key"],
-        points=lambda w: [(p["value"], p["method"]) for p in SWEEPS[w.sweep]],
+        points=lambda w: [(p["value"], p["method"]) for p in plan.sweeps[w.sweep]],
     script:
         "../workflow_scripts/sweep_table.py"

@@ -1,14 +1,16 @@
 rule featurize:
     input:
-        model=lambda w: checkpoint(w.pool, w.subset, w.seed, feature_step(w.spec)),
-        base=BASE_INPUT,
-        images=lambda w: set_store(w.split),
+        model=lambda w: plan.checkpoint(
+            w.pool, w.subset, w.seed, plan.feature_step(w.spec)
+        ),
+        base=plan.base_input,
+        images=lambda w: plan.set_store(w.split),
     output:
-        shard=update(directory(FEATURE_SHARD)),
+        shard=update(directory(L.feature_shard)),
     log:
-        LAYOUT.log("featurize"),
+        L.log("featurize"),
     benchmark:
-        LAYOUT.benchmark("featurize")
+        L.benchmark("featurize")
     group:
         "featurize"
     conda:
@@ -20,9 +22,9 @@ rule featurize:
         mem_mb=6000,
         runtime=120,
     params:
-        spec=feature_spec_params,
-        model=model_params(config),
-        rows=lambda w: shard_ranges_of(w.spec, w.split)[int(w.shard)],
+        spec=plan.feature_spec,
+        model=plan.model,
+        rows=lambda w: plan.shard_ranges(w.spec, w.split)[int(w.shard)],
     script:
         "../workflow_scripts/featurize.py"
 
@@ -30,15 +32,15 @@ rule featurize:
 rule gather_features:
     input:
         shards=lambda w: [
-            FEATURE_SHARD.format(**dict(w.items()), shard=i)
-            for i in range(len(shard_ranges_of(w.spec, w.split)))
+            L.feature_shard.format(**dict(w.items()), shard=i)
+            for i in range(len(plan.shard_ranges(w.spec, w.split)))
         ],
     output:
-        features=update(directory(FEATURES)),
+        features=update(directory(L.features)),
     log:
-        LAYOUT.log("gather_features"),
+        L.log("gather_features"),
     benchmark:
-        LAYOUT.benchmark("gather_features")
+        L.benchmark("gather_features")
     conda:
         "../envs/eval.yaml"
     resources:
@@ -46,7 +48,7 @@ rule gather_features:
         mem_mb=4000,
         runtime=30,
     params:
-        spec_hash=lambda w: spec_hash(feature_spec_params(w)),
-        ranges=lambda w: shard_ranges_of(w.spec, w.split),
+        spec_hash=lambda w: spec_hash(plan.feature_spec(w)),
+        ranges=lambda w: plan.shard_ranges(w.spec, w.split),
     script:
         "../workflow_scripts/gather_features.py"

@@ -1,14 +1,14 @@
 rule generate:
     input:
-        model=checkpoint("full", 0, config["generate"]["model_seed"]),
-        base=BASE_INPUT,
+        model=plan.generator,
+        base=plan.base_input,
     output:
-        store=directory(GENERATED),
-        table=GENERATED_TABLE,
+        store=directory(L.generated),
+        table=L.generated_table,
     log:
-        LAYOUT.log("generate"),
+        L.log("generate"),
     benchmark:
-        LAYOUT.benchmark("generate")
+        L.benchmark("generate")
     conda:
         "../envs/torch.yaml"
     threads: 1
@@ -19,10 +19,8 @@ rule generate:
         runtime=60,
     params:
         cfg={
-            **model_params(config),
-            "generate": {
-                k: v for k, v in config["generate"].items() if k != "model_seed"
-            },
+            **plan.model,
+            "generate": plan.generate,
         },
     script:
         "../workflow_scripts/generate.py"
@@ -30,14 +28,14 @@ rule generate:
 
 rule trajectory:
     input:
-        model=checkpoint("full", 0, config["generate"]["model_seed"]),
-        generated=GENERATED,
+        model=plan.generator,
+        generated=L.generated,
     output:
-        trajectory=directory(TRAJECTORY),
+        trajectory=directory(L.trajectory),
     log:
-        LAYOUT.log("trajectory"),
+        L.log("trajectory"),
     benchmark:
-        LAYOUT.benchmark("trajectory")
+        L.benchmark("trajectory")
     conda:
         "../envs/torch.yaml"
     threads: 1
@@ -48,10 +46,8 @@ rule trajectory:
         runtime=60,
     params:
         cfg={
-            **model_params(config),
-            "generate": {
-                k: v for k, v in config["generate"].items() if k != "model_seed"
-            },
+            **plan.model,
+            "generate": plan.generate,
         },
     script:
         "../workflow_scripts/trajectory.py"

@@ -1,14 +1,14 @@
 rule measure_outputs:
     input:
-        model=lambda w: checkpoint(w.pool, w.subset, w.seed),
-        base=BASE_INPUT,
-        stores=[set_store(s) for s in SETS],
+        model=lambda w: plan.checkpoint(w.pool, w.subset, w.seed),
+        base=plan.base_input,
+        stores=[plan.set_store(s) for s in plan.sets],
     output:
-        measurement=update(directory(MEASUREMENT)),
+        measurement=update(directory(L.measurement)),
     log:
-        LAYOUT.log("measure_outputs"),
+        L.log("measure_outputs"),
     benchmark:
-        LAYOUT.benchmark("measure_outputs")
+        L.benchmark("measure_outputs")
     group:
         "measure"
     conda:
@@ -20,8 +20,8 @@ rule measure_outputs:
         mem_mb=4000,
         runtime=60,
     params:
-        cfg={**model_params(config), "ground_truth": config["ground_truth"]},
-        sets=SETS,
+        cfg={**plan.model, "ground_truth": config["ground_truth"]},
+        sets=plan.sets,
     script:
         "../workflow_scripts/measure_outputs.py"
 
@@ -29,16 +29,16 @@ rule measure_outputs:
 rule gather_ground_truth:
     input:
         lambda w: [
-            MEASUREMENT.format(pool=w.pool, subset=k, seed=s)
-            for k, s in pool_models(w.pool)
+            L.measurement.format(pool=w.pool, subset=k, seed=s)
+            for k, s in plan.pool_models(w.pool)
         ],
     output:
-        truth=update(directory(GROUND_TRUTH)),
-        reliability=update(RELIABILITY),
+        truth=update(directory(L.ground_truth)),
+        reliability=update(L.reliability),
     log:
-        LAYOUT.log("gather_ground_truth"),
+        L.log("gather_ground_truth"),
     benchmark:
-        LAYOUT.benchmark("gather_ground_truth")
+        L.benchmark("gather_ground_truth")
     conda:
         "../envs/eval.yaml"
     resources:
@@ -46,7 +46,7 @@ rule gather_ground_truth:
         mem_mb=4000,
         runtime=30,
     params:
-        models=lambda w: pool_models(w.pool),
-        sets=SETS,
+        models=lambda w: plan.pool_models(w.pool),
+        sets=plan.sets,
     script:
         "../workflow_scripts/gather_ground_truth.py"

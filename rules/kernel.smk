@@ -1,12 +1,12 @@
 rule gram_partial:
     input:
-        shard=fill(FEATURE_SHARD, split="train"),
+        shard=fill(L.feature_shard, split="train"),
     output:
-        gram=directory(GRAM_PARTIAL),
+        gram=directory(L.gram_partial),
     log:
-        LAYOUT.log("gram_partial"),
+        L.log("gram_partial"),
     benchmark:
-        LAYOUT.benchmark("gram_partial")
+        L.benchmark("gram_partial")
     conda:
         "../envs/torch.yaml"
     resources:
@@ -14,22 +14,22 @@ rule gram_partial:
         mem_mb=4000,
         runtime=60,
     params:
-        spec_hash=lambda w: spec_hash(feature_spec_params(w)),
-        rows=lambda w: shard_ranges_of(w.spec, "train")[int(w.shard)],
-        n_train=SIZES["train"],
+        spec_hash=lambda w: spec_hash(plan.feature_spec(w)),
+        rows=lambda w: plan.shard_ranges(w.spec, "train")[int(w.shard)],
+        n_train=plan.sizes["train"],
     script:
         "../workflow_scripts/gram_partial.py"
 
 
 rule kernel:
     input:
-        unpack(kernel_inputs),
+        unpack(plan.kernel_inputs),
     output:
-        kernel=update(directory(KERNEL)),
+        kernel=update(directory(L.kernel)),
     log:
-        LAYOUT.log("kernel"),
+        L.log("kernel"),
     benchmark:
-        LAYOUT.benchmark("kernel")
+        L.benchmark("kernel")
     group:
         "solve"
     conda:
@@ -39,20 +39,20 @@ rule kernel:
         mem_mb=4000,
         runtime=60,
     params:
-        form=lambda w: kernel_form_of(w.spec),
+        form=lambda w: plan.kernel_form(w.spec),
     script:
         "../workflow_scripts/kernel.py"
 
 
 rule select_lambda:
     input:
-        unpack(lambda_sweep_inputs("select")),
+        unpack(plan.lambda_sweep_inputs("select")),
     output:
-        curve=LAMBDA_CURVE,
+        curve=L.lambda_curve,
     log:
-        LAYOUT.log("select_lambda"),
+        L.log("select_lambda"),
     benchmark:
-        SELECT_BENCHMARK
+        L.benchmark("select_lambda")
     group:
         "solve"
     conda:
@@ -64,7 +64,7 @@ rule select_lambda:
         mem_mb=4000,
         runtime=60,
     params:
-        **lambda_sweep_params("select"),
+        **plan.lambda_sweep_params("select"),
     script:
         "../workflow_scripts/select_lambda.py"
 
@@ -74,12 +74,12 @@ rule select_lambda:
 # the select-pool choice that every score (and counterfactual retraining) depends on.
 use rule select_lambda as oracle_lambda with:
     input:
-        unpack(lambda_sweep_inputs(LDS_POOL)),
+        unpack(plan.lambda_sweep_inputs(plan.lds_pool)),
     output:
-        curve=ORACLE_CURVE,
+        curve=L.oracle_curve,
     log:
-        LAYOUT.log("oracle_lambda"),
+        L.log("oracle_lambda"),
     benchmark:
-        LAYOUT.benchmark("oracle_lambda")
+        L.benchmark("oracle_lambda")
     params:
-        **lambda_sweep_params(LDS_POOL),
+        **plan.lambda_sweep_params(plan.lds_pool),

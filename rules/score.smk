@@ -1,12 +1,12 @@
 rule score:
     input:
-        unpack(method_inputs),
+        unpack(lambda w: plan.method_inputs(w.method, w.set)),
     output:
-        scores=update(directory(SCORES)),
+        scores=update(directory(L.scores)),
     log:
-        LAYOUT.log("score"),
+        L.log("score"),
     benchmark:
-        SCORE_BENCHMARK
+        L.benchmark("score")
     group:
         "score"
     conda:
@@ -18,21 +18,21 @@ rule score:
         mem_mb=4000,
         runtime=60,
     params:
-        method=lambda w: method_params(w.method),
+        method=lambda w: plan.method_params(w.method),
     script:
         "../workflow_scripts/score.py"
 
 
 rule residuals:
     input:
-        model=lambda w: checkpoint(w.pool, w.subset, w.seed),
-        data=DATA,
+        model=lambda w: plan.checkpoint(w.pool, w.subset, w.seed),
+        data=L.data,
     output:
-        residuals=directory(RESIDUAL),
+        residuals=directory(L.residual),
     log:
-        LAYOUT.log("residuals"),
+        L.log("residuals"),
     benchmark:
-        RESIDUAL_BENCHMARK
+        L.benchmark("residuals")
     group:
         "solve"
     conda:
@@ -44,21 +44,20 @@ rule residuals:
         mem_mb=4000,
         runtime=60,
     params:
-        residual=lambda w: config["methods"][w.method]["residual"]
-        | model_params(config),
+        residual=lambda w: plan.method(w.method)["residual"] | plan.model,
     script:
         "../workflow_scripts/residuals.py"
 
 
 rule score_trajectory:
     input:
-        unpack(journey_inputs),
+        unpack(lambda w: plan.method_inputs(w.method, "gen")),
     output:
-        scores=directory(STEP_SCORES),
+        scores=directory(L.step_scores),
     log:
-        LAYOUT.log("score_trajectory"),
+        L.log("score_trajectory"),
     benchmark:
-        LAYOUT.benchmark("score_trajectory")
+        L.benchmark("score_trajectory")
     group:
         "score"
     conda:
@@ -70,6 +69,6 @@ rule score_trajectory:
         mem_mb=4000,
         runtime=60,
     params:
-        method=lambda w: method_params(w.method),
+        method=lambda w: plan.method_params(w.method),
     script:
         "../workflow_scripts/score_trajectory.py"

@@ -1,15 +1,15 @@
-if BASE and not config["model"]["text_to_image"].get("pipeline_path"):
+if plan.base and not config["model"]["text_to_image"].get("pipeline_path"):
 
     rule pretrain_base:
         input:
-            data=DATA,
+            data=L.data,
         output:
-            pipeline=directory(BASE),
-            log_table=PRETRAIN_LOG,
+            pipeline=directory(plan.base),
+            log_table=L.pretrain_log,
         log:
-            LAYOUT.log("pretrain_base"),
+            L.log("pretrain_base"),
         benchmark:
-            LAYOUT.benchmark("pretrain_base")
+            L.benchmark("pretrain_base")
         conda:
             "../envs/torch.yaml"
         threads: 1
@@ -26,15 +26,17 @@ if BASE and not config["model"]["text_to_image"].get("pipeline_path"):
 
 rule train_model:
     input:
-        data=DATA,
-        base=BASE_INPUT,
+        data=L.data,
+        base=plan.base_input,
     output:
-        checkpoints=update([fill(CHECKPOINT, step=step) for step in CKPT_STEPS]),
-        log_table=update(LAYOUT.train_log),
+        checkpoints=update(
+            [fill(L.checkpoint, step=step) for step in plan.checkpoint_steps]
+        ),
+        log_table=update(L.train_log),
     log:
-        LAYOUT.log("train_model"),
+        L.log("train_model"),
     benchmark:
-        LAYOUT.benchmark("train_model")
+        L.benchmark("train_model")
     group:
         "train"
     conda:
@@ -47,6 +49,6 @@ rule train_model:
         runtime=120,
     params:
         cfg=lambda w: train_params(config, w.pool, w.subset),
-        resume_dir=lambda w: LAYOUT.train_resume.format(**dict(w.items())),
+        resume_dir=lambda w: L.train_resume.format(**dict(w.items())),
     script:
         "../workflow_scripts/train_model.py"

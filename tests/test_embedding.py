@@ -12,6 +12,7 @@ import transformers
 from PIL import Image
 
 from conftest import SCHEDULER, TINY_UNET
+from diffattr.methods.registry import ScoreContext
 from diffattr.methods.embedding import (
     OPENAI_CLIP_MEAN,
     OPENAI_CLIP_STD,
@@ -177,7 +178,7 @@ def test_nearest_training_image_of_a_training_image_is_itself(encoder, clip_dir,
 def test_registry_scorer_on_the_digits_store(digits_store, unet_path):
     params = {"kind": "embedding", "encoder": "ddpm", "path": unet_path, "similarity": "dot",
               "unet": TINY_UNET, "scheduler": SCHEDULER}
-    blocks = embedding_method_scores({"data": digits_store}, params, "val")
+    blocks = embedding_method_scores(ScoreContext.from_params(params, {"data": digits_store}, "val"))
     assert (blocks.n_queries, blocks.n_train) == (30, 200)
     assert blocks.block(0, 5).shape == (5, 200)
     assert blocks.attrs["encoder"] == "ddpm" and blocks.attrs["layer"] == "mid"

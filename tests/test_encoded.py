@@ -14,6 +14,7 @@ import zarr
 from diffusers import DDPMScheduler
 
 from conftest import SCHEDULER, TINY_UNET
+from diffattr.methods.registry import ScoreContext
 from diffattr.data import ImageSet
 from diffattr.data.store import to_model_range, write_image_store
 from diffattr.ground_truth import GroundTruthConfig
@@ -231,10 +232,11 @@ def scorer_inputs(members, tmp_path_factory) -> dict[str, str]:
     masks = balanced_codes(6, MEMBERS, seed=7).T
     group = zarr.open_group(str(root / "masks.zarr"), mode="w")
     group.create_array("masks", data=masks)
-    inputs = {"data": str(root / "data.zarr"), "generated": str(root / "gen.zarr"), "masks": str(root / "masks.zarr")}
+    inputs = {"data": str(root / "data.zarr"), "generated": str(root / "gen.zarr"), "masks": str(root / "masks.zarr"),
+              "members": []}
     for m, model in enumerate(members):
         save_weights(model, root / f"member_{m}.safetensors", {"member": m})
-        inputs[f"member_{m}"] = str(root / f"member_{m}.safetensors")
+        inputs["members"].append(str(root / f"member_{m}.safetensors"))
     return inputs
 
 
@@ -248,7 +250,7 @@ def test_scorer_equals_encoded_influence_of_the_stored_ensemble(members, scorer_
     from diffattr.subsets import read_pool
 
     monkeypatch.setenv("DIFFATTR_DEVICE", "cpu")
-    blocks = encoded_method_scores(scorer_inputs, PARAMS, query_set)
+    blocks = encoded_method_scores(ScoreContext.from_params(PARAMS, scorer_inputs, query_set))
     store = scorer_inputs["generated" if query_set == "gen" else "data"]
     queries = to_model_range(read_images(store, query_set))
     pairs = GroundTruthConfig.from_dict(PARAMS["ground_truth"]).pairs(1000)
@@ -267,4 +269,4 @@ def test_scorer_rejects_masks_that_are_not_a_balanced_design(scorer_inputs, tmp_
     masks[0, 0] = not masks[0, 0]
     zarr.open_group(str(tmp_path / "bad.zarr"), mode="w").create_array("masks", data=masks)
     with pytest.raises(ValueError, match="not a balanced code design"):
-        encoded_method_scores({**scorer_inputs, "masks": str(tmp_path / "bad.zarr")}, PARAMS, "val")
+        encoded_method_scores(ScoreContext.from_params(PARAMS, {**scorer_inputs, "masks": str(tmp_path / "bad.zarr")}, "val"))

@@ -75,8 +75,9 @@ def by_hand(settings: FitSettings) -> tuple[dict[str, torch.Tensor], list[float]
     return {"w": w, "b": b}, losses, lrs
 
 
-@pytest.mark.parametrize("settings", [SETTINGS, FitSettings(steps=7, lr=0.05, warmup_fraction=None, grad_clip=None,
-                                                            log_every=3)])
+@pytest.mark.parametrize("settings", [SETTINGS, FitSettings(steps=7, lr=0.05, warmup_fraction=None, weight_decay=1e-6,
+                                                            adam_betas=(0.95, 0.999), adam_eps=1e-8, grad_clip=None,
+                                                            resume_every=100, log_every=3)])
 def test_fit_is_adamw_on_the_clipped_gradient_at_the_scheduled_rate(settings, tmp_path):
     p = params()
     rows = fit(make_loss(p), p, draws, settings, tmp_path / "r" / "state.safetensors", "k")

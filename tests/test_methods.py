@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import zarr
 
+from diffattr.methods.registry import MethodInputs, ScoreContext
 from diffattr.evaluate.lds import lds_from_predictions
 from diffattr.methods.das import residual_weights
 from diffattr.methods.gradient import checkpoint_weights, gradient_scores
@@ -82,11 +83,8 @@ def test_checkpoint_weights_are_equal_or_interval_mean_learning_rates():
 
 
 def gradient_inputs(tmp_path, train_phis, query_phis):
-    inputs = {}
-    for c, (t, q) in enumerate(zip(train_phis, query_phis)):
-        inputs[f"train_{c}"] = feature_store(tmp_path / f"t{c}.zarr", t)
-        inputs[f"query_{c}"] = feature_store(tmp_path / f"q{c}.zarr", q)
-    return inputs
+    return {"train": [feature_store(tmp_path / f"t{c}.zarr", t) for c, t in enumerate(train_phis)],
+            "queries": [feature_store(tmp_path / f"q{c}.zarr", q) for c, q in enumerate(query_phis)]}
 
 
 def test_tracin_on_one_checkpoint_is_grad_dot_times_learning_rate(tmp_path):
@@ -94,7 +92,7 @@ def test_tracin_on_one_checkpoint_is_grad_dot_times_learning_rate(tmp_path):
     train, query = rng.normal(size=(9, 6)).astype(np.float32), rng.normal(size=(4, 6)).astype(np.float32)
     inputs = gradient_inputs(tmp_path, [train], [query])
     eta = checkpoint_weights([40], "learning_rate", 40, 2e-3, 0.0)[0]
-    blocks = gradient_scores(inputs, {"weights": [eta], "similarity": "dot"}, "val")
+    blocks = gradient_scores(ScoreContext.from_params({"features": "loss", "similarity": "dot", "weighting": "learning_rate", "weights": [eta]}, inputs, "val"))
     np.testing.assert_allclose(blocks.block(0, 4), eta * query.astype(float) @ train.T.astype(float), rtol=1e-6)
 
 
@@ -103,7 +101,8 @@ def test_gas_sums_weighted_cosines_over_checkpoints(tmp_path):
     trains = [rng.normal(size=(9, 6)).astype(np.float32) for _ in range(3)]
     queries = [rng.normal(size=(4, 6)).astype(np.float32) for _ in range(3)]
     weights = [0.5, 0.3, 0.2]
-    blocks = gradient_scores(gradient_inputs(tmp_path, trains, queries), {"weights": weights, "similarity": "cosine"}, "val")
+    inputs = gradient_inputs(tmp_path, trains, queries)
+    blocks = gradient_scores(ScoreContext.from_params({"features": ["a", "b", "c"], "similarity": "cosine", "weighting": "learning_rate", "weights": weights}, inputs, "val"))
     expected = sum(w * np.array([[np.dot(x, z) / np.linalg.norm(x) / np.linalg.norm(z) for z in t.astype(float)]
                                  for x in q.astype(float)]) for w, t, q in zip(weights, trains, queries))
     np.testing.assert_allclose(blocks.block(1, 4), expected[1:4], rtol=1e-6)
@@ -124,15 +123,16 @@ def test_journey_step_scores_equal_the_dense_formula_and_average_to_the_score(tm
                 extras={"steps": per_step, "step_timesteps": np.tile(np.arange(500, -1, -100), (3, 1))})
     gather_features([str(tmp_path / "j.shard")], [(0, 3)], spec_hash(SPEC), tmp_path / "journey.zarr")
     pd.DataFrame({"set": "gen", "pool": "select", "lambda": [0.1, 0.7], "lds": [0.2, 0.5]}).to_csv(tmp_path / "l.csv")
-    inputs = {"kernel_0": str(tmp_path / "dual.zarr"), "train_0": str(tmp_path / "train.zarr"),
-              "query_0": str(tmp_path / "journey.zarr"), "lambda_0": str(tmp_path / "l.csv")}
-    timesteps = trajectory_scores(inputs, {"query": "journey"}, str(tmp_path / "steps.zarr"), query_rows=12)
+    inputs = MethodInputs.of({"kernels": [tmp_path / "dual.zarr"], "train": [tmp_path / "train.zarr"],
+                              "queries": [tmp_path / "journey.zarr"], "lambdas": [tmp_path / "l.csv"]})
+    journey = {"features": "loss", "models": {"pool": "full", "count": 1}, "lambdas": [0.1, 0.7], "query": "journey"}
+    timesteps = trajectory_scores(inputs, journey, str(tmp_path / "steps.zarr"), query_rows=12)
     assert list(timesteps) == [500, 400, 300, 200, 100, 0]
     got = np.asarray(zarr.open_group(str(tmp_path / "steps.zarr"), mode="r")["scores"][:])
     inv = dense_inverse(phi, 0.7)
     for s in range(6):
         np.testing.assert_allclose(got[s], per_step[:, s].astype(float) @ inv @ phi.T.astype(float), rtol=1e-5, atol=1e-6)
-    blocks = trak_scores(inputs, {"query": "journey"}, "gen")
+    blocks = trak_scores(ScoreContext.from_params(journey, inputs, "gen"))
     np.testing.assert_allclose(blocks.block(0, 3), got.mean(axis=0), rtol=1e-5, atol=1e-6)
 
 

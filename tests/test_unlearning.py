@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from conftest import SCHEDULER, TINY_UNET, train_ddpm
+from diffattr.methods.registry import ScoreContext
 from diffattr.data import ImageSet
 from diffattr.data.store import read_images, to_model_range, write_image_store
 from diffattr.ground_truth import GroundTruthConfig
@@ -251,12 +252,12 @@ def test_scorer_equals_unlearning_scores_of_the_stored_model(tmp_path, monkeypat
                 "params": ["conv_out"]}
     gt = {"timestep_strategy": "uniform", "timesteps": 2, "noise_seeds": [0], "batch_size": 8}
     monkeypatch.setenv("DIFFATTR_DEVICE", "cpu")
-    blocks = unlearning_method_scores(inputs, {**settings, "unet": TINY_UNET, "scheduler": SCHEDULER,
-                                               "ground_truth": gt}, "val")
+    blocks = unlearning_method_scores(ScoreContext.from_params(
+        {**settings, "unet": TINY_UNET, "scheduler": SCHEDULER, "ground_truth": gt}, inputs, "val"))
     queries, train_images = (to_model_range(read_images(inputs["data"], split)) for split in ("val", "train"))
     pairs = GroundTruthConfig.from_dict(gt).pairs(1000)
     expected = unlearning_scores(model, queries, train_images, UnlearningConfig.from_dict(settings), pairs, ABAR)
     assert (blocks.n_queries, blocks.n_train) == (2, 5)
     np.testing.assert_array_equal(blocks.block(0, 2), expected)
-    with pytest.raises(ValueError, match="ground_truth"):
-        unlearning_method_scores(inputs, {**settings, "unet": TINY_UNET, "scheduler": SCHEDULER}, "val")
+    with pytest.raises(ValueError, match="ground truth"):
+        unlearning_method_scores(ScoreContext.from_params({**settings, "unet": TINY_UNET, "scheduler": SCHEDULER}, inputs, "val"))

@@ -24,6 +24,7 @@ from safetensors import safe_open
 from scipy.stats import spearmanr
 
 from conftest import REPO, Smoke
+from plans import fake_artbench, plan_of
 from workflow import (
     SNAKEMAKE,
     fake_finished_runs,
@@ -48,43 +49,7 @@ def test_default_dry_run_lists_the_expected_jobs_without_torch(tmp_path):
     result = snakemake("-n", "--configfile", overlay(tmp_path, "out", {"output_dir": str(tmp_path / "out")}),
                        env=torch_blocker(tmp_path), timeout=120)
     assert result.returncode == 0, result.stderr
-    assert job_counts(result.stdout) == {
-        "prepare_data": 1,
-        "make_subsets": 4,  # lds, select, retrain, encoded
-        "train_model": 89,  # full model + 32 lds + 8 select + 32 retrain + 16 encoded-ensemble models
-        "generate": 1,
-        "trajectory": 1,  # DDIM x̂₀ path of the generated samples (Journey-TRAK)
-        "measure_outputs": 72,  # lds, select and retrain pools
-        "gather_ground_truth": 3,
-        # loss, square × 5 models (full + 4 ensemble) + loss_c25/50/75, das, dtracin(_c50), retrac(_c50) ×
-        # the full model, × 3 splits: trak, trak_ens, relatif, renorm_if, grad_*, tracin*, gas share loss
-        # + the generated samples' trajectory features of Journey-TRAK (split "journey")
-        "featurize": 70,  # + 5 sweep specs (dim 512, 1024, 4096; timesteps 5, 20) × 3 splits
-        "gather_features": 70,
-        "gram_partial": 2,  # the sweep's k = 512, 1024 ≤ N: primal form, one train shard each
-        "kernel": 16,  # k = 2048 > N = 1597: dual form, no partial Grams (+ 5 sweep kernels)
-        "residuals": 1,  # DAS's training-residual weight
-        "select_lambda": 19,  # 6 single-model kernel methods + (trak_ens, dtrak_ens) × 4 models + 5 sweep methods
-        "oracle_lambda": 11,  # the single-model ones (6 + 5 sweeps) on the lds pool: the table's oracle diagnostic
-        "score": 65,  # 32 methods × {val, gen} + Journey-TRAK × {gen}
-        "score_trajectory": 1,  # Journey-TRAK's per-step scores
-        "trajectory_lds": 1,
-        "evaluate_lds": 33,
-        "retraining_curve": 2,  # empirical influence, datamodels: LDS vs number of retrained models
-        "sweep_table": 2,  # dtrak_dim, dtrak_timesteps
-        "lds_table": 1,
-        "counterfactual_train": 48,  # 12 generated samples × k = 320 × (das, dtrak, trak, random removal)
-        "counterfactual_evaluate": 4,
-        "counterfactual_table": 1,
-        "plot_lds": 1,  # the report's figures
-        "plot_lambda": 1,
-        "plot_counterfactual": 1,
-        "attribution_grids": 7,  # report.methods
-        "plot_trajectory": 1,
-        "plot_sweep": 2,
-        "plot_runtime": 1,
-        "all": 1,
-    }
+    assert job_counts(result.stdout) == plan_of({"output_dir": str(tmp_path / "out")}).job_counts()
 
 
 def test_every_shipped_config_dry_runs_in_seconds_without_torch_or_data(tmp_path):
@@ -107,19 +72,7 @@ def test_text_to_image_configs_dry_run_with_the_expected_jobs(tmp_path):
     """The embedded text-to-image default and config/artbench2.yaml (a fake ArtBench folder of empty
     files, as many as its n_train / n_attributed need, and a pipeline directory of empty files named as
     save_pretrained names them: the dry-run reads neither) list the jobs of their settings, without torch."""
-    art = tmp_path / "artbench"
-    for split, count in (("train", 2500), ("test", 500)):
-        for style in ("post_impressionism", "ukiyo_e", "baroque"):
-            (art / split / style).mkdir(parents=True)
-            for i in range(count):
-                (art / split / style / f"{i}.png").touch()
-    pipeline = tmp_path / "miniSD"
-    for sub, weights in (("unet", "diffusion_pytorch_model.safetensors"), ("vae", "diffusion_pytorch_model.safetensors"),
-                         ("text_encoder", "model.safetensors"), ("tokenizer", "tokenizer_config.json")):
-        (pipeline / sub).mkdir(parents=True)
-        (pipeline / sub / weights).touch()
-        if sub != "tokenizer":
-            (pipeline / sub / "config.json").write_text("{}")
+    art, pipeline = fake_artbench(tmp_path)
     out = overlay(tmp_path, "out", {"output_dir": str(tmp_path / "t2i")})
     paths = overlay(tmp_path, "paths", {"output_dir": str(tmp_path / "art"), "data": {"path": str(art)},
                                         "model": {"text_to_image": {"pipeline_path": str(pipeline)}}})
@@ -128,28 +81,10 @@ def test_text_to_image_configs_dry_run_with_the_expected_jobs(tmp_path):
         env=torch_blocker(tmp_path), timeout=120)
     assert embedded.returncode == 0, embedded.stderr[-2000:]
     assert artbench.returncode == 0, artbench.stderr[-2000:]
-    report = {"plot_lds": 1, "plot_lambda": 1, "plot_runtime": 1, "lds_table": 1, "all": 1}
-    assert job_counts(embedded.stdout) == {
-        "prepare_data": 1, "make_subsets": 2, "pretrain_base": 1,  # the base pipeline, pretrained on "base"
-        "train_model": 41,  # full LoRA + 32 lds + 8 select
-        "generate": 1, "measure_outputs": 40, "gather_ground_truth": 2,
-        "featurize": 6, "gather_features": 6,  # loss, square × {train, val, gen}, one shard each
-        "kernel": 2, "select_lambda": 2, "oracle_lambda": 2,  # N = 840 < k = 2048: dual form
-        "score": 14, "evaluate_lds": 7,  # 7 methods × {val, gen}
-        "attribution_grids": 4, **report,
-        "customize": 4, "customization_eval": 1,  # AbC: 4 exemplar groups
-        "counterfactual_train": 12, "counterfactual_evaluate": 3,  # 4 samples × k = 168 × (dtrak, trak, random)
-        "counterfactual_table": 1, "plot_counterfactual": 1,
-    }
-    assert job_counts(artbench.stdout) == {
-        "prepare_data": 1, "make_subsets": 2,  # no pretrain_base: the pipeline is given
-        "train_model": 201,  # full LoRA + 64 lds × 3 seeds + 8 select
-        "generate": 1, "measure_outputs": 200, "gather_ground_truth": 2,
-        "featurize": 14,  # (loss, square) × (5 train shards of 1000 + val + gen)
-        "gather_features": 6, "gram_partial": 10, "kernel": 2, "select_lambda": 2,  # k = 4096 ≤ N = 5000: primal
-        "oracle_lambda": 2,
-        "score": 12, "evaluate_lds": 6, "attribution_grids": 3, **report,
-    }
+    assert job_counts(embedded.stdout) == plan_of("config/text_to_image.yaml", {"output_dir": str(tmp_path / "t2i")}).job_counts()
+    artbench_layer = {"output_dir": str(tmp_path / "art"), "data": {"path": str(art)},
+                      "model": {"text_to_image": {"pipeline_path": str(pipeline)}}}
+    assert job_counts(artbench.stdout) == plan_of("config/artbench2.yaml", artbench_layer).job_counts()
     assert str(pipeline) in artbench.stdout  # the model jobs read the pipeline as an input
 
 

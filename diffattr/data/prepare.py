@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -12,23 +11,8 @@ from sklearn.model_selection import train_test_split
 
 from diffattr.atomic import atomic_path
 from diffattr.data import ImageSet, load_source
+from diffattr.data.settings import DataConfig  # re-exported: `from diffattr.data.prepare import DataConfig`
 from diffattr.data.store import write_image_store
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """The ``data`` block of the config."""
-
-    source: str = "digits"
-    path: str | None = None
-    resolution: int | None = None
-    color: str = "rgb"
-    classes: list[str] | None = None
-    n_train: int | None = None
-    n_attributed: int = 200
-    n_base: int | None = None
-    style: str | None = None
-    split_seed: int = 42
 
 
 def filter_classes(data: ImageSet, classes: list[str] | None) -> ImageSet:
@@ -119,7 +103,7 @@ def metadata_table(sets: dict[str, ImageSet]) -> pd.DataFrame:
 
 def prepare(data_config: dict[str, Any], store_path: str, table_path: str) -> dict[str, ImageSet]:
     """Load, filter and split the configured source; write the image store and metadata table."""
-    cfg = DataConfig(**data_config)
+    cfg = DataConfig.from_dict(data_config)
     sets = split_sets(load_source(cfg.source, cfg.path, cfg.resolution, cfg.color), cfg)
     write_image_store(store_path, sets)
     with atomic_path(table_path) as tmp:

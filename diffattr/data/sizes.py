@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from diffattr.data.settings import DataConfig
 from diffattr.errors import ConfigError
 
 DIGITS_CLASS_COUNTS = (178, 182, 177, 183, 181, 182, 181, 179, 174, 180)
@@ -110,7 +111,7 @@ def image_shape(data: dict[str, Any], base: str | Path = ".") -> tuple[int, int,
     if source in FIXED_SHAPES:
         return FIXED_SHAPES[source]
     if source == "image_folder":
-        return data["resolution"], data["resolution"], COLOR_CHANNELS[data.get("color", "rgb")]
+        return data["resolution"], data["resolution"], COLOR_CHANNELS[DataConfig.from_dict(data).color]
     return npz_image_shape(Path(base, data["path"]))
 
 
@@ -199,7 +200,8 @@ def split_sizes(data: dict[str, Any], generate: dict[str, Any]) -> dict[str, int
     else from all images), base = ``n_base`` and train = ``n_train`` from what remains (null: all of it).
     Sizes the data cannot supply are refused, saying how many images there are."""
     classes = data.get("classes")
-    n_attr, n_train, n_base = data.get("n_attributed", 200), data.get("n_train"), data.get("n_base") or 0
+    cfg = DataConfig.from_dict(data)
+    n_attr, n_train, n_base = cfg.n_attributed, cfg.n_train, cfg.n_base or 0
     pools = class_counts(data)
     images = "images" if not classes else f"images of data.classes {list(classes)}"
     if "all" in pools:

@@ -62,7 +62,7 @@ from kronfluence.arguments import FactorArguments, ScoreArguments
 from kronfluence.module.tracked_module import TrackedModule
 from kronfluence.task import Task
 
-from diffattr.methods.registry import ScoreBlocks, method_settings
+from diffattr.methods.registry import ScoreBlocks, ScoreContext, method_settings
 from diffattr.models.ddpm import noisy_draws
 from diffattr.noise import gaussian_noise, sample_timesteps
 from diffattr.outputs import l_simple, output_values
@@ -372,10 +372,10 @@ def ekfac_scores(unet: torch.nn.Module, scheduler: Any, train_images: np.ndarray
     return out
 
 
-def ekfac_method_scores(inputs: dict[str, str], params: dict[str, Any], query_set: str) -> ScoreBlocks:
+def ekfac_method_scores(ctx: ScoreContext) -> ScoreBlocks:
     """Registry scorer: (E)K-FAC influence of the full model's training images on one attributed
-    set. Inputs ``checkpoint``, ``data`` (and ``generated``); params: the method block (the
-    :class:`EkfacConfig` fields) plus ``unet`` / ``scheduler``."""
+    set. Inputs ``checkpoint``, ``data`` (and ``generated``); settings: the :class:`EkfacConfig`
+    fields; the model's ``unet`` / ``scheduler``."""
     import tempfile
 
     from diffattr.data.store import read_images, to_model_range
@@ -383,13 +383,13 @@ def ekfac_method_scores(inputs: dict[str, str], params: dict[str, Any], query_se
     from diffattr.methods.similarity import query_images
     from diffattr.models.ddpm import build_scheduler, load_unet
 
-    cfg = EkfacConfig.from_dict({k: v for k, v in params.items() if k not in ("kind", "unet", "scheduler")})
-    model = load_unet(inputs["checkpoint"], params["unet"], device())
-    train = to_model_range(read_images(inputs["data"], "train"))
-    queries = {query_set: to_model_range(query_images(inputs, query_set))}
+    cfg, query_set = EkfacConfig.from_dict(ctx.settings), ctx.query_set
+    model = load_unet(ctx.inputs.checkpoint, ctx.model["unet"], device())
+    train = to_model_range(read_images(ctx.inputs.data, "train"))
+    queries = {query_set: to_model_range(query_images(ctx.inputs, query_set))}
     info: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="ekfac-") as workdir:
-        scores = ekfac_scores(model, build_scheduler(params["scheduler"]), train, queries, cfg, workdir, device(),
+        scores = ekfac_scores(model, build_scheduler(ctx.model["scheduler"]), train, queries, cfg, workdir, device(),
                               info=info)[query_set]
     attrs = {"strategy": cfg.strategy, "damping_setting": cfg.damping, **{k: info[k] for k in RESULT_FACTS}}
     return ScoreBlocks.from_matrix(scores, attrs)

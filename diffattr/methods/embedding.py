@@ -43,7 +43,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from diffattr.methods.registry import ScoreBlocks
+from diffattr.methods.registry import ScoreBlocks, ScoreContext
 
 OPENAI_CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
 """Per-channel (R, G, B) mean of OpenAI CLIP's preprocessing, for pixels scaled to [0, 1]."""
@@ -296,21 +296,22 @@ def embedding_scores(queries: np.ndarray, train: np.ndarray, cfg: EmbeddingConfi
     return similarity_matrix(e_query, e_train, cfg.similarity)
 
 
-def embedding_method_scores(inputs: dict[str, str], params: dict[str, Any], query_set: str) -> ScoreBlocks:
+def embedding_method_scores(ctx: ScoreContext) -> ScoreBlocks:
     """A registry scorer (:class:`ScoreBlocks`). Inputs: ``data`` (and ``generated`` for ``gen``)
-    image stores; for ``ddpm`` the checkpoint is ``inputs["checkpoint"]`` when given, else
-    ``params["path"]``. Params: the :class:`EmbeddingConfig` fields, plus ``unet`` / ``scheduler``
-    (``model.unet`` / ``model.scheduler``) for ``ddpm``."""
+    image stores; for ``ddpm`` the checkpoint is the input ``checkpoint`` when given, else the
+    setting ``path``. Settings: the :class:`EmbeddingConfig` fields; for ``ddpm`` the model's
+    ``unet`` / ``scheduler``."""
     from diffattr.data.store import read_images, to_model_range
     from diffattr.jobs import device
     from diffattr.methods.similarity import query_images
 
-    settings = {**params, "device": device()} | ({"path": inputs["checkpoint"]} if "checkpoint" in inputs else {})
+    inputs = ctx.inputs
+    settings = {**ctx.settings, "device": device()} | ({"path": inputs.checkpoint} if inputs.checkpoint else {})
     cfg = EmbeddingConfig.from_params(settings)
-    train = to_model_range(read_images(inputs["data"], "train"))
-    queries = to_model_range(query_images(inputs, query_set))
-    scores = embedding_scores(queries, train, cfg, unet_config=params.get("unet"),
-                              scheduler_config=params.get("scheduler"))
+    train = to_model_range(read_images(inputs.data, "train"))
+    queries = to_model_range(query_images(inputs, ctx.query_set))
+    scores = embedding_scores(queries, train, cfg, unet_config=ctx.model.get("unet"),
+                              scheduler_config=ctx.model.get("scheduler"))
     attrs = {"encoder": cfg.encoder, "similarity": cfg.similarity, "embedding_path": cfg.path}
     if cfg.encoder == "ddpm":
         attrs |= {"layer": cfg.layer, "timestep": cfg.timestep, "noise_seed": cfg.noise_seed}

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -37,7 +38,7 @@ from torch.func import jvp
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from diffattr.measure import ground_truth_draws
-from diffattr.methods.registry import ScoreBlocks
+from diffattr.methods.registry import ScoreBlocks, ScoreContext
 from diffattr.models.ddpm import alphas_cumprod
 
 # ------------------------------------------------------------------------------------------ codes
@@ -277,22 +278,21 @@ def counterfactual_distances(delta: torch.Tensor) -> np.ndarray:
 # ----------------------------------------------------------------------------------------- scorer
 
 
-def member_paths(inputs: dict[str, str]) -> list[str]:
-    """Checkpoint paths ``member_0`` … ``member_{E−1}`` of the inputs, in member order."""
-    count = sum(key.startswith("member_") for key in inputs)
-    names = [f"member_{m}" for m in range(count)]
-    if not count or any(name not in inputs for name in names):
-        raise ValueError(f"encoded ensemble inputs must be member_0 … member_{{E-1}}, got {sorted(inputs)}")
-    return [inputs[name] for name in names]
+@dataclass(frozen=True)
+class EncodedSettings:
+    """An ``encoded`` method block (docs/methods.md §2.18): the measurement ``batch_size`` (None:
+    the ground truth's)."""
+
+    batch_size: int | None = None
 
 
-def encoded_method_scores(inputs: dict[str, str], params: dict[str, Any], query_set: str) -> ScoreBlocks:
+def encoded_method_scores(ctx: ScoreContext) -> ScoreBlocks:
     """A registry scorer: :func:`encoded_influence` (loss units) of the attributed set ``query_set``.
 
-    Inputs: ``data`` (and ``generated`` for ``gen``) image stores, member checkpoints ``member_m``
+    Inputs: ``data`` (and ``generated`` for ``gen``) image stores, member checkpoints ``members`` (in member order)
     and ``masks``, the (E, N) subset-mask store of the encoded pool (codes = masksᵀ, which must be a
-    balanced code design). Params: ``unet``, ``scheduler``, ``ground_truth`` (its (seed, t) pairs),
-    optional ``batch_size`` (default: the ground truth's).
+    balanced code design). The model's ``unet`` and ``scheduler``, the ground truth's (seed, t) pairs,
+    the setting ``batch_size`` (default: the ground truth's).
     """
     from diffattr.data.store import read_images, to_model_range
     from diffattr.ground_truth import GroundTruthConfig
@@ -301,22 +301,25 @@ def encoded_method_scores(inputs: dict[str, str], params: dict[str, Any], query_
     from diffattr.models.ddpm import load_unet
     from diffattr.subsets import read_pool
 
-    paths = member_paths(inputs)
-    masks = read_pool(inputs["masks"]).astype(bool)
-    n_train = len(read_images(inputs["data"], "train"))
+    inputs, query_set = ctx.inputs, ctx.query_set
+    paths = list(inputs.members)
+    if not paths:
+        raise ValueError("the encoded ensemble has no member checkpoints among its inputs")
+    masks = read_pool(inputs.masks).astype(bool)
+    n_train = len(read_images(inputs.data, "train"))
     if masks.shape != (len(paths), n_train):
         raise ValueError(f"masks of shape {masks.shape} do not match {len(paths)} members × "
                          f"{n_train} training samples")
     codes = masks.T
     check_codes(codes, len(paths))
     where = device()
-    models = [load_unet(path, params["unet"], where) for path in paths]
-    cfg = GroundTruthConfig.from_dict(params["ground_truth"])
-    abar = alphas_cumprod(params["scheduler"])
+    models = [load_unet(path, ctx.model["unet"], where) for path in paths]
+    cfg = GroundTruthConfig.from_dict(ctx.ground_truth)
+    abar = alphas_cumprod(ctx.model["scheduler"])
     pairs = cfg.pairs(len(abar))
     queries = to_model_range(query_images(inputs, query_set))
     scores = encoded_influence(models, queries, query_set, pairs, abar, codes,
-                               int(params.get("batch_size", cfg.batch_size)), where)
+                               int(EncodedSettings(**ctx.settings).batch_size or cfg.batch_size), where)
     attrs = {"members": len(paths), "pairs": len(pairs), "timestep_strategy": cfg.timestep_strategy,
              "timesteps": cfg.timesteps, "noise_seeds": list(cfg.noise_seeds)}
     return ScoreBlocks.from_matrix(scores, attrs)

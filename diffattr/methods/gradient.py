@@ -21,13 +21,35 @@ itself would silence the final checkpoint. The weights are computed at DAG time
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from diffattr.methods.registry import ScoreBlocks
+from diffattr.methods.registry import ScoreBlocks, ScoreContext
 from diffattr.schedule import learning_rate
 from diffattr.store import FeatureStore
+
+
+@dataclass(frozen=True)
+class GradientSettings:
+    """A ``gradient`` method block: its feature spec(s), one per checkpoint; ``similarity`` dot or
+    cosine; ``weighting`` equal or learning_rate; and ``weights``, derived at DAG time
+    (:func:`derived_params`)."""
+
+    features: str | list[str]
+    similarity: str
+    weighting: str
+    weights: tuple[float, ...] = ()
+
+
+def derived_params(plan: Any, name: str) -> dict[str, Any]:
+    """What the DAG adds to a gradient method's params: its checkpoints' ``weights`` (from the
+    training recipe and the steps of its feature specs)."""
+    train = plan.config["train"]
+    steps = [plan.feature_step(spec) for spec in plan.method_specs(name)]
+    weighting = plan.method(name)["weighting"]
+    return {"weights": checkpoint_weights(steps, weighting, train["steps"], train["lr"], train["warmup_fraction"])}
 
 
 def checkpoint_weights(steps_at: Sequence[int], weighting: str, steps: int, lr: float, warmup_fraction: float) -> list[float]:
@@ -46,12 +68,15 @@ def _unit_rows(features: np.ndarray) -> np.ndarray:
     return features / np.linalg.norm(features, axis=1, keepdims=True).clip(1e-30)
 
 
-def gradient_scores(inputs: dict[str, str], params: dict[str, Any], query_set: str) -> ScoreBlocks:
-    """Σ_c w_c sim(φ_c(x), φ_c(z)); inputs ``train_c``, ``query_c`` for checkpoint spec c."""
-    weights = params["weights"]
-    cosine = params["similarity"] == "cosine"
-    train = [FeatureStore(inputs[f"train_{c}"]).read() for c in range(len(weights))]
-    queries = [FeatureStore(inputs[f"query_{c}"]) for c in range(len(weights))]
+def gradient_scores(ctx: ScoreContext) -> ScoreBlocks:
+    """Σ_c w_c sim(φ_c(x), φ_c(z)); inputs ``train`` and ``queries``, one per checkpoint spec c."""
+    settings = GradientSettings(**ctx.settings)
+    weights, cosine = settings.weights, settings.similarity == "cosine"
+    if not len(weights) == len(ctx.inputs.train) == len(ctx.inputs.queries):
+        raise ValueError(f"{len(weights)} checkpoint weights for {len(ctx.inputs.train)} train and "
+                         f"{len(ctx.inputs.queries)} query feature stores")
+    train = [FeatureStore(path).read() for path in ctx.inputs.train]
+    queries = [FeatureStore(path) for path in ctx.inputs.queries]
     if cosine:
         train = [_unit_rows(t) for t in train]
 

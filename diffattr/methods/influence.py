@@ -53,7 +53,7 @@ from torch.func import functional_call, grad, vjp, vmap
 
 from diffattr.featurize import NonFiniteGradientError, prepare_for_vmap
 from diffattr.models.ddpm import noisy_draws
-from diffattr.methods.registry import ScoreBlocks, method_settings
+from diffattr.methods.registry import ScoreBlocks, ScoreContext, method_settings
 from diffattr.noise import gaussian_noise, sample_timesteps
 from diffattr.outputs import OUTPUT_FUNCTIONS, output_values
 
@@ -490,19 +490,18 @@ def influence_scores(model: torch.nn.Module, scheduler: Any, train_images: np.nd
     return influence_from_objectives(params, train, query_objectives, cfg)
 
 
-def influence_method_scores(inputs: dict[str, str], params: dict[str, Any], query_set: str) -> ScoreBlocks:
+def influence_method_scores(ctx: ScoreContext) -> ScoreBlocks:
     """Registry scorer: influence of the full model's training images on one attributed set.
-    Inputs ``checkpoint``, ``data`` (and ``generated``); params: the method block (the
-    :class:`InfluenceConfig` fields) plus ``unet`` / ``scheduler``."""
+    Inputs ``checkpoint``, ``data`` (and ``generated``); settings: the :class:`InfluenceConfig`
+    fields; the model's ``unet`` / ``scheduler``."""
     from diffattr.data.store import read_images, to_model_range
     from diffattr.jobs import device
     from diffattr.methods.similarity import query_images
     from diffattr.models.ddpm import build_scheduler, load_unet
 
-    settings = {k: v for k, v in params.items() if k not in ("unet", "scheduler")}
-    cfg = InfluenceConfig.from_dict(settings)
-    model = load_unet(inputs["checkpoint"], params["unet"], device())
-    train = to_model_range(read_images(inputs["data"], "train"))
-    queries = {query_set: to_model_range(query_images(inputs, query_set))}
-    scores = influence_scores(model, build_scheduler(params["scheduler"]), train, queries, cfg, device())[query_set]
+    cfg, query_set = InfluenceConfig.from_dict(ctx.settings), ctx.query_set
+    model = load_unet(ctx.inputs.checkpoint, ctx.model["unet"], device())
+    train = to_model_range(read_images(ctx.inputs.data, "train"))
+    queries = {query_set: to_model_range(query_images(ctx.inputs, query_set))}
+    scores = influence_scores(model, build_scheduler(ctx.model["scheduler"]), train, queries, cfg, device())[query_set]
     return ScoreBlocks.from_matrix(scores, {"solver": cfg.solver, "damping": cfg.damping})

@@ -36,7 +36,7 @@ import pandas as pd
 from sklearn.model_selection import KFold
 
 from diffattr.evaluate.lds import bootstrap_lds, predicted_outputs
-from diffattr.methods.registry import LOSS_UNITS, ScoreBlocks
+from diffattr.methods.registry import LOSS_UNITS, ScoreBlocks, ScoreContext
 
 log = logging.getLogger(__name__)
 
@@ -338,24 +338,38 @@ def lds_vs_models(masks: np.ndarray, outputs: np.ndarray, eval_masks: np.ndarray
     return pd.DataFrame(rows)
 
 
-def retraining_scores(inputs: dict[str, str], params: dict[str, Any], query_set: str) -> ScoreBlocks:
+@dataclass(frozen=True)
+class RetrainingSettings:
+    """A ``retraining`` method block (docs/methods.md §2.14, §2.15): the ``estimator``, the first
+    ``models`` retrain-pool models, the datamodels' RidgeCV ``alphas`` and ``cv`` folds, and the
+    model counts of the LDS-vs-M ``curve``."""
+
+    estimator: str
+    models: int
+    alphas: list[float]
+    cv: int
+    curve: list[int]
+
+
+def retraining_scores(ctx: ScoreContext) -> ScoreBlocks:
     """Registry scorer: EI or datamodel scores from the first ``params["models"]`` retrain-pool
     models (inputs ``masks``: the pool's masks, ``truth``: its ground truth)."""
     from diffattr.ground_truth import read_ground_truth
     from diffattr.subsets import read_pool
 
-    count = params["models"]
-    masks = read_pool(inputs["masks"])
+    inputs, settings, query_set = ctx.inputs, RetrainingSettings(**ctx.settings), ctx.query_set
+    count = settings.models
+    masks = read_pool(inputs.masks)
     if count > len(masks):
         raise ValueError(f"the method asks for {count} retrain models but the retrain pool has {len(masks)}; "
                          "raise subsets.pools.retrain.count")
     masks = masks[:count]
-    outputs = read_ground_truth(inputs["truth"], query_set)[:count]
+    outputs = read_ground_truth(inputs.truth, query_set)[:count]
     attrs: dict[str, Any] = {"n_models": count}
-    if params["estimator"] == "empirical_influence":
+    if settings.estimator == "empirical_influence":
         scores = empirical_influence(masks, outputs)
     else:
-        fit = fit_datamodels(masks, outputs, params["alphas"], params["cv"])
+        fit = fit_datamodels(masks, outputs, settings.alphas, settings.cv)
         scores = fit.weights
         attrs["chosen"] = "α per query: " + ", ".join(f"{a:g}×{n}" for a, n in fit.alpha_counts().items())
     return ScoreBlocks.from_matrix(scores, attrs)

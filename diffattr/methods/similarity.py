@@ -7,33 +7,43 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from diffattr.data.store import read_images, to_model_range
-from diffattr.methods.registry import ScoreBlocks
+from diffattr.methods.registry import MethodInputs, ScoreBlocks, ScoreContext
 from diffattr.noise import split_code
 
 
-def query_store(inputs: dict[str, str], query_set: str) -> str:
-    """The image store of an attributed set: ``val`` in the data store, ``gen`` in the generated one."""
-    return inputs["generated"] if query_set == "gen" else inputs["data"]
+@dataclass(frozen=True)
+class PixelSettings:
+    """A ``pixel`` method block (docs/methods.md §2.1): ``similarity`` dot, cosine or l2."""
+
+    similarity: str
 
 
-def query_images(inputs: dict[str, str], query_set: str) -> np.ndarray:
-    """uint8 images of an attributed set (:func:`query_store`)."""
-    return read_images(query_store(inputs, query_set), query_set)
+@dataclass(frozen=True)
+class RandomSettings:
+    """A ``random`` method block (docs/methods.md §2.2): the draws' ``seed``."""
+
+    seed: int
+
+
+def query_images(inputs: MethodInputs, query_set: str) -> np.ndarray:
+    """uint8 images of an attributed set (``val`` in the data store, ``gen`` in the generated one)."""
+    return read_images(inputs.images(query_set), query_set)
 
 
 def _flat(images: np.ndarray) -> np.ndarray:
     return to_model_range(images).reshape(len(images), -1).astype(np.float64)
 
 
-def pixel_scores(inputs: dict[str, str], params: dict[str, Any], query_set: str) -> ScoreBlocks:
-    train = _flat(read_images(inputs["data"], "train"))
-    queries = _flat(query_images(inputs, query_set))
-    similarity = params["similarity"]
+def pixel_scores(ctx: ScoreContext) -> ScoreBlocks:
+    train = _flat(read_images(ctx.inputs.data, "train"))
+    queries = _flat(query_images(ctx.inputs, ctx.query_set))
+    similarity = PixelSettings(**ctx.settings).similarity
     if similarity == "cosine":
         train /= np.linalg.norm(train, axis=1, keepdims=True).clip(1e-12)
         queries /= np.linalg.norm(queries, axis=1, keepdims=True).clip(1e-12)
@@ -48,12 +58,12 @@ def pixel_scores(inputs: dict[str, str], params: dict[str, Any], query_set: str)
     return ScoreBlocks(len(queries), len(train), block, {"similarity": similarity})
 
 
-def random_scores(inputs: dict[str, str], params: dict[str, Any], query_set: str) -> ScoreBlocks:
-    n_train = len(read_images(inputs["data"], "train"))
-    n_queries = len(query_images(inputs, query_set))
-    code = split_code(query_set)
+def random_scores(ctx: ScoreContext) -> ScoreBlocks:
+    n_train = len(read_images(ctx.inputs.data, "train"))
+    n_queries = len(query_images(ctx.inputs, ctx.query_set))
+    code, seed = split_code(ctx.query_set), RandomSettings(**ctx.settings).seed
 
     def block(start: int, stop: int) -> np.ndarray:
-        return -np.stack([np.random.default_rng([params["seed"], code, row]).random(n_train) for row in range(start, stop)])
+        return -np.stack([np.random.default_rng([seed, code, row]).random(n_train) for row in range(start, stop)])
 
-    return ScoreBlocks(n_queries, n_train, block, {"seed": params["seed"]})
+    return ScoreBlocks(n_queries, n_train, block, {"seed": seed})

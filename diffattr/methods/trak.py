@@ -14,6 +14,7 @@ too, only as the "oracle" diagnostic that D-TRAK's protocol reported.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -35,7 +36,7 @@ from diffattr.kernel import (
     train_solution_norms,
 )
 from diffattr.methods.das import read_residual_weights
-from diffattr.methods.registry import HELPS, ScoreBlocks
+from diffattr.methods.registry import HELPS, MethodInputs, ScoreBlocks, ScoreContext
 from diffattr.store import FeatureStore
 from diffattr.subsets import read_pool
 
@@ -115,29 +116,44 @@ def with_oracle(select: pd.DataFrame, oracle: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([select, marked], ignore_index=True)
 
 
-def kernel_models(inputs: dict[str, str], params: dict[str, Any], query_set: str) -> tuple[list[tuple], list[float]]:
-    """Per model i of the method (inputs ``kernel_i``, ``train_i``, ``query_i``, ``lambda_i`` and
-    DAS's ``residual_i``): (kernel, K_λ factor at the select-pool λ, train features, query features,
-    w(z)), with the chosen λs."""
+@dataclass(frozen=True)
+class TrakSettings:
+    """A ``trak`` method block (docs/methods.md §2.10–§2.13): its feature spec, its ``models`` (pool
+    and count: several make an ensemble), the relative λ grid chosen on the select pool, the
+    ``normalize`` weighting (none, relatif, renorm), the ``query`` (image, or journey: Journey-TRAK)
+    and DAS's ``residual`` (timesteps, noise_seed, batch_size; None: no residual weight)."""
+
+    features: str
+    models: dict[str, Any]
+    lambdas: list[float]
+    normalize: str = "none"
+    query: str = "image"
+    residual: dict[str, Any] | None = None
+
+
+def kernel_models(inputs: MethodInputs, normalize: str, query_set: str) -> tuple[list[tuple], list[float]]:
+    """Per model of the method (inputs ``kernels``, ``train``, ``queries``, ``lambdas`` and DAS's
+    ``residuals``, one entry each): (kernel, K_λ factor at the select-pool λ, train features, query
+    features, w(z)), with the chosen λs."""
     from diffattr.jobs import device
 
-    models = sorted({int(k.split("_")[1]) for k in inputs if k.startswith("kernel_")})
-    normalize = params.get("normalize", "none")
+    residuals = inputs.residuals or (None,) * len(inputs.kernels)
     parts, chosen = [], []
-    for i in models:
-        kernel = Kernel.load(inputs[f"kernel_{i}"], device())
-        lam = choose_lambda(pd.read_csv(inputs[f"lambda_{i}"]))[query_set]
+    for kernel_path, train_path, query_path, curve, residual in zip(
+            inputs.kernels, inputs.train, inputs.queries, inputs.lambdas, residuals, strict=True):
+        kernel = Kernel.load(kernel_path, device())
+        lam = choose_lambda(pd.read_csv(curve))[query_set]
         chosen.append(lam)
-        factor, train = kernel.factor(lam), FeatureStore(inputs[f"train_{i}"])
-        weights = column_weights(kernel, factor, train, normalize, read_residual(inputs.get(f"residual_{i}")))
-        parts.append((kernel, factor, train, FeatureStore(inputs[f"query_{i}"]), weights))
+        factor, train = kernel.factor(lam), FeatureStore(train_path)
+        weights = column_weights(kernel, factor, train, normalize, read_residual(residual))
+        parts.append((kernel, factor, train, FeatureStore(query_path), weights))
     return parts, chosen
 
 
-def trak_scores(inputs: dict[str, str], params: dict[str, Any], query_set: str) -> ScoreBlocks:
+def trak_scores(ctx: ScoreContext) -> ScoreBlocks:
     """Scores averaged over the method's models (:func:`kernel_models`). With ``query: journey`` the
     query features are Journey-TRAK's step-averaged ones (§2.12)."""
-    parts, chosen = kernel_models(inputs, params, query_set)
+    parts, chosen = kernel_models(ctx.inputs, TrakSettings(**ctx.settings).normalize, ctx.query_set)
     n_queries, n_train = parts[0][3].shape[0], parts[0][0].n_train
 
     def block(start: int, stop: int) -> np.ndarray:
@@ -147,14 +163,15 @@ def trak_scores(inputs: dict[str, str], params: dict[str, Any], query_set: str) 
     return ScoreBlocks(n_queries, n_train, block, {"chosen": f"{label} (select pool)", "lambdas": chosen})
 
 
-def trajectory_scores(inputs: dict[str, str], params: dict[str, Any], out_path: str, query_rows: int = 4096) -> np.ndarray:
+def trajectory_scores(inputs: MethodInputs, params: dict[str, Any], out_path: str, query_rows: int = 4096) -> np.ndarray:
     """score_trajectory: Journey-TRAK's score at every sampling step s, τ_s(x, z) = φ_s(x)ᵀ K_λ⁻¹ φ(z)·w(z)
     averaged over the method's models (docs/methods.md §2.12: one score vector per step; their mean over
     steps is the method's score), written as an (S, n, N) float32 array ``scores`` with the steps'
     ``timesteps``. All steps of a block of samples are solved together (about ``query_rows``
     (sample, step) rows per solve), so the training features are streamed once per block, not once
     per step. Returns the timesteps."""
-    parts, chosen = kernel_models(inputs, params, "gen")
+    settings = TrakSettings(**ScoreContext.from_params(params, inputs, "gen").settings)
+    parts, chosen = kernel_models(inputs, settings.normalize, "gen")
     query = parts[0][3]
     require_arrays(query.path, query.group, ("step_timesteps",))
     timesteps = read_array(query.path, query.group["step_timesteps"], 0, "step_timesteps").astype(np.int64)

@@ -52,7 +52,7 @@ from torch.func import functional_call, grad, vmap
 
 from diffattr.featurize import NonFiniteGradientError, prepare_for_vmap
 from diffattr.measure import measure_losses
-from diffattr.methods.registry import ScoreBlocks, method_settings
+from diffattr.methods.registry import ScoreBlocks, ScoreContext, method_settings
 from diffattr.models.ddpm import add_noise
 from diffattr.models.family import condition_kwargs, denoise
 from diffattr.noise import gaussian_noise, split_code
@@ -270,32 +270,29 @@ def unlearning_scores(model: torch.nn.Module, query_images: np.ndarray, train_im
     return scores
 
 
-def unlearning_method_scores(inputs: dict[str, str], params: dict[str, Any], query_set: str) -> ScoreBlocks:
+def unlearning_method_scores(ctx: ScoreContext) -> ScoreBlocks:
     """Registry scorer (sign ``HELPS``): unlearning scores of the full model's training images for one
-    attributed set. Inputs ``checkpoint``, ``data`` (and ``generated``); params: the
-    :class:`UnlearningConfig` fields plus the model's params (:mod:`diffattr.models.family`) and
-    ``ground_truth`` (the (seed, t) pairs of L̄)."""
-    from diffattr.config import MODEL_KEYS
+    attributed set. Inputs ``checkpoint``, ``data`` (and ``generated``); settings: the
+    :class:`UnlearningConfig` fields; the model's params (:mod:`diffattr.models.family`) and the
+    ground truth's (seed, t) pairs of L̄."""
     from diffattr.ground_truth import GroundTruthConfig
     from diffattr.jobs import device
-    from diffattr.methods.similarity import query_store
     from diffattr.models.ddpm import alphas_cumprod
     from diffattr.models.family import load_model
 
-    if "ground_truth" not in params:
-        raise ValueError("the unlearning scorer needs params['ground_truth'] for the (seed, t) pairs of L̄")
-    settings = {k: v for k, v in params.items() if k not in {*MODEL_KEYS, "ground_truth"}}
-    cfg = UnlearningConfig.from_dict(settings)
+    if ctx.ground_truth is None:
+        raise ValueError("the unlearning scorer needs the ground truth's (seed, t) pairs of L̄")
+    cfg, inputs, query_set = UnlearningConfig.from_dict(ctx.settings), ctx.inputs, ctx.query_set
     where = device()
-    abar = alphas_cumprod(params["scheduler"])
-    truth = params["ground_truth"] if cfg.timesteps is None else {"timesteps": cfg.timesteps, "noise_seeds": [cfg.seed]}
+    abar = alphas_cumprod(ctx.model["scheduler"])
+    truth = ctx.ground_truth if cfg.timesteps is None else {"timesteps": cfg.timesteps, "noise_seeds": [cfg.seed]}
     pairs = GroundTruthConfig.from_dict(truth).pairs(len(abar))
-    model = load_model(inputs["checkpoint"], params, where)
+    model = load_model(inputs.checkpoint, ctx.model, where)
     if cfg.hflip_max and model.components is not None:
         raise ValueError("hflip_max flips the network's inputs, which are latents for the text_to_image family; "
                          "set it to false")
-    train, train_cond = model.inputs(inputs["data"], "train")
-    queries, query_cond = model.inputs(query_store(inputs, query_set), query_set)
+    train, train_cond = model.inputs(inputs.data, "train")
+    queries, query_cond = model.inputs(inputs.images(query_set), query_set)
     scores = unlearning_scores(model.network, queries, train, cfg, pairs, abar, where, None, query_cond, train_cond)
     return ScoreBlocks.from_matrix(scores, {"eta": cfg.eta, "micro_batches": cfg.micro_batches,
                                             "query_copies": cfg.query_copies, "fisher_passes": cfg.fisher_passes,

@@ -1,0 +1,531 @@
+"""The workflow's plan: pure functions of a validated config that say which jobs exist and what each
+reads — which models to train, each method's typed inputs and params, feature specs and their shards,
+kernel forms, λ sweeps, counterfactual runs, and what ``rule all`` delivers.
+
+``rules/common.smk`` builds one ``plan = Plan(config, sweeps, sizes)`` after validation
+(:func:`diffattr.config.check_config`); every input or params function of a rule is a method here (or
+a one-line call into one), so the DAG's logic is unit-testable in milliseconds without Snakemake
+(``tests/test_plan.py``), and :meth:`Plan.job_counts` predicts the dry-run's job table, which a few
+real dry-runs check (``tests/test_workflow.py``).
+
+Wildcard-taking methods accept anything with the wildcards as attributes (Snakemake's ``Wildcards``,
+or a :class:`types.SimpleNamespace`). Pure Python: no torch, no Snakemake.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass
+from functools import cached_property
+from types import SimpleNamespace
+from typing import Any
+
+from diffattr.config import ConfigError, base_pipeline, feature_checkpoint_step, model_params, resolve_config
+from diffattr.counterfactual import RANDOM_CONTROL, counterfactual_samples
+from diffattr.methods.registry import method_kind, resolve
+from diffattr.schedule import checkpoint_steps
+from diffattr.store import SHARD_SIZE, kernel_form, shard_ranges
+from diffattr.workflow.layout import Layout, fill
+
+Model = tuple[str, int, int]
+"""(pool, subset, seed): one trained model."""
+
+
+def _model(model: Model) -> dict[str, Any]:
+    return dict(zip(("pool", "subset", "seed"), model))
+
+
+def _wildcards(w: Any) -> dict[str, Any]:
+    """A wildcards object (Snakemake's, or a namespace) as a dict."""
+    return dict(w.items()) if hasattr(w, "items") else dict(vars(w))
+
+
+@dataclass(frozen=True)
+class Resources:
+    """The cluster requests of the config's ``resources`` block: the GPU request of the rules that run
+    the model on a device (``gpus: 0``: none), and the partition and account (config, else the
+    environment's ``SNAKEMAKE_SLURM_PARTITION`` / ``_ACCOUNT``, else the cluster's defaults)."""
+
+    gpu: dict[str, Any]
+    slurm: dict[str, str]
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], environ: os._Environ | dict = os.environ) -> Resources:
+        res = config["resources"]
+        gpu = {"gpu": res["gpus"]} | ({"gpu_model": res["gpu_model"]} if res.get("gpu_model") else {})
+        slurm = {
+            "slurm_partition": res.get("slurm_partition") or environ.get("SNAKEMAKE_SLURM_PARTITION"),
+            "slurm_account": res.get("slurm_account") or environ.get("SNAKEMAKE_SLURM_ACCOUNT"),
+        }
+        return cls(gpu, {k: v for k, v in slurm.items() if v})
+
+
+class Plan:
+    """Every job's existence, inputs and params, from a config :func:`check_config` has validated (and
+    Snakemake's schema validation has filled with defaults). ``sweeps`` and ``sizes`` are what
+    ``check_config`` returned: the sweeps' points and the rows of each split."""
+
+    def __init__(self, config: dict[str, Any], sweeps: dict[str, list[dict[str, Any]]], sizes: dict[str, int]):
+        self.config = config
+        self.sweeps = sweeps
+        self.sizes = {**sizes, "journey": sizes["gen"]}  # one trajectory per generated sample
+        self.layout = Layout(config["output_dir"])
+        self.resources = Resources.from_config(config)
+        self.pools = [p for p, spec in config["subsets"]["pools"].items() if spec["count"] > 0]
+        self.sets: list[str] = config["evaluation"]["sets"]
+        self.methods: list[str] = config["evaluation"].get("methods") or list(config["methods"])
+        self.specs = list(config.get("features", {}))
+        self.lds_pool: str = config["evaluation"]["lds"]["pool"]
+        self.checkpoint_steps = checkpoint_steps(config["train"]["steps"], config["train"]["checkpoint_fractions"])
+        self.cf: dict[str, Any] = config.get("counterfactual") or {"methods": []}
+        self.cf_methods = [RANDOM_CONTROL, *self.cf["methods"]] if self.cf["methods"] else []
+        """The random-removal control and the methods whose top-k is removed (docs/methods.md §4.5)."""
+        self.cf_samples = (counterfactual_samples(self.sizes["gen"], self.cf["count"], self.cf["seed"]).tolist()
+                           if self.cf_methods else [])
+        self.customization: dict[str, Any] = config.get("customization") or {}
+        self.base = base_pipeline(config)
+        """The text-to-image base pipeline directory (local, or pretrained by pretrain_base); None: DDPM."""
+        self.base_input = [self.base] if self.base else []
+        """Input of every job that loads the model: the base pipeline under a LoRA (nothing for a DDPM)."""
+
+    @property
+    def data_inputs(self) -> list[str]:
+        """The data source's local folder or file, when it has one (prepare_data's input)."""
+        path = self.config["data"].get("path")
+        return [path] if path else []
+
+    @classmethod
+    def of(cls, config: dict[str, Any], schema: dict[str, Any], base: str | os.PathLike = ".") -> Plan:
+        """The plan of a raw config (validated, defaults filled and checked in place:
+        :func:`diffattr.config.resolve_config`)."""
+        return cls(config, *resolve_config(config, schema, base))
+
+    # ---- models -----------------------------------------------------------------------------
+
+    @cached_property
+    def custom_groups(self) -> int:
+        """AbC customization groups (docs/methods.md §2.16; text_to_image only)."""
+        from diffattr.customization import CustomizationConfig
+
+        return CustomizationConfig.from_dict(self.customization).groups if self.customization else 0
+
+    @property
+    def pretrains_base(self) -> bool:
+        """Whether the DAG pretrains the text-to-image base itself (no local ``pipeline_path``)."""
+        return bool(self.base) and not self.config["model"]["text_to_image"].get("pipeline_path")
+
+    def checkpoint(self, pool: str, subset: int, seed: int, step: int | None = None) -> str:
+        """A model's checkpoint file (the final one by default)."""
+        step = self.checkpoint_steps[-1] if step is None else step
+        return self.layout.checkpoint.format(pool=pool, subset=subset, seed=seed, step=step)
+
+    @property
+    def generator(self) -> str:
+        """The final checkpoint of the full model that generates the "gen" set."""
+        return self.checkpoint("full", 0, self.config["generate"]["model_seed"])
+
+    def pool_models(self, pool: str) -> list[tuple[int, int]]:
+        """(subset, seed) of every model of a pool."""
+        if pool == "full":
+            return [(0, s) for s in self.config["full_model"]["seeds"]]
+        spec = self.config["subsets"]["pools"][pool]
+        return [(k, s) for k in range(spec["count"]) for s in spec["seeds"]]
+
+    # ---- features and kernels ----------------------------------------------------------------
+
+    def set_store(self, split: str) -> str:
+        """Image store holding a split (``journey``: the generated samples' trajectories)."""
+        return self.layout.image_store(split)
+
+    def feature_step(self, spec: str) -> int:
+        """The checkpoint step a feature spec uses (its fraction of training)."""
+        return feature_checkpoint_step(self.config, spec)
+
+    def feature_spec(self, w: Any) -> dict[str, Any]:
+        """A feature spec as its jobs' params; a "trained"-timestep spec (Diffusion-TracIn) also names
+        the training run whose draws it replays (only the full-data models have one)."""
+        spec = self.config["features"][w.spec]
+        if spec.get("timestep_strategy") != "trained":
+            return spec
+        if w.pool != "full":
+            raise ConfigError(f"Feature spec '{w.spec}' uses trained timesteps, which only the full-data models have.")
+        run = {"batch_size": self.config["train"]["batch_size"], "seed": int(w.seed), "step": self.feature_step(w.spec)}
+        return spec | {"trained": run}
+
+    def shard_ranges(self, spec: str, split: str) -> list[tuple[int, int]]:
+        """The [start, stop) rows of each featurize shard of a split."""
+        return shard_ranges(self.sizes[split], self.config["features"][spec].get("shard_size", SHARD_SIZE))
+
+    def kernel_form(self, spec: str) -> str:
+        """"primal" (k ≤ N: a k × k Gram from per-shard partials) or "dual" (the N × N kernel)."""
+        return kernel_form(self.sizes["train"], self.config["features"][spec]["projection"]["dim"])
+
+    def features(self, spec: str, model: Model, split: str) -> str:
+        return self.layout.features.format(spec=spec, split=split, **_model(model))
+
+    def kernel_inputs(self, w: Any) -> dict[str, Any]:
+        """A kernel's inputs: the train shards' partial Grams (primal), else the train features (dual)."""
+        keys = _wildcards(w)
+        if self.kernel_form(w.spec) == "primal":
+            n = len(self.shard_ranges(w.spec, "train"))
+            return {"partials": [self.layout.gram_partial.format(**keys, shard=i) for i in range(n)]}
+        return {"train": self.layout.features.format(**keys, split="train")}
+
+    def feature_shards(self, w: Any) -> list[str]:
+        """The shards gather_features concatenates."""
+        keys = _wildcards(w)
+        return [self.layout.feature_shard.format(**keys, shard=i) for i in range(len(self.shard_ranges(w.spec, w.split)))]
+
+    # ---- methods -----------------------------------------------------------------------------
+
+    def method(self, name: str) -> dict[str, Any]:
+        return self.config["methods"][name]
+
+    def kind(self, name: str) -> str:
+        return self.method(name)["kind"]
+
+    def method_sets(self, name: str) -> list[str]:
+        """The attributed sets a method scores: Journey-TRAK is defined for generated samples only (§2.12)."""
+        if self.method(name).get("query") == "journey":
+            return [s for s in self.sets if s == "gen"]
+        return self.sets
+
+    def query_split(self, name: str, set_name: str) -> str:
+        """The feature split of a method's queries on an attributed set."""
+        return "journey" if self.method(name).get("query") == "journey" else set_name
+
+    def method_specs(self, name: str) -> list[str]:
+        """The feature specs a method reads (a gradient method: one per checkpoint)."""
+        specs = self.method(name)["features"]
+        return specs if isinstance(specs, list) else [specs]
+
+    def method_models(self, name: str) -> list[Model]:
+        """(pool, subset, seed) of the models a kernel method scores with (several: an ensemble)."""
+        models = self.method(name)["models"]
+        if models["pool"] == "full":
+            return [("full", 0, s) for s in self.config["full_model"]["seeds"][: models["count"]]]
+        seed = self.config["subsets"]["pools"][models["pool"]]["seeds"][0]
+        return [(models["pool"], k, seed) for k in range(models["count"])]
+
+    def method_inputs(self, name: str, set_name: str) -> dict[str, str | list[str]]:
+        """The artifacts a method's kind needs (:attr:`MethodKind.needs`), by typed name: ``data``,
+        ``generated`` (only for the "gen" set); kernel models → ``kernels``, ``train``, ``queries``,
+        ``lambdas``, ``residuals`` (one entry per model, DAS's residual weights or none); feature models
+        → ``train``, ``queries`` (one per checkpoint spec); ``masks`` and ``truth`` of the retrain
+        pool; ``masks`` and ``members`` of the encoded pool; ``checkpoint`` (and ``base``) of the full
+        model. :class:`diffattr.methods.registry.MethodInputs` reads them back in the job."""
+        method, needs = self.method(name), method_kind(self.method(name)).needs
+        L = self.layout
+        inputs: dict[str, str | list[str]] = {}
+        if "data" in needs:
+            inputs["data"] = L.data
+        if "generated" in needs and set_name == "gen":
+            inputs["generated"] = L.generated
+        if "kernel_models" in needs:
+            spec, models = self.method_specs(name)[0], self.method_models(name)
+            inputs["kernels"] = [L.kernel.format(spec=spec, **_model(m)) for m in models]
+            inputs["train"] = [self.features(spec, m, "train") for m in models]
+            inputs["queries"] = [self.features(spec, m, self.query_split(name, set_name)) for m in models]
+            inputs["lambdas"] = [L.lambda_curve.format(method=name, **_model(m)) for m in models]
+            inputs["residuals"] = [L.residual.format(method=name, **_model(m)) for m in models] if method.get("residual") else []
+        if "feature_models" in needs:
+            model = ("full", 0, self.config["full_model"]["seeds"][0])
+            inputs["train"] = [self.features(spec, model, "train") for spec in self.method_specs(name)]
+            inputs["queries"] = [self.features(spec, model, set_name) for spec in self.method_specs(name)]
+        if "retrain_truth" in needs:
+            inputs["masks"] = L.subset_masks.format(pool="retrain")
+            inputs["truth"] = L.ground_truth.format(pool="retrain")
+        if "encoded_models" in needs:
+            pool = self.config["subsets"]["pools"]["encoded"]
+            inputs["masks"] = L.subset_masks.format(pool="encoded")
+            inputs["members"] = [self.checkpoint("encoded", k, pool["seeds"][0]) for k in range(pool["count"])]
+        if "full_model" in needs and method.get("encoder", "ddpm") == "ddpm":
+            inputs["checkpoint"] = self.checkpoint("full", 0, self.config["full_model"]["seeds"][0])
+            if self.base:
+                inputs["base"] = self.base
+        return inputs
+
+    def method_params(self, name: str) -> dict[str, Any]:
+        """A method's config block as its jobs' params, with what the DAG derives for it: TracIn's
+        checkpoint weights; the model config of methods that run a model (and the ground truth's
+        draws for those that measure losses). :class:`diffattr.methods.registry.ScoreContext` splits
+        them apart again in the job, in one place."""
+        params, kind = dict(self.method(name)), method_kind(self.method(name))
+        if kind.derive:
+            params |= resolve(kind.derive)(self, name)
+        if {"full_model", "encoded_models"} & set(kind.needs):
+            params |= self.model
+        if "ground_truth" in kind.needs:
+            params["ground_truth"] = self.config["ground_truth"]
+        return params
+
+    def method_benchmarks(self, name: str) -> list[str]:
+        """Benchmark files of a method's own jobs: scoring, λ selection and residuals of its models."""
+        L = self.layout
+        files = [L.benchmark("score").format(method=name, set=s) for s in self.method_sets(name)]
+        if "lambda" in method_kind(self.method(name)).stages:
+            for model in self.method_models(name):
+                files.append(L.benchmark("select_lambda").format(method=name, **_model(model)))
+                if self.method(name).get("residual"):
+                    files.append(L.benchmark("residuals").format(method=name, **_model(model)))
+        return files
+
+    def methods_with(self, stage: str) -> list[str]:
+        """The evaluated methods whose kind declares an extra DAG ``stage`` (:data:`registry.STAGES`)."""
+        return [m for m in self.methods if stage in method_kind(self.method(m)).stages]
+
+    @property
+    def retraining_methods(self) -> list[str]:
+        """Methods fitted on retrain-pool models: each also gets its LDS-vs-number-of-models table."""
+        return self.methods_with("retraining_curve")
+
+    @property
+    def journey_methods(self) -> list[str]:
+        """Journey-TRAK methods: their per-step scores and per-step LDS are stored for the report."""
+        return [m for m in self.methods if self.method(m).get("query") == "journey"]
+
+    @property
+    def residual_methods(self) -> list[str]:
+        """DAS methods (a kernel method with ``residual``): each model gets a residuals job."""
+        return [m for m in self.methods_with("residuals") if self.method(m).get("residual")]
+
+    @property
+    def oracle_models(self) -> dict[str, list[Model]]:
+        """Single-model kernel methods: their λ tuned on the lds pool is a labelled diagnostic."""
+        return {m: self.method_models(m) for m in self.methods_with("lambda") if len(self.method_models(m)) == 1}
+
+    @property
+    def oracle_curves(self) -> list[str]:
+        return [self.layout.oracle_curve.format(method=m, **_model(models[0])) for m, models in self.oracle_models.items()]
+
+    @property
+    def lambda_methods(self) -> dict[str, Model]:
+        """Kernel methods and the model whose λ sweep (select pool) the report plots."""
+        return {m: self.method_models(m)[0] for m in self.methods_with("lambda")}
+
+    def lambda_sweep_inputs(self, pool: str):
+        """Inputs of a λ sweep of one model of a kernel method, scored by LDS on ``pool``."""
+
+        def inputs(w: Any) -> dict[str, Any]:
+            spec, keys = self.method_specs(w.method)[0], _wildcards(w)
+            model = (keys["pool"], keys["subset"], keys["seed"])
+            return {
+                "kernel": self.layout.kernel.format(spec=spec, **_model(model)),
+                "train": self.features(spec, model, "train"),
+                "queries": [self.features(spec, model, self.query_split(w.method, s)) for s in self.method_sets(w.method)],
+                "masks": [self.layout.subset_masks.format(pool=pool)],
+                "truths": [self.layout.ground_truth.format(pool=pool)],
+                "residuals": [self.layout.residual.format(**keys)] if self.method(w.method).get("residual") else [],
+            }
+
+        return inputs
+
+    def lambda_sweep_params(self, pool: str) -> dict[str, Any]:
+        """Params of a λ sweep: the method's grid and weighting, its sets, and the pool."""
+        return {
+            "grid": lambda w: self.method(w.method)["lambdas"],
+            "normalize": lambda w: self.method(w.method).get("normalize", "none"),
+            "sets": lambda w: self.method_sets(w.method),
+            "pools": [pool],
+        }
+
+    # ---- counterfactual ----------------------------------------------------------------------
+
+    def cf_run(self, w: Any) -> dict[str, Any]:
+        """One retraining's removal: the sample, k and (control only) the draw seed; the retraining
+        seed is the generating model's."""
+        run = {"method": w.cf_method, "sample": int(w.sample), "k": int(w.k)}
+        if w.cf_method == RANDOM_CONTROL:
+            run["seed"] = self.cf["seed"]
+        return run | {"model_seed": self.config["generate"]["model_seed"]}
+
+    def cf_scores(self, w: Any) -> dict[str, str]:
+        """The attribution method's scores on the generated set (the control needs none)."""
+        if w.cf_method == RANDOM_CONTROL:
+            return {}
+        return {"scores": self.layout.scores.format(method=w.cf_method, set="gen")}
+
+    def cf_keys(self, cf_method: str) -> list[dict[str, Any]]:
+        """One method's retrainings, sample-major."""
+        return [{"cf_method": cf_method, "sample": s, "k": k} for s in self.cf_samples for k in self.cf["ks"]]
+
+    def cf_runs(self, w: Any) -> dict[str, list[str]]:
+        """Checkpoints and removal tables of one method's retrained models, sample-major."""
+        keys = self.cf_keys(w.cf_method)
+        return {"models": [self.layout.cf_model.format(**key) for key in keys],
+                "removed": [self.layout.cf_removed.format(**key) for key in keys]}
+
+    @property
+    def cf_bootstrap(self) -> dict[str, Any]:
+        """The counterfactual table's bootstrap over samples (the stage off: nothing)."""
+        if not self.cf_methods:
+            return {}
+        return {"resamples": self.cf["bootstrap_resamples"], "confidence": self.cf["confidence"], "seed": self.cf["seed"]}
+
+    # ---- params shared by several rules ------------------------------------------------------
+
+    @property
+    def model(self) -> dict[str, Any]:
+        """The model config every job that builds the model reads."""
+        return model_params(self.config)
+
+    @property
+    def generate(self) -> dict[str, Any]:
+        """The sampler's settings (the generating model's seed is an input, not a param)."""
+        return {k: v for k, v in self.config["generate"].items() if k != "model_seed"}
+
+    @property
+    def lds(self) -> dict[str, Any]:
+        """The LDS settings an evaluation job reads (the pool is its input)."""
+        return {k: v for k, v in self.config["evaluation"]["lds"].items() if k != "pool"}
+
+    def customization_params(self, w: Any = None) -> dict[str, Any]:
+        """A customization job's params: the model, the customization block and the DDIM sampler."""
+        return {**self.model, "customization": self.customization, "generate": self.generate}
+
+    # ---- the report and what `rule all` delivers ---------------------------------------------
+
+    @property
+    def report_set(self) -> str:
+        return self.config["report"]["set"]
+
+    @property
+    def report_methods(self) -> list[str]:
+        """The methods whose attribution grids the report shows: those configured that ran on its set."""
+        rep = self.config["report"]
+        return [m for m in (rep["methods"] or self.methods) if m in self.methods and self.report_set in self.method_sets(m)]
+
+    @property
+    def grid(self) -> str:
+        """An attribution grid figure of the report's set ({method}, {sample} left as wildcards)."""
+        return fill(self.layout.attribution_grid, set=self.report_set)
+
+    @property
+    def final_outputs(self) -> list[str]:
+        """What the run delivers; the runtime figure waits for all of it."""
+        L = self.layout
+        return [
+            L.lds_table,
+            *(L.subset_masks.format(pool=p) for p in self.pools),
+            *(L.retraining_curve.format(method=m) for m in self.retraining_methods),
+            *(L.step_lds.format(method=m) for m in self.journey_methods),
+            *([L.counterfactual] if self.cf_methods else []),
+            *(L.sweep_table.format(sweep=s) for s in self.sweeps),
+            *([L.customization_markdown] if self.custom_groups else []),
+        ]
+
+    @property
+    def report_figures(self) -> list[str]:
+        L = self.layout
+        return [
+            L.lds_figure,
+            L.runtime_figure,
+            *([L.lambda_figure] if self.lambda_methods else []),
+            *([L.counterfactual_figure] if self.cf_methods else []),
+            *(L.step_figure.format(method=m) for m in self.journey_methods),
+            *(L.sweep_figure.format(sweep=s) for s in self.sweeps),
+            *(self.grid.format(method=m, sample=s) for m in self.report_methods for s in self.config["report"]["samples"]),
+        ]
+
+    def wildcard_constraints(self) -> dict[str, str]:
+        """The regex of each wildcard: the config's names, or "none" where a list is empty."""
+        import re
+
+        names = lambda items: "|".join(map(re.escape, items)) or "none"  # noqa: E731
+        return {
+            "pool": "full|lds|select|retrain|encoded", "subset": r"\d+", "seed": r"\d+", "set": "|".join(self.sets),
+            "method": names(dict.fromkeys(self.methods + self.cf["methods"])), "spec": names(self.specs),
+            "split": "train|val|gen|journey", "shard": r"\d+", "cf_method": "|".join(self.cf_methods) or "none",
+            "sample": r"\d+", "k": r"\d+", "sweep": names(self.sweeps), "group": r"\d+",
+        }
+
+    # ---- the job table -----------------------------------------------------------------------
+
+    def scored_methods(self) -> list[str]:
+        """Methods with score jobs: the evaluated ones and those the counterfactual stage removes by."""
+        return list(dict.fromkeys(self.methods + self.cf["methods"]))
+
+    def scored_sets(self, name: str) -> list[str]:
+        """The sets a method is scored on: its sets if evaluated, else the counterfactual's "gen"."""
+        return self.method_sets(name) if name in self.methods else ["gen"]
+
+    def needs(self, name: str) -> tuple[str, ...]:
+        return method_kind(self.method(name)).needs
+
+    def feature_jobs(self) -> set[tuple[str, Model, str]]:
+        """(spec, model, split) of every features store some job reads: a kernel method's λ sweep
+        reads the queries of all its sets, a gradient method those of the sets it is scored on."""
+        jobs: set[tuple[str, Model, str]] = set()
+        full = ("full", 0, self.config["full_model"]["seeds"][0])
+        for m in self.scored_methods():
+            if "kernel_models" in self.needs(m):
+                spec = self.method_specs(m)[0]
+                for model in self.method_models(m):
+                    jobs.update((spec, model, split) for split in
+                                ("train", *(self.query_split(m, s) for s in self.method_sets(m))))
+            if "feature_models" in self.needs(m):
+                for spec in self.method_specs(m):
+                    jobs.update((spec, full, split) for split in ("train", *self.scored_sets(m)))
+        return jobs
+
+    def kernel_jobs(self) -> set[tuple[str, Model]]:
+        """(spec, model) of every kernel: each model of each kernel method."""
+        return {(self.method_specs(m)[0], model) for m in self.scored_methods() if "kernel_models" in self.needs(m)
+                for model in self.method_models(m)}
+
+    def job_counts(self) -> dict[str, int]:
+        """The number of jobs of each rule a dry-run from nothing lists (``rule all`` included): the
+        prediction that ``tests/test_workflow.py`` checks against real dry-runs."""
+        counts: Counter[str] = Counter(all=1, prepare_data=1)
+        scored = self.scored_methods()
+        kernel_methods = [m for m in scored if "lambda" in method_kind(self.method(m)).stages]
+        full = ("full", 0, self.config["full_model"]["seeds"][0])
+        truth_pools = {self.lds_pool} | ({"select"} if kernel_methods else set())
+        truth_pools |= {"retrain" for m in scored if "retrain_truth" in self.needs(m)}
+        truth_pools |= {"retrain" for m in self.retraining_methods}
+        features, kernels = self.feature_jobs(), self.kernel_jobs()
+        uses_gen = "gen" in self.sets or bool(self.cf_methods)
+        trained = {(p, k, s) for p in truth_pools for k, s in self.pool_models(p)} | {m for _, m, _ in features}
+        if any("encoded_models" in self.needs(m) for m in scored):
+            pool = self.config["subsets"]["pools"]["encoded"]
+            trained |= {("encoded", k, pool["seeds"][0]) for k in range(pool["count"])}
+        if any("full_model" in self.needs(m) and self.method(m).get("encoder", "ddpm") == "ddpm" for m in scored):
+            trained.add(full)
+        if uses_gen or self.custom_groups:
+            trained.add(("full", 0, self.config["generate"]["model_seed"]))
+        counts["make_subsets"] = len(self.pools)
+        counts["pretrain_base"] = int(self.pretrains_base)
+        counts["train_model"] = len(trained)
+        counts["generate"] = int(uses_gen)
+        counts["trajectory"] = int(bool(self.journey_methods))
+        counts["measure_outputs"] = sum(len(self.pool_models(p)) for p in truth_pools)
+        counts["gather_ground_truth"] = len(truth_pools)
+        counts["featurize"] = sum(len(self.shard_ranges(spec, split)) for spec, _, split in features)
+        counts["gather_features"] = len(features)
+        counts["kernel"] = len(kernels)
+        counts["gram_partial"] = sum(len(self.shard_ranges(spec, "train")) for spec, _ in kernels
+                                     if self.kernel_form(spec) == "primal")
+        counts["select_lambda"] = sum(len(self.method_models(m)) for m in kernel_methods)
+        counts["oracle_lambda"] = len(self.oracle_models)
+        counts["residuals"] = sum(len(self.method_models(m)) for m in scored
+                                  if "residuals" in method_kind(self.method(m)).stages and self.method(m).get("residual"))
+        counts["score"] = sum(len(self.scored_sets(m)) for m in scored)
+        counts["score_trajectory"] = counts["trajectory_lds"] = counts["plot_trajectory"] = len(self.journey_methods)
+        counts["evaluate_lds"] = len(self.methods)
+        counts["retraining_curve"] = len(self.retraining_methods)
+        counts["sweep_table"] = counts["plot_sweep"] = len(self.sweeps)
+        counts["counterfactual_train"] = sum(len(self.cf_keys(c)) for c in self.cf_methods)
+        counts["counterfactual_evaluate"] = len(self.cf_methods)
+        counts["counterfactual_table"] = counts["plot_counterfactual"] = int(bool(self.cf_methods))
+        counts["customize"] = self.custom_groups
+        counts["customization_eval"] = int(bool(self.custom_groups))
+        counts["lds_table"] = counts["plot_lds"] = counts["plot_runtime"] = 1
+        counts["plot_lambda"] = int(bool(self.lambda_methods))
+        counts["attribution_grids"] = len(self.report_methods)
+        return {rule: n for rule, n in counts.items() if n}
+
+
+def journey_namespace(method: str) -> SimpleNamespace:
+    """Wildcards of a Journey-TRAK method's scoring on the generated set."""
+    return SimpleNamespace(method=method, set="gen")

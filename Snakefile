@@ -19,6 +19,7 @@ report: "report/workflow.rst"
 include: "rules/common.smk"
 include: "rules/data.smk"  # prepare_data, make_subsets
 include: "rules/train.smk"  # train_model (full and subset models)
+include: "rules/attribute.smk"  # import_model, prepare_queries, top_attributions (an attribute run)
 include: "rules/generate.smk"  # generate (the "gen" attributed set), trajectory (its DDIM x̂₀ path)
 include: "rules/ground_truth.smk"  # measure_outputs, gather_ground_truth
 include: "rules/features.smk"  # featurize (sharded), gather_features
@@ -33,6 +34,7 @@ include: "rules/report.smk"  # plot_lds, plot_lambda, plot_counterfactual, attri
 # Light bookkeeping runs on the submitting node; everything else is a cluster job.
 localrules:
     all,
+    top_attributions,
     make_subsets,
     gather_features,
     gather_ground_truth,

@@ -172,6 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _workflow_options(sub.add_parser("run", help="run the workflow (snakemake)"))
     _workflow_options(sub.add_parser("dry-run", help="list the jobs a run would execute (snakemake -n)"))
+    _workflow_options(sub.add_parser("attribute", help="attribute your own model: run a config with an 'attribute' block"))
+    export = sub.add_parser("export-model", help="write a run's full model as a diffusers directory (safetensors)")
+    _common(export)
+    export.add_argument("--out", required=True, metavar="DIR", help="the directory to write (must not exist)")
+    export.add_argument("--pipeline", action="store_true", help="a DDPMPipeline directory (default: a UNet2DModel one)")
     report = sub.add_parser("report", help="write Snakemake's HTML report of the last run")
     _workflow_options(report, cores=False)
     report.add_argument("--output", metavar="FILE", help="report file (default: {output_dir}/report.html)")
@@ -179,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(show)
     show.add_argument("--sample", type=int, required=True, metavar="N", help="row of the attributed set")
     show.add_argument("--method", required=True, metavar="M", help="a method name of the config's methods block")
-    show.add_argument("--set", default="val", metavar="val|gen", help="attributed set (default: val)")
+    show.add_argument("--set", default="val", metavar="val|gen|query", help="attributed set (default: val; an attribute run's folder: query)")
     show.add_argument("--top", type=int, default=10, metavar="K", help="proponents and opponents to show (default: 10)")
     show.add_argument("--output", metavar="PNG", help="PNG path (default: {output_dir}/attribution/{method}_{set}_{N}.png)")
     return parser
@@ -193,7 +198,9 @@ def _snakemake(args: argparse.Namespace, extra: list[str]) -> int:
     configfiles = resolve_config_files(args.config, workdir)
     config = load_config(workdir, configfiles, args.config)  # a YAML error is named here, not by Snakemake
     profile = resolve_profile(args.profile, workdir)
-    if args.command == "run":  # before the DAG is built, so a restored output is seen as present
+    if args.command == "attribute" and not config.get("attribute"):
+        raise CliError("diffattr attribute needs a config with an 'attribute' block (see config/attribute.yaml).")
+    if args.command in ("run", "attribute"):  # before the DAG is built, so a restored output is seen as present
         from diffattr.atomic import describe_sweep, sweep
 
         out = output_dir(config, workdir)
@@ -209,12 +216,33 @@ def _snakemake(args: argparse.Namespace, extra: list[str]) -> int:
     cmd = snakemake_command(profile, configfiles, cores=getattr(args, "cores", None),
                             dry_run=args.command == "dry-run", report=report, extra=extra)
     code = run_command(cmd, workdir)
-    if args.command == "run" and code == 0 and not extra:
+    if args.command in ("run", "attribute") and code == 0 and not extra:
         report = report_file(config, workdir)
         code = run_command(snakemake_command(profile, configfiles, report=report), workdir)
         if code == 0:
             print(f"report: {report}", flush=True)
     return code
+
+
+def _export_model(args: argparse.Namespace) -> int:
+    """export-model: the run's first full-data model, final checkpoint, as a diffusers directory."""
+    from diffattr.models.diffusers_dir import export_unet
+    from diffattr.schedule import checkpoint_steps
+
+    workdir = Path(args.workdir).resolve() if args.workdir else REPO
+    config = load_config(workdir, resolve_config_files(args.config, workdir), args.config)
+    train, model = config["train"], config["model"]
+    step = checkpoint_steps(train["steps"], train["checkpoint_fractions"])[-1]
+    checkpoint = Path(Layout(str(output_dir(config, workdir))).checkpoint.format(
+        pool="full", subset=0, seed=config["full_model"]["seeds"][0], step=step))
+    out = Path(args.out).expanduser().resolve()
+    if not checkpoint.is_file():
+        raise CliError(f"No full model at {checkpoint}: run the workflow first (diffattr run).")
+    if out.exists():
+        raise CliError(f"{out} exists; export-model writes a new directory only.")
+    export_unet(checkpoint, model["unet"], model["scheduler"], out, pipeline=args.pipeline)
+    print(f"wrote {out}")
+    return 0
 
 
 def _show_attribution(args: argparse.Namespace) -> int:
@@ -249,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
             if extra:
                 raise CliError("show-attribution takes no arguments after '--'.")
             return _show_attribution(args)
+        if args.command == "export-model":
+            return _export_model(args)
         return _snakemake(args, extra)
     except (CliError, ShowError) as error:
         print(f"diffattr: error: {error}", file=sys.stderr)

@@ -423,6 +423,10 @@ def check_config(config: dict[str, Any], schema: dict[str, Any],
     validate(config, schema)
     check_inputs(config, base)
     sizes = split_sizes(config["data"], config["generate"])
+    if config.get("attribute"):
+        from diffattr.attribute import check_attribute
+
+        check_attribute(config, sizes, base)
     check_encoded_pool(config, sizes["train"])
     check_counterfactual(config, sizes["train"], sizes["gen"])
     check_report(config, sizes)

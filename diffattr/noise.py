@@ -13,8 +13,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-SPLIT_CODES = {"train": 0, "val": 1, "gen": 2}
-"""Integer stream per attributed/training split so that equal row numbers never share noise."""
+SPLIT_CODES = {"train": 0, "val": 1, "gen": 2, "query": 1}
+"""Integer stream per attributed/training split so that equal row numbers never share noise. An
+attribute run's ``query`` images draw as ``val`` does (the two never meet in one run): a val image
+exported and explained as a query gets the same (t, ε) and so the benchmark's features."""
 
 _STREAM_NOISE = 1
 _STREAM_TIMESTEPS = 2

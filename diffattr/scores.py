@@ -45,6 +45,10 @@ def responsibility(scores: np.ndarray, sign: int) -> np.ndarray:
     return -float(sign) * np.asarray(scores, dtype=np.float64)
 
 
+SCORE_COLUMNS = 8192
+"""Training columns per chunk of a score store."""
+
+
 def write_scores(
     path: str | os.PathLike,
     n_queries: int,
@@ -53,12 +57,15 @@ def write_scores(
     block_rows: int,
     attrs: dict[str, Any],
 ) -> None:
-    """Write ``block(start, stop)`` → (stop − start, n_train) for consecutive row blocks."""
+    """Write ``block(start, stop)`` → (stop − start, n_train) for consecutive row blocks, chunked by
+    :data:`SCORE_COLUMNS` training columns too, so that a reader of a column block (the top-k tables
+    of :mod:`diffattr.topk`) decodes only that block: flat memory at any N (benchmarks/README.md)."""
     with atomic_path(path) as tmp:
         root = zarr.open_group(str(tmp), mode="w")
         root.attrs.update(attrs)
         arr = root.create_array("scores", shape=(n_queries, n_train), dtype="float32",
-                                chunks=(max(1, min(block_rows, n_queries)), n_train), **array_options())
+                                chunks=(max(1, min(block_rows, n_queries)), max(1, min(n_train, SCORE_COLUMNS))),
+                                **array_options())
         seal(root)
         for start in range(0, n_queries, block_rows):
             stop = min(start + block_rows, n_queries)

@@ -85,7 +85,7 @@ rule attribution_grids:
                 subcategory="{method}",
                 labels={"method": "{method}", "sample": f"{plan.report_set} #{s}"},
             )
-            for s in config["report"]["samples"]
+            for s in plan.report_samples
         ],
     log:
         L.log("attribution_grids"),
@@ -94,7 +94,7 @@ rule attribution_grids:
     params:
         set=plan.report_set,
         split=plan.report_set,  # an image store holds a set under the set's own name
-        samples=config["report"]["samples"],
+        samples=plan.report_samples,
         top=config["report"]["top"],
     script:
         "../workflow_scripts/attribution_grids.py"

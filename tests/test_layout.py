@@ -67,7 +67,7 @@ def test_layout_joins_output_dir_and_template():
     assert layout.benchmark("score") == "/abs/out/benchmarks/score/{method}/{set}.tsv"
     assert layout.log("lds_table") == "/abs/out/logs/lds_table.log"  # one job: no folder
     assert layout.image_store("journey") == "/abs/out/data/trajectory.zarr"
-    assert {layout.image_store(s) for s in ATTRIBUTED_SETS} == {layout.data, layout.generated}
+    assert {layout.image_store(s) for s in ATTRIBUTED_SETS} == {layout.data, layout.generated, layout.query_images}
     with pytest.raises(AttributeError, match="no artifact 'nope'"):
         layout.nope  # noqa: B018
     with pytest.raises(KeyError):
@@ -137,7 +137,7 @@ def test_no_path_is_built_from_the_output_dir_outside_the_layout():
 def test_image_stores_name_artifacts():
     layout = Layout("o")
     assert {getattr(layout, name) for name in IMAGE_STORES.values()} == {
-        "o/data/dataset.zarr", "o/data/generated.zarr", "o/data/trajectory.zarr"}
+        "o/data/dataset.zarr", "o/data/generated.zarr", "o/data/trajectory.zarr", "o/data/queries.zarr"}
 
 
 def test_show_and_cli_take_their_paths_from_the_layout(tmp_path):

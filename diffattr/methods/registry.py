@@ -79,6 +79,7 @@ class MethodInputs:
 
     data: str | None = None
     generated: str | None = None
+    query_images: str | None = None
     checkpoint: str | None = None
     base: str | None = None
     masks: str | None = None
@@ -100,8 +101,9 @@ class MethodInputs:
                       for name, value in files.items()})
 
     def images(self, query_set: str) -> str:
-        """The image store holding an attributed set's queries ("gen": the generated samples)."""
-        store = self.generated if query_set == "gen" else self.data
+        """The image store holding an attributed set's queries ("gen": the generated samples,
+        "query": an attribute run's images, "val": the data store)."""
+        store = {"gen": self.generated, "query": self.query_images}.get(query_set, self.data)
         if store is None:
             raise ValueError(f"no image store for the {query_set!r} queries among the method's inputs")
         return store

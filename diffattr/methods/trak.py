@@ -121,7 +121,8 @@ class TrakSettings:
     """A ``trak`` method block (docs/methods.md §2.10–§2.13): its feature spec, its ``models`` (pool
     and count: several make an ensemble), the relative λ grid chosen on the select pool, the
     ``normalize`` weighting (none, relatif, renorm), the ``query`` (image, or journey: Journey-TRAK)
-    and DAS's ``residual`` (timesteps, noise_seed, batch_size; None: no residual weight)."""
+    and DAS's ``residual`` (timesteps, noise_seed, batch_size; None: no residual weight); an
+    attribute run, which has no select pool, sets its λ as ``chosen_lambda``."""
 
     features: str
     models: dict[str, Any]
@@ -129,20 +130,26 @@ class TrakSettings:
     normalize: str = "none"
     query: str = "image"
     residual: dict[str, Any] | None = None
+    chosen_lambda: float | None = None
 
 
-def kernel_models(inputs: MethodInputs, normalize: str, query_set: str) -> tuple[list[tuple], list[float]]:
+def kernel_models(inputs: MethodInputs, normalize: str, query_set: str,
+                  fixed_lambda: float | None = None) -> tuple[list[tuple], list[float]]:
     """Per model of the method (inputs ``kernels``, ``train``, ``queries``, ``lambdas`` and DAS's
-    ``residuals``, one entry each): (kernel, K_λ factor at the select-pool λ, train features, query
-    features, w(z)), with the chosen λs."""
+    ``residuals``, one entry each): (kernel, K_λ factor at the select-pool λ — or ``fixed_lambda``
+    where no λ curve is an input, an attribute run — train features, query features, w(z)), with
+    the chosen λs."""
     from diffattr.jobs import device
 
     residuals = inputs.residuals or (None,) * len(inputs.kernels)
+    curves = inputs.lambdas or (None,) * len(inputs.kernels)
+    if not inputs.lambdas and fixed_lambda is None:
+        raise ValueError("a kernel method without a select-pool λ curve needs chosen_lambda")
     parts, chosen = [], []
     for kernel_path, train_path, query_path, curve, residual in zip(
-            inputs.kernels, inputs.train, inputs.queries, inputs.lambdas, residuals, strict=True):
+            inputs.kernels, inputs.train, inputs.queries, curves, residuals, strict=True):
         kernel = Kernel.load(kernel_path, device())
-        lam = choose_lambda(pd.read_csv(curve))[query_set]
+        lam = fixed_lambda if curve is None else choose_lambda(pd.read_csv(curve))[query_set]
         chosen.append(lam)
         factor, train = kernel.factor(lam), FeatureStore(train_path)
         weights = column_weights(kernel, factor, train, normalize, read_residual(residual))
@@ -153,14 +160,16 @@ def kernel_models(inputs: MethodInputs, normalize: str, query_set: str) -> tuple
 def trak_scores(ctx: ScoreContext) -> ScoreBlocks:
     """Scores averaged over the method's models (:func:`kernel_models`). With ``query: journey`` the
     query features are Journey-TRAK's step-averaged ones (§2.12)."""
-    parts, chosen = kernel_models(ctx.inputs, TrakSettings(**ctx.settings).normalize, ctx.query_set)
+    settings = TrakSettings(**ctx.settings)
+    parts, chosen = kernel_models(ctx.inputs, settings.normalize, ctx.query_set, settings.chosen_lambda)
     n_queries, n_train = parts[0][3].shape[0], parts[0][0].n_train
 
     def block(start: int, stop: int) -> np.ndarray:
         return np.mean([scores_block(k, f, train, q.read(start, stop)) * w for k, f, train, q, w in parts], axis=0)
 
     label = f"λ={chosen[0]:g}" if len(set(chosen)) == 1 else "λ per model: " + ", ".join(f"{c:g}" for c in chosen)
-    return ScoreBlocks(n_queries, n_train, block, {"chosen": f"{label} (select pool)", "lambdas": chosen})
+    where = "select pool" if ctx.inputs.lambdas else "chosen_lambda"
+    return ScoreBlocks(n_queries, n_train, block, {"chosen": f"{label} ({where})", "lambdas": chosen})
 
 
 def trajectory_scores(inputs: MethodInputs, params: dict[str, Any], out_path: str, query_rows: int = 4096) -> np.ndarray:
@@ -171,7 +180,7 @@ def trajectory_scores(inputs: MethodInputs, params: dict[str, Any], out_path: st
     (sample, step) rows per solve), so the training features are streamed once per block, not once
     per step. Returns the timesteps."""
     settings = TrakSettings(**ScoreContext.from_params(params, inputs, "gen").settings)
-    parts, chosen = kernel_models(inputs, settings.normalize, "gen")
+    parts, chosen = kernel_models(inputs, settings.normalize, "gen", settings.chosen_lambda)
     query = parts[0][3]
     require_arrays(query.path, query.group, ("step_timesteps",))
     timesteps = read_array(query.path, query.group["step_timesteps"], 0, "step_timesteps").astype(np.int64)

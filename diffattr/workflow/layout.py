@@ -57,6 +57,12 @@ ARTIFACTS: tuple[Artifact, ...] = (
     _A("generated", "data/generated.zarr", "generate"),
     _A("generated_table", "data/generated.csv", "generate"),
     _A("trajectory", "data/trajectory.zarr", "trajectory"),
+    # rules/attribute.smk (an attribute run: a user's model and images)
+    _A("imported_model", "models/imported/model.safetensors", "import_model"),
+    _A("query_images", "data/queries.zarr", "prepare_queries"),
+    _A("query_table", "data/queries.csv", "prepare_queries"),
+    _A("topk_table", "attribution/{method}/{set}_top.csv", "top_attributions"),
+    _A("topk_parquet", "attribution/{method}/{set}_top.parquet", "top_attributions"),
     # rules/ground_truth.smk
     _A("measurement", f"ground_truth/{MODEL_KEY}.zarr", "measure_outputs"),
     _A("ground_truth", "ground_truth/{pool}.zarr", "gather_ground_truth"),
@@ -120,6 +126,9 @@ JOBS: dict[str, str] = {
     "train_model": MODEL_KEY,
     "generate": "",
     "trajectory": "",
+    "import_model": "",
+    "prepare_queries": "",
+    "top_attributions": "{method}/{set}",
     "measure_outputs": MODEL_KEY,
     "gather_ground_truth": "{pool}",
     "featurize": f"{SPEC_MODEL_KEY}/{{split}}/shard{{shard}}",
@@ -152,10 +161,10 @@ JOBS: dict[str, str] = {
 """Rule → the wildcards that name one of its jobs: the path of its log and benchmark files ("":
 the rule has one job)."""
 
-IMAGE_STORES = {"train": "data", "val": "data", "gen": "generated", "journey": "trajectory"}
+IMAGE_STORES = {"train": "data", "val": "data", "gen": "generated", "journey": "trajectory", "query": "query_images"}
 """Image split → the artifact whose store holds it (under the split's own name)."""
 
-ATTRIBUTED_SETS = ("val", "gen")
+ATTRIBUTED_SETS = ("val", "gen", "query")
 """The attributed sets that score stores are written for."""
 
 NUMERIC_WILDCARDS = frozenset({"subset", "seed", "step", "shard", "sample", "k", "group"})

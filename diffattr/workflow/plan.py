@@ -88,6 +88,20 @@ class Plan:
         """The text-to-image base pipeline directory (local, or pretrained by pretrain_base); None: DDPM."""
         self.base_input = [self.base] if self.base else []
         """Input of every job that loads the model: the base pipeline under a LoRA (nothing for a DDPM)."""
+        self.attribute: dict[str, Any] = config.get("attribute") or {}
+        """An attribute run's block (README "Attribute your own model"); empty: a benchmark run."""
+        if self.attribute:  # a user's model: no subset models, ground truth, λ choice or counterfactual
+            self.sets = ["query"] * bool(self.attribute.get("queries")) + ["gen"] * bool(self.attribute["generate"])
+            self.methods = list(self.attribute["methods"])
+            self.pools, self.sweeps, self.customization = [], {}, {}
+            self.cf, self.cf_methods, self.cf_samples = {"methods": []}, [], []
+
+    @property
+    def image_channels(self) -> int:
+        """Channels of the training images (1: gray, 3: RGB), which the queries are converted to."""
+        from diffattr.data.sizes import image_shape
+
+        return image_shape(self.config["data"])[2]
 
     @property
     def data_inputs(self) -> list[str]:
@@ -116,7 +130,9 @@ class Plan:
         return bool(self.base) and not self.config["model"]["text_to_image"].get("pipeline_path")
 
     def checkpoint(self, pool: str, subset: int, seed: int, step: int | None = None) -> str:
-        """A model's checkpoint file (the final one by default)."""
+        """A model's checkpoint file (the final one by default; an attribute run: the imported model)."""
+        if self.attribute:
+            return self.layout.imported_model
         step = self.checkpoint_steps[-1] if step is None else step
         return self.layout.checkpoint.format(pool=pool, subset=subset, seed=seed, step=step)
 
@@ -220,6 +236,8 @@ class Plan:
         inputs: dict[str, str | list[str]] = {}
         if "data" in needs:
             inputs["data"] = L.data
+        if "data" in needs and set_name == "query":
+            inputs["query_images"] = L.query_images
         if "generated" in needs and set_name == "gen":
             inputs["generated"] = L.generated
         if "kernel_models" in needs:
@@ -227,7 +245,7 @@ class Plan:
             inputs["kernels"] = [L.kernel.format(spec=spec, **_model(m)) for m in models]
             inputs["train"] = [self.features(spec, m, "train") for m in models]
             inputs["queries"] = [self.features(spec, m, self.query_split(name, set_name)) for m in models]
-            inputs["lambdas"] = [L.lambda_curve.format(method=name, **_model(m)) for m in models]
+            inputs["lambdas"] = [] if self.attribute else [L.lambda_curve.format(method=name, **_model(m)) for m in models]
             inputs["residuals"] = [L.residual.format(method=name, **_model(m)) for m in models] if method.get("residual") else []
         if "feature_models" in needs:
             model = ("full", 0, self.config["full_model"]["seeds"][0])
@@ -264,7 +282,7 @@ class Plan:
         """Benchmark files of a method's own jobs: scoring, λ selection and residuals of its models."""
         L = self.layout
         files = [L.benchmark("score").format(method=name, set=s) for s in self.method_sets(name)]
-        if "lambda" in method_kind(self.method(name)).stages:
+        if "lambda" in method_kind(self.method(name)).stages and not self.attribute:
             for model in self.method_models(name):
                 files.append(L.benchmark("select_lambda").format(method=name, **_model(model)))
                 if self.method(name).get("residual"):
@@ -272,7 +290,10 @@ class Plan:
         return files
 
     def methods_with(self, stage: str) -> list[str]:
-        """The evaluated methods whose kind declares an extra DAG ``stage`` (:data:`registry.STAGES`)."""
+        """The evaluated methods whose kind declares an extra DAG ``stage`` (:data:`registry.STAGES`);
+        an attribute run has no λ choice on a select pool and no retrained models."""
+        if self.attribute and stage in ("lambda", "retraining_curve"):
+            return []
         return [m for m in self.methods if stage in method_kind(self.method(m)).stages]
 
     @property
@@ -388,13 +409,26 @@ class Plan:
 
     @property
     def report_set(self) -> str:
-        return self.config["report"]["set"]
+        """The set the report's attribution grids show (an attribute run: its first set)."""
+        return self.sets[0] if self.attribute else self.config["report"]["set"]
+
+    @property
+    def report_samples(self) -> list[int]:
+        """The report's samples of its set (an attribute run: those its queries have)."""
+        return [s for s in self.config["report"]["samples"] if s < self.sizes.get(self.report_set, 0)]
+
+    @property
+    def top_tables(self) -> list[str]:
+        """An attribute run's deliverables: each method's top-k table (CSV and Parquet) per set."""
+        L = self.layout
+        return [path.format(method=m, set=s) for m in self.methods for s in self.method_sets(m)
+                for path in (L.topk_table, L.topk_parquet)]
 
     @property
     def report_methods(self) -> list[str]:
         """The methods whose attribution grids the report shows: those configured that ran on its set."""
-        rep = self.config["report"]
-        return [m for m in (rep["methods"] or self.methods) if m in self.methods and self.report_set in self.method_sets(m)]
+        chosen = None if self.attribute else self.config["report"]["methods"]
+        return [m for m in (chosen or self.methods) if m in self.methods and self.report_set in self.method_sets(m)]
 
     @property
     def grid(self) -> str:
@@ -405,6 +439,8 @@ class Plan:
     def final_outputs(self) -> list[str]:
         """What the run delivers; the runtime figure waits for all of it."""
         L = self.layout
+        if self.attribute:
+            return self.top_tables
         return [
             L.lds_table,
             *(L.subset_masks.format(pool=p) for p in self.pools),
@@ -418,6 +454,8 @@ class Plan:
     @property
     def report_figures(self) -> list[str]:
         L = self.layout
+        if self.attribute:
+            return [self.grid.format(method=m, sample=s) for m in self.report_methods for s in self.report_samples]
         return [
             L.lds_figure,
             L.runtime_figure,
@@ -425,7 +463,7 @@ class Plan:
             *([L.counterfactual_figure] if self.cf_methods else []),
             *(L.step_figure.format(method=m) for m in self.journey_methods),
             *(L.sweep_figure.format(sweep=s) for s in self.sweeps),
-            *(self.grid.format(method=m, sample=s) for m in self.report_methods for s in self.config["report"]["samples"]),
+            *(self.grid.format(method=m, sample=s) for m in self.report_methods for s in self.report_samples),
         ]
 
     def wildcard_constraints(self) -> dict[str, str]:
@@ -436,7 +474,7 @@ class Plan:
         return {
             "pool": "full|lds|select|retrain|encoded", "subset": r"\d+", "seed": r"\d+", "set": "|".join(self.sets),
             "method": names(dict.fromkeys(self.methods + self.cf["methods"])), "spec": names(self.specs),
-            "split": "train|val|gen|journey", "shard": r"\d+", "cf_method": "|".join(self.cf_methods) or "none",
+            "split": "train|val|gen|journey|query", "shard": r"\d+", "cf_method": "|".join(self.cf_methods) or "none",
             "sample": r"\d+", "k": r"\d+", "sweep": names(self.sweeps), "group": r"\d+",
         }
 
@@ -469,6 +507,9 @@ class Plan:
                     jobs.update((spec, full, split) for split in ("train", *self.scored_sets(m)))
         return jobs
 
+    def attribute_job_counts(self) -> dict[str, int]:
+        return _attribute_job_counts(self)
+
     def kernel_jobs(self) -> set[tuple[str, Model]]:
         """(spec, model) of every kernel: each model of each kernel method."""
         return {(self.method_specs(m)[0], model) for m in self.scored_methods() if "kernel_models" in self.needs(m)
@@ -477,6 +518,8 @@ class Plan:
     def job_counts(self) -> dict[str, int]:
         """The number of jobs of each rule a dry-run from nothing lists (``rule all`` included): the
         prediction that ``tests/test_workflow.py`` checks against real dry-runs."""
+        if self.attribute:
+            return self.attribute_job_counts()
         counts: Counter[str] = Counter(all=1, prepare_data=1)
         scored = self.scored_methods()
         kernel_methods = [m for m in scored if "lambda" in method_kind(self.method(m)).stages]
@@ -524,6 +567,25 @@ class Plan:
         counts["plot_lambda"] = int(bool(self.lambda_methods))
         counts["attribution_grids"] = len(self.report_methods)
         return {rule: n for rule, n in counts.items() if n}
+
+
+def _attribute_job_counts(plan: Plan) -> dict[str, int]:
+    """:meth:`Plan.job_counts` of an attribute run: the imported model, the queries, the features,
+    kernels and scores of its methods, their top-k tables and the report's grids."""
+    features, kernels = plan.feature_jobs(), plan.kernel_jobs()
+    sets = {m: plan.method_sets(m) for m in plan.methods}
+    counts = {
+        "all": 1, "prepare_data": 1, "import_model": 1, "prepare_queries": int("query" in plan.sets),
+        "generate": int("gen" in plan.sets), "trajectory": int(bool(plan.journey_methods)),
+        "featurize": sum(len(plan.shard_ranges(spec, split)) for spec, _, split in features),
+        "gather_features": len(features), "kernel": len(kernels),
+        "gram_partial": sum(len(plan.shard_ranges(spec, "train")) for spec, _ in kernels if plan.kernel_form(spec) == "primal"),
+        "residuals": sum(1 for m in plan.methods if plan.method(m).get("residual")),
+        "score": sum(len(v) for v in sets.values()), "score_trajectory": len(plan.journey_methods),
+        "top_attributions": sum(len(v) for v in sets.values()),
+        "attribution_grids": len(plan.report_methods) if plan.report_samples else 0,
+    }
+    return {rule: n for rule, n in counts.items() if n}
 
 
 def journey_namespace(method: str) -> SimpleNamespace:

@@ -1,0 +1,174 @@
+"""Attribute your own model: the config checks and the query-folder job of an ``attribute`` run
+(README "Attribute your own model").
+
+An attribute run points the workflow at a trained diffusers model (:mod:`diffattr.models.diffusers_dir`),
+its training data (the ``data`` block, any source) and a folder of images to explain. It reuses the
+benchmark's stages (featurize, kernel, score) on that model; it trains nothing and measures no ground
+truth, so only kinds that need no retrained models run, and a kernel method takes its λ from
+``chosen_lambda``. Each method's scores end in a top-k table (:mod:`diffattr.topk`).
+
+Torch-free: the DAG imports it (images are only opened, with Pillow, to check them).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from diffattr.errors import ConfigError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+RETRAINED = {"retrain_truth": "the retrain pool's models", "encoded_models": "the encoded pool's models"}
+"""Needs an attribute run cannot meet (it trains no model), and what they stand for."""
+
+
+def query_files(folder: str | os.PathLike) -> list[Path]:
+    """The PNG/JPEG files of a query folder (not recursive), sorted by name: the queries' order."""
+    path = Path(folder)
+    if not path.is_dir():
+        raise ConfigError(f"Config key 'attribute.queries' points at '{folder}', which is not a directory.")
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ConfigError(f"Config key 'attribute.queries' points at '{folder}', which holds no PNG or JPEG image.")
+    return files
+
+
+def check_query_images(files: list[Path], shape: tuple[int, int, int]) -> None:
+    """Every query image decodes and has the data's H × W (its colour is converted to the data's
+    channels: gray or RGB), refused in one sentence naming the file otherwise."""
+    from PIL import Image, UnidentifiedImageError
+
+    height, width, _ = shape
+    for file in files:
+        try:
+            with Image.open(file) as image:
+                image.verify()
+            with Image.open(file) as image:
+                image.load()
+                size = image.size
+        except (UnidentifiedImageError, OSError, SyntaxError) as error:
+            raise ConfigError(f"Query image '{file}' cannot be decoded ({error}).") from None
+        if size != (width, height):
+            raise ConfigError(f"Query image '{file}' is {size[0]}×{size[1]} but the model and the data are "
+                              f"{width}×{height}; resize the queries to the training images' size.")
+
+
+def read_query_images(files: list[Path], channels: int) -> np.ndarray:
+    """(n, H, W, C) uint8 images of the query files, converted to gray (C = 1) or RGB (C = 3)."""
+    from PIL import Image
+
+    mode = "L" if channels == 1 else "RGB"
+    images = []
+    for file in files:
+        with Image.open(file) as image:
+            array = np.asarray(image.convert(mode), dtype=np.uint8)
+        images.append(array[..., None] if channels == 1 else array)
+    return np.stack(images)
+
+
+def check_attribute(config: dict[str, Any], sizes: dict[str, int], base: str | os.PathLike = ".") -> None:
+    """An attribute run's block, before any job (one sentence naming the key or file each): the
+    model directory (read, and its resolution and channels checked against the data's), the query
+    folder (every image decodable and of the data's size), and its methods (defined; no kind that
+    needs retrained models; a kernel method on the one model with ``chosen_lambda``; feature specs on
+    the final checkpoint, the only one a user's model has). The model block becomes the directory's
+    UNet and scheduler config (in place), and ``sizes["query"]`` the number of query images."""
+    from diffattr.data.sizes import image_shape
+    from diffattr.models.diffusers_dir import check_against_data, check_sampler, read_model_dir
+
+    block = config["attribute"]
+    shape = image_shape(config["data"], base)
+    try:
+        model = read_model_dir(Path(base, block["model"]))
+        check_against_data(model, shape)
+        if block.get("generate"):  # the DDIM sampler must honour the model's scheduler settings
+            check_sampler(model)
+    except ValueError as error:
+        raise ConfigError(f"Config key 'attribute.model': {error}") from None
+    if config["model"].get("family", "ddpm") != "ddpm":
+        raise ConfigError("Config key 'attribute' supports the ddpm family only so far (model.family).")
+    config["model"]["unet"] = model.unet_config
+    config["model"]["scheduler"] = model.scheduler_config
+    if not block.get("queries") and not block.get("generate"):
+        raise ConfigError("Config key 'attribute' names no images to explain: set 'attribute.queries' (a folder) "
+                          "or 'attribute.generate: true'.")
+    if block.get("queries"):
+        files = query_files(Path(base, block["queries"]))
+        check_query_images(files, shape)
+        sizes["query"] = len(files)
+    for name in block["methods"]:
+        check_attribute_method(config, name)
+
+
+def check_attribute_method(config: dict[str, Any], name: str) -> None:
+    """One method of an attribute run (see :func:`check_attribute`)."""
+    from diffattr.methods.registry import method_kind
+
+    key = f"attribute.methods: '{name}'"
+    if name not in config["methods"]:
+        raise ConfigError(f"Config key '{key}' names no block under 'methods'.")
+    method = config["methods"][name]
+    kind = method_kind(method)
+    for need, what in RETRAINED.items():
+        if need in kind.needs:
+            raise ConfigError(f"Config key 'methods.{name}' (kind {kind.kind}) needs {what}, which an attribute run "
+                              f"does not train; use it in a benchmark run.")
+    if method.get("query") == "journey" and not config["attribute"].get("generate"):
+        raise ConfigError(f"Config key 'methods.{name}' is Journey-TRAK, which explains generated samples only; "
+                          f"set 'attribute.generate: true'.")
+    if "kernel_models" in kind.needs:
+        if method["models"] != {"pool": "full", "count": 1}:
+            raise ConfigError(f"Config key 'methods.{name}.models' must be {{pool: full, count: 1}} in an attribute "
+                              f"run: an ensemble needs retrained models.")
+        if method.get("chosen_lambda") is None:
+            raise ConfigError(f"Config key 'methods.{name}.chosen_lambda' is required in an attribute run (no select "
+                              f"pool chooses λ); config/attribute.yaml gives the digits benchmark's choices.")
+    specs = method.get("features")
+    for spec in [specs] if isinstance(specs, str) else (specs or []):
+        fraction = config["features"][spec].get("checkpoint", 1.0)
+        if fraction != 1.0 or config["features"][spec].get("timestep_strategy") == "trained":
+            raise ConfigError(f"Config key 'features.{spec}' reads the checkpoint at {fraction:g} of training or its "
+                              f"training draws; a user's model has only its final weights.")
+
+
+def prepare_queries(folder: str | os.PathLike, channels: int, store_path: str, table_path: str) -> int:
+    """prepare_queries job: the query folder's images as the ``query`` split of an image store (and a
+    table of their files, in order). Returns their number."""
+    import pandas as pd
+
+    from diffattr.atomic import atomic_path
+    from diffattr.data.imageset import ImageSet
+    from diffattr.data.store import write_image_store
+
+    files = query_files(folder)
+    images = read_query_images(files, channels)
+    n = len(images)
+    write_image_store(store_path, {"query": ImageSet(images, np.zeros(n, dtype=np.int64), [str(f) for f in files],
+                                                     ["query"])})
+    with atomic_path(table_path) as tmp:
+        pd.DataFrame({"query": np.arange(n), "file": [str(f) for f in files]}).to_csv(tmp, index=False)
+    return n
+
+
+def top_attributions(scores_path: str, metadata_path: str, queries_path: str | None, k: int,
+                     csv_path: str, parquet_path: str) -> None:
+    """top_attributions job: each query's k most and k least responsible training images
+    (responsibility −sign·τ, :mod:`diffattr.topk`, by blocks of the score store) as one table, with
+    the training images' provenance and class from the data's metadata, and the query files."""
+    import pandas as pd
+
+    from diffattr.scores import score_shape
+    from diffattr.topk import top_and_bottom, topk_table, write_topk_table
+
+    meta = pd.read_csv(metadata_path)
+    train = meta[meta["split"] == "train"].sort_values("index")
+    n_queries, _ = score_shape(scores_path)
+    files = (pd.read_csv(queries_path)["file"].tolist() if queries_path
+             else [f"generated:{i}" for i in range(n_queries)])
+    captions = train["caption"].tolist() if "caption" in train else None
+    found = top_and_bottom(scores_path, k)
+    table = topk_table(found, files, train["source"].tolist(), train["class_name"].tolist(), captions)
+    write_topk_table(table, csv_path, parquet_path)

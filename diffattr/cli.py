@@ -180,6 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="write Snakemake's HTML report of the last run")
     _workflow_options(report, cores=False)
     report.add_argument("--output", metavar="FILE", help="report file (default: {output_dir}/report.html)")
+    ask = sub.add_parser("query", help="explain new images with a finished run: featurize, score, top-k (no DAG)")
+    _common(ask)
+    ask.add_argument("images", nargs="+", metavar="IMAGE", help="PNG/JPEG files of the model's size")
+    ask.add_argument("--method", required=True, metavar="M", help="a kernel (TRAK family) or pixel method of the run")
+    ask.add_argument("--top", type=int, default=10, metavar="K", help="training images per end (default: 10)")
+    ask.add_argument("--png", metavar="DIR", help="also draw one grid PNG per image in DIR")
     show = sub.add_parser("show-attribution", help="print and draw the training images that most and least explain one sample")
     _common(show)
     show.add_argument("--sample", type=int, required=True, metavar="N", help="row of the attributed set")
@@ -245,6 +251,38 @@ def _export_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _query(args: argparse.Namespace) -> int:
+    """query: :func:`diffattr.query.query` of the images against the run the config files describe."""
+    import time
+
+    start = time.perf_counter()
+    import warnings
+
+    import diffattr.featurize  # noqa: F401  (torch, diffusers: timed as the start-up)
+    import diffattr.kernel  # noqa: F401
+    from diffattr.config import ConfigError, load_yaml
+    from diffattr.query import QueryError, query
+    from diffattr.workflow.plan import Plan
+
+    warnings.filterwarnings("ignore", message=".*snakemake_timestamp.*")  # Snakemake's marker in directory outputs
+
+    workdir = Path(args.workdir).resolve() if args.workdir else REPO
+    config = load_config(workdir, resolve_config_files(args.config, workdir), args.config)
+    config["output_dir"] = str(output_dir(config, workdir))  # the run's outputs, wherever this runs from
+    imported = time.perf_counter() - start
+    try:
+        plan = Plan.of(config, load_yaml(workdir / "schemas" / "config.schema.yaml"), workdir)
+        answer = query(plan, args.method, args.images, args.top, args.png)
+    except (ConfigError, QueryError) as error:
+        raise CliError(str(error)) from None
+    print(answer.table.to_string(index=False))
+    for png in answer.pngs:
+        print(f"wrote {png}")
+    times = {"start-up and imports": imported, **answer.seconds, "total": time.perf_counter() - start}
+    print("seconds: " + ", ".join(f"{name} {value:.2f}" for name, value in times.items()))
+    return 0
+
+
 def _show_attribution(args: argparse.Namespace) -> int:
     from diffattr.show import show_attribution
 
@@ -277,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
             if extra:
                 raise CliError("show-attribution takes no arguments after '--'.")
             return _show_attribution(args)
+        if args.command == "query":
+            return _query(args)
         if args.command == "export-model":
             return _export_model(args)
         return _snakemake(args, extra)

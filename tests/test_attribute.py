@@ -211,6 +211,15 @@ def test_the_benchmark_s_model_exported_gives_its_scores_and_finds_planted_image
     print(f"planted duplicates at rank 1: pixel_l2 {len(planted)}/{len(planted)}, trak {found}/{len(planted)}")
     assert found >= 2  # measured 2/3 on the smoke model (pixel L2: 3/3); TRAK ranks by gradient, not pixels
     assert os.path.getsize(L.topk_parquet.format(method="trak", set="query")) > 0
+    # diffattr query: the first image alone gets the batch run's top-10 and scores (same row-0 draws)
+    from diffattr.query import query
+
+    with open(attr) as f:
+        layer_dict = yaml.safe_load(f)
+    answer = query(plan_of("config/smoke.yaml", layer_dict), "trak", [str(tmp_path / "queries" / "000.png")], 10)
+    batch = trak[trak["query"] == 0].reset_index(drop=True)
+    assert answer.table["train_index"].tolist() == batch["train_index"].tolist()
+    np.testing.assert_allclose(answer.table["score"], batch["score"], rtol=1e-6)
 
 
 @pytest.mark.workflow

@@ -1,0 +1,160 @@
+"""``diffattr query``: explain a few new images with a finished run, without re-running the DAG.
+
+The images are featurized with the run's model and the method's feature spec, scored against the
+run's stored training features and kernel, τ(x, z) = φ(x)ᵀ(ΦᵀΦ + λI)⁻¹φ(z)·w(z) (docs/methods.md
+§2.10–§2.13), and ranked by responsibility −s·τ (:mod:`diffattr.topk`). Exact: the same functions
+as the score job. The i-th image given draws the (t, ε) of row i of the ``query`` split (the
+``val`` stream, :data:`diffattr.noise.SPLIT_CODES`), so an image given first gets the scores the
+batch run gave its folder's first image. λ: the method's ``chosen_lambda`` in an attribute run, the
+select-pool choice for ``val`` in a benchmark run. Pixel methods need no model.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from diffattr.workflow.plan import Plan
+
+
+class QueryError(ValueError):
+    """A query that cannot be answered, in one sentence."""
+
+
+@dataclass
+class Answer:
+    """The top-k table of the queried images, the grid PNGs written, and where the time went."""
+
+    table: Any
+    pngs: list[Path]
+    seconds: dict[str, float]
+
+
+def query(plan: Plan, method: str, files: list[str | os.PathLike], k: int = 10,
+          png_dir: str | os.PathLike | None = None) -> Answer:
+    """Top-k and bottom-k training images of each image in ``files`` for ``method`` of the run
+    ``plan`` describes (its outputs must exist), and one grid PNG per image under ``png_dir``."""
+    from diffattr.attribute import check_query_images, read_query_images
+    from diffattr.data.sizes import image_shape
+    from diffattr.methods.registry import method_kind
+
+    if method not in plan.methods:
+        raise QueryError(f"Method '{method}' is not one the run evaluated ({', '.join(plan.methods)}).")
+    kind = method_kind(plan.method(method))
+    if "kernel_models" not in kind.needs and kind.kind != "pixel":
+        raise QueryError(f"diffattr query answers kernel (TRAK family) and pixel methods; '{method}' is {kind.kind}.")
+    shape = image_shape(plan.config["data"])
+    paths = [Path(f) for f in files]
+    for path in paths:
+        if not path.is_file():
+            raise QueryError(f"Image '{path}' does not exist.")
+    try:
+        check_query_images(paths, shape)
+    except ValueError as error:
+        raise QueryError(str(error)) from None
+    images = read_query_images(paths, shape[2])
+    seconds: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="diffattr-query-") as tmp:
+        store = _image_store(Path(tmp), paths, images)
+        start = time.perf_counter()
+        scores, sign = (_kernel_scores if "kernel_models" in kind.needs else _pixel_scores)(plan, method, store, seconds)
+        seconds["score"] = time.perf_counter() - start - sum(seconds.values())
+        return _answer(plan, method, scores, sign, paths, store, Path(tmp), k, png_dir, seconds)
+
+
+def _image_store(tmp: Path, paths: list[Path], images: np.ndarray) -> str:
+    from diffattr.data.imageset import ImageSet
+    from diffattr.data.store import write_image_store
+
+    store = str(tmp / "queries.zarr")
+    write_image_store(store, {"query": ImageSet(images, np.zeros(len(images), dtype=np.int64),
+                                                [str(p) for p in paths], ["query"])})
+    return store
+
+
+def _split(plan: Plan) -> str:
+    """The set whose stored inputs a query is scored against: "query" in an attribute run, else "val"."""
+    return "query" if plan.attribute else "val"
+
+
+def _kernel_scores(plan: Plan, method: str, store: str, seconds: dict[str, float]) -> tuple[np.ndarray, int]:
+    """τ of the queries against each of the method's models, averaged (one model in an attribute run)."""
+    import pandas as pd
+
+    from diffattr.featurize import FeatureSpec, featurize
+    from diffattr.jobs import device
+    from diffattr.kernel import Kernel, scores_block
+    from diffattr.methods.registry import HELPS, MethodInputs
+    from diffattr.methods.trak import TrakSettings, choose_lambda, column_weights, read_residual
+    from diffattr.models.ddpm import build_scheduler
+    from diffattr.models.family import load_model
+    from diffattr.store import FeatureStore
+
+    settings = TrakSettings(**{k: v for k, v in plan.method(method).items() if k != "kind"})
+    inputs = MethodInputs.of(plan.method_inputs(method, _split(plan)))
+    spec_name = plan.method_specs(method)[0]
+    spec = FeatureSpec.from_dict(plan.config["features"][spec_name])
+    where, parts = device(), []
+    residuals = inputs.residuals or (None,) * len(inputs.kernels)
+    curves = inputs.lambdas or (None,) * len(inputs.kernels)
+    for (pool, subset, seed), kernel_path, train_path, curve, residual in zip(
+            plan.method_models(method), inputs.kernels, inputs.train, curves, residuals, strict=True):
+        for path in (kernel_path, train_path):
+            if not Path(path).exists():
+                raise QueryError(f"The run has no '{path}'; finish it first (diffattr run / attribute).")
+        t0 = time.perf_counter()
+        model = load_model(plan.checkpoint(pool, subset, seed, plan.feature_step(spec_name)), plan.model, where)
+        network_inputs, cond = model.inputs(store, "query")
+        seconds["model"] = seconds.get("model", 0.0) + time.perf_counter() - t0
+        t0 = time.perf_counter()
+        phi = featurize(model.network, network_inputs, np.arange(len(network_inputs)), "query", spec,
+                        build_scheduler(plan.model["scheduler"]), where, cond=cond)
+        seconds["featurize"] = seconds.get("featurize", 0.0) + time.perf_counter() - t0
+        lam = settings.chosen_lambda if curve is None else choose_lambda(pd.read_csv(curve))["val"]
+        kernel = Kernel.load(kernel_path, where)
+        factor, train = kernel.factor(lam), FeatureStore(train_path)
+        weights = column_weights(kernel, factor, train, settings.normalize, read_residual(residual))
+        parts.append(scores_block(kernel, factor, train, phi) * weights)
+    return np.mean(parts, axis=0).astype(np.float32), HELPS
+
+
+def _pixel_scores(plan: Plan, method: str, store: str, seconds: dict[str, float]) -> tuple[np.ndarray, int]:
+    """The pixel kind's scores of the queries (its scorer, on a store of the queries)."""
+    from diffattr.methods.registry import HELPS, ScoreContext, load_scorer, method_kind
+
+    block = plan.method(method)
+    ctx = ScoreContext.from_params(block, {"data": plan.layout.data, "query_images": store}, "query")
+    blocks = load_scorer(method_kind(block))(ctx)
+    return np.asarray(blocks.block(0, blocks.n_queries), dtype=np.float32), HELPS
+
+
+def _answer(plan: Plan, method: str, scores: np.ndarray, sign: int, paths: list[Path], store: str, tmp: Path,
+            k: int, png_dir: str | os.PathLike | None, seconds: dict[str, float]) -> Answer:
+    """The top-k table (as the batch run's top_attributions writes it) and the grid PNGs."""
+    import pandas as pd
+
+    from diffattr.scores import write_scores
+    from diffattr.show import draw_attribution
+    from diffattr.topk import top_and_bottom, topk_table
+
+    score_path = str(tmp / "scores.zarr")
+    write_scores(score_path, len(scores), scores.shape[1], lambda a, b: scores[a:b], 256,
+                 {"method": plan.method(method), "sign": sign, "set": "query"})
+    meta = pd.read_csv(plan.layout.metadata)
+    train = meta[meta["split"] == "train"].sort_values("index")
+    table = topk_table(top_and_bottom(score_path, k), [str(p) for p in paths], train["source"].tolist(),
+                       train["class_name"].tolist())
+    pngs = []
+    if png_dir is not None:
+        Path(png_dir).mkdir(parents=True, exist_ok=True)
+        for i, path in enumerate(paths):
+            png = Path(png_dir) / f"{method}_{path.stem}.png"
+            draw_attribution(score_path, plan.layout.data, store, "query", method, "query", i, k, png)
+            pngs.append(png)
+    return Answer(table, pngs, seconds)

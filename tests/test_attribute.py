@@ -233,3 +233,12 @@ def test_the_attribute_dag_dry_runs_on_the_slurm_profile_as_planned(user, tmp_pa
     assert result.returncode == 0, result.stderr[-2000:]
     assert job_counts(result.stdout) == plan_of(layer(user) | {"resources": {"gpus": 1}}).job_counts()
     assert "gpu=1" in result.stdout.replace(" ", "")  # featurize / score / import jobs ask for a GPU
+
+
+def test_generate_adds_the_model_s_own_samples_as_a_second_set(user):
+    plan = plan_of(layer(user, generate=True))
+    counts = plan.job_counts()
+    assert plan.sets == ["query", "gen"] and counts["generate"] == 1
+    assert counts["score"] == counts["top_attributions"] == 3 * 2
+    assert plan.generator == plan.layout.imported_model  # the user's model generates
+    assert plan.method_inputs("pixel_l2", "gen") == {"data": plan.layout.data, "generated": plan.layout.generated}

@@ -279,16 +279,17 @@ def main() -> None:
                 rows[library] = r
                 total = r["grad_s"] + r["project_s"]
                 note = f", projection timed on {r['proj_params']} of {r['params']} entries ×p/R" if r["proj_params"] < r["params"] else ""
-                print(f"{name:8} {r['params']:>10} {library:9} {timesteps:>3} {k:>5} {n / r['grad_s']:>9.2f} "
-                      f"{n / r['project_s']:>9.2f} {n / total:>11.2f} {r['project_s'] / total:>6.0%} "
+                print(f"{name:8} {r['params']:>10} {library:9} {timesteps:>3} {k:>5} {n / r['grad_s']:>9.3g} "
+                      f"{n / r['project_s']:>9.3g} {n / total:>11.3g} {r['project_s'] / total:>6.1%} "
                       f"{r['setup_s']:>8.1f} {r['peak_rss_mb']:>8.0f}  {r['projector']}{note}", flush=True)
+                print(f"  raw: {json.dumps(r)}; load average {os.getloadavg()[0]:.2f}", flush=True)
             if len(rows) == 2:
                 ours, theirs = rows["diffattr"], rows["traker"]
                 ratio = (theirs["grad_s"] + theirs["project_s"]) / (ours["grad_s"] + ours["project_s"])
                 with_setup = (theirs["grad_s"] + theirs["project_s"] + theirs["setup_s"]) / (
                     ours["grad_s"] + ours["project_s"] + ours["setup_s"])
                 print(f"{name:8} k={k}: diffattr/traker featurization throughput: {ratio:.2f}× ({with_setup:.2f}× including "
-                      f"setup); projection share of diffattr time: {ours['project_s'] / (ours['grad_s'] + ours['project_s']):.0%}; "
+                      f"setup); projection share of diffattr time: {ours['project_s'] / (ours['grad_s'] + ours['project_s']):.1%}; "
                       f"load average now: {os.getloadavg()[0]:.2f}", flush=True)
 
 

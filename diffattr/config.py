@@ -374,7 +374,7 @@ def check_encoded_pool(config: dict[str, Any], n_train: int) -> None:
 def check_counterfactual(config: dict[str, Any], n_train: int, n_generated: int) -> None:
     """The counterfactual block (§4.5) must name methods that exist, sample fewer generated images
     than there are, and remove fewer training images than there are."""
-    from diffattr.counterfactual import RANDOM_CONTROL
+    from diffattr.workflow.layout import RANDOM_CONTROL
 
     block = config.get("counterfactual")
     if not block or not block["methods"]:

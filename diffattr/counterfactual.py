@@ -58,15 +58,13 @@ import pandas as pd
 from diffattr.atomic import atomic_path, write_csv
 from diffattr.integrity import read_array
 from diffattr.scores import open_score_store, responsibility
+from diffattr.workflow.layout import RANDOM_CONTROL  # noqa: F401  (re-exported)
 
 if TYPE_CHECKING:
     import torch
 
     from diffattr.methods.embedding import EmbeddingConfig
 
-RANDOM_CONTROL = "random_removal"
-"""Name of the random-removal control in the workflow's paths and tables (an attribution method of
-this name is refused by the config check)."""
 
 METRICS = ("pixel_l2", "embedding_cosine", "loss_change")
 """Per-sample metrics summarised by :func:`summary_table`."""

@@ -21,6 +21,7 @@ from torch.func import functional_call, grad, vmap
 
 from diffattr.models.ddpm import count_parameters, noisy_draws
 from diffattr.models.family import condition_kwargs
+from diffattr.models.vmap import NonFiniteGradientError, prepare_for_vmap  # noqa: F401  (re-exported)
 from diffattr.noise import gaussian_noise, sample_timesteps
 from diffattr.outputs import output_values
 from diffattr.progress import progress
@@ -50,22 +51,6 @@ class FeatureSpec:
         cfg["noise_seeds"] = tuple(cfg.get("noise_seeds", (0,)))
         cfg["projection"] = ProjectionConfig(**cfg.get("projection", {}))
         return cls(**cfg)
-
-
-class NonFiniteGradientError(ValueError):
-    """A sample's gradient contains NaN or inf."""
-
-
-def prepare_for_vmap(model: torch.nn.Module) -> torch.nn.Module:
-    """Eval mode, and the plain attention processor instead of fused SDPA (vmap has no batching rule for
-    it and falls back to a slow per-sample loop, docs/methods.md §7.1)."""
-    from diffusers.models.attention_processor import Attention, AttnProcessor
-
-    model.eval()
-    for module in model.modules():
-        if isinstance(module, Attention):
-            module.set_processor(AttnProcessor())
-    return model
 
 
 def per_sample_gradients(

@@ -15,7 +15,7 @@ import pandas as pd
 import zarr
 
 from diffattr.atomic import atomic_path
-from diffattr.evaluate.lds import spearman_per_column
+from diffattr.spearman import spearman_per_column
 from diffattr.integrity import StoreError, array_options, missing_advice, open_store, read_array, require_arrays, seal
 from diffattr.noise import timestep_set
 

@@ -11,7 +11,7 @@ import torch
 
 from conftest import SCHEDULER, TINY_UNET
 from diffattr.featurize import per_sample_gradients as featurize_gradients
-from diffattr.featurize import prepare_for_vmap
+from diffattr.models.vmap import prepare_for_vmap
 from diffattr.methods.influence import (
     InfluenceConfig,
     diffusion_objective,

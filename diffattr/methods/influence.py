@@ -51,8 +51,8 @@ import numpy as np
 import torch
 from torch.func import functional_call, grad, vjp, vmap
 
-from diffattr.featurize import NonFiniteGradientError, prepare_for_vmap
 from diffattr.models.ddpm import noisy_draws
+from diffattr.models.vmap import NonFiniteGradientError, prepare_for_vmap
 from diffattr.methods.registry import ScoreBlocks, ScoreContext, method_settings
 from diffattr.noise import gaussian_noise, sample_timesteps
 from diffattr.outputs import OUTPUT_FUNCTIONS, output_values

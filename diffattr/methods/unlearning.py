@@ -50,11 +50,11 @@ import numpy as np
 import torch
 from torch.func import functional_call, grad, vmap
 
-from diffattr.featurize import NonFiniteGradientError, prepare_for_vmap
 from diffattr.measure import measure_losses
 from diffattr.methods.registry import ScoreBlocks, ScoreContext, method_settings
 from diffattr.models.ddpm import add_noise
 from diffattr.models.family import condition_kwargs, denoise
+from diffattr.models.vmap import NonFiniteGradientError, prepare_for_vmap
 from diffattr.noise import gaussian_noise, split_code
 from diffattr.outputs import l_simple
 from diffattr.progress import progress

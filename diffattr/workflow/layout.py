@@ -37,6 +37,9 @@ SPEC_MODEL_KEY = f"{{spec}}/{MODEL_KEY}"
 """One feature spec on one model (rules/common.smk's ``MODEL_KEY``)."""
 METHOD_MODEL_KEY = f"{{method}}/{MODEL_KEY}"
 """One method on one of its models."""
+RANDOM_CONTROL = "random_removal"
+"""Name of the random-removal control in the workflow's paths and tables (an attribution method of
+this name is refused by the config check)."""
 CF_RUN_KEY = "{cf_method}/s{sample}_k{k}"
 """One counterfactual retraining: a method's top-k of one generated sample removed."""
 

@@ -22,11 +22,11 @@ from types import SimpleNamespace
 from typing import Any
 
 from diffattr.config import ConfigError, base_pipeline, feature_checkpoint_step, model_params, resolve_config
-from diffattr.counterfactual import RANDOM_CONTROL, counterfactual_samples
+from diffattr.counterfactual import counterfactual_samples
 from diffattr.methods.registry import method_kind, resolve
 from diffattr.schedule import checkpoint_steps
 from diffattr.store import SHARD_SIZE, kernel_form, shard_ranges
-from diffattr.workflow.layout import Layout, fill
+from diffattr.workflow.layout import RANDOM_CONTROL, Layout, fill
 
 Model = tuple[str, int, int]
 """(pool, subset, seed): one trained model."""

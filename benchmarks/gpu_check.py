@@ -402,7 +402,7 @@ def traker_result(model: str, sizes: Sizes, device: str) -> tuple[dict[str, Any]
                             device, "float32")
     except Exception as error:  # a peer library's failure is a row, never the check's failure
         return None, f"traker failed: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-    return result, "traker 0.3.x, BasicProjector fp32 (benchmarks/featurize.py's runner)"
+    return result, f"traker 0.3.x, {result.get('projector', 'traker projector')} fp32 (benchmarks/featurize.py's runner)"
 
 
 def cuda_projector_note(device: str) -> str:
@@ -411,7 +411,7 @@ def cuda_projector_note(device: str) -> str:
         return "CudaProjector not tried on the CPU"
     if importlib.util.find_spec("fast_jl") is None:
         return "CudaProjector unavailable (fast_jl not installed), so BasicProjector on CUDA"
-    return "fast_jl imports, but benchmarks/featurize.py's traker runner uses BasicProjector"
+    return "fast_jl imports: benchmarks/featurize.py's traker runner uses CudaProjector when it runs"
 
 
 def throughput(device: str, sizes: Sizes) -> list[dict[str, Any]]:

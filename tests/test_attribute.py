@@ -219,7 +219,8 @@ def test_the_benchmark_s_model_exported_gives_its_scores_and_finds_planted_image
     answer = query(plan_of("config/smoke.yaml", layer_dict), "trak", [str(tmp_path / "queries" / "000.png")], 10)
     batch = trak[trak["query"] == 0].reset_index(drop=True)
     assert answer.table["train_index"].tolist() == batch["train_index"].tolist()
-    np.testing.assert_allclose(answer.table["score"], batch["score"], rtol=1e-6)
+    # one query row instead of a block of 43: BLAS sums in another order (measured max |Δτ| 1.9e-7 at |τ| ≈ 0.05)
+    np.testing.assert_allclose(answer.table["score"], batch["score"], rtol=0, atol=1e-5 * batch["score"].abs().max())
 
 
 @pytest.mark.workflow

@@ -45,9 +45,7 @@ def check_query_images(files: list[Path], shape: tuple[int, int, int]) -> None:
     for file in files:
         try:
             with Image.open(file) as image:
-                image.verify()
-            with Image.open(file) as image:
-                image.load()
+                image.load()  # decodes every pixel: a truncated or garbled file fails here
                 size = image.size
         except (UnidentifiedImageError, OSError, SyntaxError) as error:
             raise ConfigError(f"Query image '{file}' cannot be decoded ({error}).") from None
@@ -153,22 +151,31 @@ def prepare_queries(folder: str | os.PathLike, channels: int, store_path: str, t
     return n
 
 
-def top_attributions(scores_path: str, metadata_path: str, queries_path: str | None, k: int,
-                     csv_path: str, parquet_path: str) -> None:
-    """top_attributions job: each query's k most and k least responsible training images
-    (responsibility −sign·τ, :mod:`diffattr.topk`, by blocks of the score store) as one table, with
-    the training images' provenance and class from the data's metadata, and the query files."""
+def top_table(scores_path: str, metadata_path: str, query_files: list[str], k: int):
+    """Each query's k most and k least responsible training images (responsibility −sign·τ,
+    :mod:`diffattr.topk`, by blocks of the score store) as one table, with the training images'
+    provenance, class and caption from the data's metadata table."""
     import pandas as pd
 
-    from diffattr.scores import score_shape
-    from diffattr.topk import top_and_bottom, topk_table, write_topk_table
+    from diffattr.topk import top_and_bottom, topk_table
 
     meta = pd.read_csv(metadata_path)
     train = meta[meta["split"] == "train"].sort_values("index")
+    captions = train["caption"].tolist() if "caption" in train else None
+    return topk_table(top_and_bottom(scores_path, k), query_files, train["source"].tolist(),
+                      train["class_name"].tolist(), captions)
+
+
+def top_attributions(scores_path: str, metadata_path: str, queries_path: str | None, k: int,
+                     csv_path: str, parquet_path: str) -> None:
+    """top_attributions job: :func:`top_table` of a score store (queries named by the query folder's
+    table, or ``generated:i``), written as CSV and Parquet."""
+    import pandas as pd
+
+    from diffattr.scores import score_shape
+    from diffattr.topk import write_topk_table
+
     n_queries, _ = score_shape(scores_path)
     files = (pd.read_csv(queries_path)["file"].tolist() if queries_path
              else [f"generated:{i}" for i in range(n_queries)])
-    captions = train["caption"].tolist() if "caption" in train else None
-    found = top_and_bottom(scores_path, k)
-    table = topk_table(found, files, train["source"].tolist(), train["class_name"].tolist(), captions)
-    write_topk_table(table, csv_path, parquet_path)
+    write_topk_table(top_table(scores_path, metadata_path, files, k), csv_path, parquet_path)

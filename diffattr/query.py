@@ -85,29 +85,27 @@ def _split(plan: Plan) -> str:
 
 def _kernel_scores(plan: Plan, method: str, store: str, seconds: dict[str, float]) -> tuple[np.ndarray, int]:
     """τ of the queries against each of the method's models, averaged (one model in an attribute run)."""
-    import pandas as pd
+    from dataclasses import replace
 
     from diffattr.featurize import FeatureSpec, featurize
     from diffattr.jobs import device
-    from diffattr.kernel import Kernel, scores_block
+    from diffattr.kernel import scores_block
     from diffattr.methods.registry import HELPS, MethodInputs
-    from diffattr.methods.trak import TrakSettings, choose_lambda, column_weights, read_residual
+    from diffattr.methods.trak import TrakSettings, kernel_models
     from diffattr.models.ddpm import build_scheduler
     from diffattr.models.family import load_model
-    from diffattr.store import FeatureStore
 
     settings = TrakSettings(**{k: v for k, v in plan.method(method).items() if k != "kind"})
     inputs = MethodInputs.of(plan.method_inputs(method, _split(plan)))
+    for path in (*inputs.kernels, *inputs.train, *inputs.lambdas, *inputs.residuals):
+        if not Path(path).exists():
+            raise QueryError(f"The run has no '{path}'; finish it first (diffattr run / attribute).")
     spec_name = plan.method_specs(method)[0]
     spec = FeatureSpec.from_dict(plan.config["features"][spec_name])
-    where, parts = device(), []
-    residuals = inputs.residuals or (None,) * len(inputs.kernels)
-    curves = inputs.lambdas or (None,) * len(inputs.kernels)
-    for (pool, subset, seed), kernel_path, train_path, curve, residual in zip(
-            plan.method_models(method), inputs.kernels, inputs.train, curves, residuals, strict=True):
-        for path in (kernel_path, train_path):
-            if not Path(path).exists():
-                raise QueryError(f"The run has no '{path}'; finish it first (diffattr run / attribute).")
+    where, scores = device(), []
+    # the score job's own kernel, factor at the chosen λ and w(z) per model; the queries are featurized here
+    parts, _ = kernel_models(replace(inputs, queries=()), settings.normalize, _split(plan), settings.chosen_lambda)
+    for (pool, subset, seed), (kernel, factor, train, _, weights) in zip(plan.method_models(method), parts, strict=True):
         t0 = time.perf_counter()
         model = load_model(plan.checkpoint(pool, subset, seed, plan.feature_step(spec_name)), plan.model, where)
         network_inputs, cond = model.inputs(store, "query")
@@ -116,12 +114,8 @@ def _kernel_scores(plan: Plan, method: str, store: str, seconds: dict[str, float
         phi = featurize(model.network, network_inputs, np.arange(len(network_inputs)), "query", spec,
                         build_scheduler(plan.model["scheduler"]), where, cond=cond)
         seconds["featurize"] = seconds.get("featurize", 0.0) + time.perf_counter() - t0
-        lam = settings.chosen_lambda if curve is None else choose_lambda(pd.read_csv(curve))["val"]
-        kernel = Kernel.load(kernel_path, where)
-        factor, train = kernel.factor(lam), FeatureStore(train_path)
-        weights = column_weights(kernel, factor, train, settings.normalize, read_residual(residual))
-        parts.append(scores_block(kernel, factor, train, phi) * weights)
-    return np.mean(parts, axis=0).astype(np.float32), HELPS
+        scores.append(scores_block(kernel, factor, train, phi) * weights)
+    return np.mean(scores, axis=0).astype(np.float32), HELPS
 
 
 def _pixel_scores(plan: Plan, method: str, store: str, seconds: dict[str, float]) -> tuple[np.ndarray, int]:
@@ -137,19 +131,14 @@ def _pixel_scores(plan: Plan, method: str, store: str, seconds: dict[str, float]
 def _answer(plan: Plan, method: str, scores: np.ndarray, sign: int, paths: list[Path], store: str, tmp: Path,
             k: int, png_dir: str | os.PathLike | None, seconds: dict[str, float]) -> Answer:
     """The top-k table (as the batch run's top_attributions writes it) and the grid PNGs."""
-    import pandas as pd
-
+    from diffattr.attribute import top_table
     from diffattr.scores import write_scores
     from diffattr.show import draw_attribution
-    from diffattr.topk import top_and_bottom, topk_table
 
     score_path = str(tmp / "scores.zarr")
     write_scores(score_path, len(scores), scores.shape[1], lambda a, b: scores[a:b], 256,
                  {"method": plan.method(method), "sign": sign, "set": "query"})
-    meta = pd.read_csv(plan.layout.metadata)
-    train = meta[meta["split"] == "train"].sort_values("index")
-    table = topk_table(top_and_bottom(score_path, k), [str(p) for p in paths], train["source"].tolist(),
-                       train["class_name"].tolist())
+    table = top_table(score_path, plan.layout.metadata, [str(p) for p in paths], k)
     pngs = []
     if png_dir is not None:
         Path(png_dir).mkdir(parents=True, exist_ok=True)

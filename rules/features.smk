@@ -31,10 +31,7 @@ rule featurize:
 
 rule gather_features:
     input:
-        shards=lambda w: [
-            L.feature_shard.format(**dict(w.items()), shard=i)
-            for i in range(len(plan.shard_ranges(w.spec, w.split)))
-        ],
+        shards=plan.feature_shards,
     output:
         features=update(directory(L.features)),
     log:

@@ -137,23 +137,24 @@ def kernel_models(inputs: MethodInputs, normalize: str, query_set: str,
                   fixed_lambda: float | None = None) -> tuple[list[tuple], list[float]]:
     """Per model of the method (inputs ``kernels``, ``train``, ``queries``, ``lambdas`` and DAS's
     ``residuals``, one entry each): (kernel, K_λ factor at the select-pool λ — or ``fixed_lambda``
-    where no λ curve is an input, an attribute run — train features, query features, w(z)), with
-    the chosen λs."""
+    where no λ curve is an input, an attribute run — train features, query features (None without
+    ``queries``: ``diffattr query`` featurizes its own), w(z)), with the chosen λs."""
     from diffattr.jobs import device
 
     residuals = inputs.residuals or (None,) * len(inputs.kernels)
     curves = inputs.lambdas or (None,) * len(inputs.kernels)
+    queries = inputs.queries or (None,) * len(inputs.kernels)
     if not inputs.lambdas and fixed_lambda is None:
         raise ValueError("a kernel method without a select-pool λ curve needs chosen_lambda")
     parts, chosen = [], []
     for kernel_path, train_path, query_path, curve, residual in zip(
-            inputs.kernels, inputs.train, inputs.queries, curves, residuals, strict=True):
+            inputs.kernels, inputs.train, queries, curves, residuals, strict=True):
         kernel = Kernel.load(kernel_path, device())
         lam = fixed_lambda if curve is None else choose_lambda(pd.read_csv(curve))[query_set]
         chosen.append(lam)
         factor, train = kernel.factor(lam), FeatureStore(train_path)
         weights = column_weights(kernel, factor, train, normalize, read_residual(residual))
-        parts.append((kernel, factor, train, FeatureStore(query_path), weights))
+        parts.append((kernel, factor, train, query_path and FeatureStore(query_path), weights))
     return parts, chosen
 
 

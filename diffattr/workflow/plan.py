@@ -18,7 +18,6 @@ import os
 from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property
-from types import SimpleNamespace
 from typing import Any
 
 from diffattr.config import ConfigError, base_pipeline, feature_checkpoint_step, model_params, resolve_config
@@ -307,11 +306,6 @@ class Plan:
         return [m for m in self.methods if self.method(m).get("query") == "journey"]
 
     @property
-    def residual_methods(self) -> list[str]:
-        """DAS methods (a kernel method with ``residual``): each model gets a residuals job."""
-        return [m for m in self.methods_with("residuals") if self.method(m).get("residual")]
-
-    @property
     def oracle_models(self) -> dict[str, list[Model]]:
         """Single-model kernel methods: their λ tuned on the lds pool is a labelled diagnostic."""
         return {m: self.method_models(m) for m in self.methods_with("lambda") if len(self.method_models(m)) == 1}
@@ -508,7 +502,22 @@ class Plan:
         return jobs
 
     def attribute_job_counts(self) -> dict[str, int]:
-        return _attribute_job_counts(self)
+        """:meth:`Plan.job_counts` of an attribute run: the imported model, the queries, the features,
+        kernels and scores of its methods, their top-k tables and the report's grids."""
+        features, kernels = self.feature_jobs(), self.kernel_jobs()
+        sets = {m: self.method_sets(m) for m in self.methods}
+        counts = {
+            "all": 1, "prepare_data": 1, "import_model": 1, "prepare_queries": int("query" in self.sets),
+            "generate": int("gen" in self.sets), "trajectory": int(bool(self.journey_methods)),
+            "featurize": sum(len(self.shard_ranges(spec, split)) for spec, _, split in features),
+            "gather_features": len(features), "kernel": len(kernels),
+            "gram_partial": sum(len(self.shard_ranges(spec, "train")) for spec, _ in kernels if self.kernel_form(spec) == "primal"),
+            "residuals": sum(1 for m in self.methods if self.method(m).get("residual")),
+            "score": sum(len(v) for v in sets.values()), "score_trajectory": len(self.journey_methods),
+            "top_attributions": sum(len(v) for v in sets.values()),
+            "attribution_grids": len(self.report_methods) if self.report_samples else 0,
+        }
+        return {rule: n for rule, n in counts.items() if n}
 
     def kernel_jobs(self) -> set[tuple[str, Model]]:
         """(spec, model) of every kernel: each model of each kernel method."""
@@ -567,27 +576,3 @@ class Plan:
         counts["plot_lambda"] = int(bool(self.lambda_methods))
         counts["attribution_grids"] = len(self.report_methods)
         return {rule: n for rule, n in counts.items() if n}
-
-
-def _attribute_job_counts(plan: Plan) -> dict[str, int]:
-    """:meth:`Plan.job_counts` of an attribute run: the imported model, the queries, the features,
-    kernels and scores of its methods, their top-k tables and the report's grids."""
-    features, kernels = plan.feature_jobs(), plan.kernel_jobs()
-    sets = {m: plan.method_sets(m) for m in plan.methods}
-    counts = {
-        "all": 1, "prepare_data": 1, "import_model": 1, "prepare_queries": int("query" in plan.sets),
-        "generate": int("gen" in plan.sets), "trajectory": int(bool(plan.journey_methods)),
-        "featurize": sum(len(plan.shard_ranges(spec, split)) for spec, _, split in features),
-        "gather_features": len(features), "kernel": len(kernels),
-        "gram_partial": sum(len(plan.shard_ranges(spec, "train")) for spec, _ in kernels if plan.kernel_form(spec) == "primal"),
-        "residuals": sum(1 for m in plan.methods if plan.method(m).get("residual")),
-        "score": sum(len(v) for v in sets.values()), "score_trajectory": len(plan.journey_methods),
-        "top_attributions": sum(len(v) for v in sets.values()),
-        "attribution_grids": len(plan.report_methods) if plan.report_samples else 0,
-    }
-    return {rule: n for rule, n in counts.items() if n}
-
-
-def journey_namespace(method: str) -> SimpleNamespace:
-    """Wildcards of a Journey-TRAK method's scoring on the generated set."""
-    return SimpleNamespace(method=method, set="gen")

@@ -69,7 +69,10 @@ rule all:
 onstart:
     from diffattr.atomic import describe_sweep, sweep
     from diffattr.integrity import settle_backups, update_outputs
+    from diffattr.query import record_run
 
+    # {output_dir}/run.json: what `diffattr query --run DIR` rebuilds the plan from
+    record_run(OUT, RUN_CONFIG)
     if line := describe_sweep(OUT, sweep(OUT)):
         print(line)
     # update()-flagged outputs are kept (copied to .snakemake/backups) while their job re-runs; a

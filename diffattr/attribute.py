@@ -67,35 +67,68 @@ def read_query_images(files: list[Path], channels: int) -> np.ndarray:
     return np.stack(images)
 
 
-def check_attribute(config: dict[str, Any], sizes: dict[str, int], base: str | os.PathLike = ".") -> None:
-    """An attribute run's block, before any job (one sentence naming the key or file each): the
-    model directory (read, and its resolution and channels checked against the data's), the query
-    folder (every image decodable and of the data's size), and its methods (defined; no kind that
-    needs retrained models; a kernel method on the one model with ``chosen_lambda``; feature specs on
-    the final checkpoint, the only one a user's model has). The model block becomes the directory's
-    UNet and scheduler config (in place), and ``sizes["query"]`` the number of query images."""
+def adopt_model(config: dict[str, Any], base: str | os.PathLike = ".") -> None:
+    """The user's model directory read and checked against the data (resolution, channels: one
+    sentence naming the key or file), then made the run's model block, in place: a DDPM's UNet and
+    scheduler config (:mod:`diffattr.models.diffusers_dir`), or for ``model.family: text_to_image``
+    the SD pipeline as ``pipeline_path`` with the LoRA file's adapter settings and the scheduler
+    (:mod:`diffattr.models.pipeline_dir`)."""
     from diffattr.data.sizes import image_shape
     from diffattr.models.diffusers_dir import check_against_data, check_sampler, read_model_dir
+    from diffattr.models.pipeline_dir import check_pipeline_against_data, is_pipeline_dir, read_pipeline_dir
+    from diffattr.models.weights import ModelDirectoryError
 
-    block = config["attribute"]
+    block, model = config["attribute"], config["model"]
     shape = image_shape(config["data"], base)
+    path = Path(base, block["model"])
+    text_to_image = model.get("family", "ddpm") == "text_to_image"
     try:
-        model = read_model_dir(Path(base, block["model"]))
-        check_against_data(model, shape)
+        if text_to_image:
+            read = read_pipeline_dir(path, Path(base, block["lora"]) if block.get("lora") else None)
+            check_pipeline_against_data(read, shape)
+        else:
+            if is_pipeline_dir(path):
+                raise ModelDirectoryError(f"Model directory '{path}' is a text-to-image pipeline; set model.family: "
+                                          f"text_to_image and name its LoRA weights in attribute.lora.")
+            if block.get("lora"):
+                raise ModelDirectoryError("attribute.lora names LoRA weights, which only a text-to-image model "
+                                          "(model.family: text_to_image) takes.")
+            read = read_model_dir(path)
+            check_against_data(read, shape)
         if block.get("generate"):  # the DDIM sampler must honour the model's scheduler settings
-            check_sampler(model)
+            check_sampler(read)
     except ValueError as error:
         raise ConfigError(f"Config key 'attribute.model': {error}") from None
-    if config["model"].get("family", "ddpm") != "ddpm":
-        raise ConfigError("Config key 'attribute' supports the ddpm family only so far (model.family).")
-    config["model"]["unet"] = model.unet_config
-    config["model"]["scheduler"] = model.scheduler_config
+    model["scheduler"] = read.scheduler_config
+    if text_to_image:
+        model["text_to_image"] = {**model["text_to_image"], "pipeline_path": str(path), "lora": read.lora}
+    else:
+        model["unet"] = read.unet_config
+
+
+def check_attribute(config: dict[str, Any], sizes: dict[str, int], base: str | os.PathLike = ".") -> None:
+    """An attribute run's block, before any job (one sentence naming the key or file each), after
+    :func:`adopt_model`: the query folder (every image decodable and of the data's size; prompts in
+    its caption file for a text-to-image model) and its methods (defined; no kind that needs
+    retrained models; a kernel method on the one model with ``chosen_lambda``; feature specs on
+    the final checkpoint, the only one a user's model has). ``sizes["query"]`` becomes the number
+    of query images."""
+    from diffattr.data.captions import captions_for
+    from diffattr.data.sizes import image_shape
+
+    block = config["attribute"]
     if not block.get("queries") and not block.get("generate"):
         raise ConfigError("Config key 'attribute' names no images to explain: set 'attribute.queries' (a folder) "
                           "or 'attribute.generate: true'.")
     if block.get("queries"):
-        files = query_files(Path(base, block["queries"]))
-        check_query_images(files, shape)
+        folder = Path(base, block["queries"])
+        files = query_files(folder)
+        check_query_images(files, image_shape(config["data"], base))
+        prompts = captions_for(folder, files)
+        if prompts is None and config["model"].get("family", "ddpm") == "text_to_image":
+            raise ConfigError(f"Config key 'attribute.queries' points at '{folder}', which has no metadata.jsonl or "
+                              f"metadata.csv giving each image its prompt (file_name, text); a text-to-image model "
+                              f"is attributed with the prompt.")
         sizes["query"] = len(files)
     for name in block["methods"]:
         check_attribute_method(config, name)
@@ -138,17 +171,36 @@ def prepare_queries(folder: str | os.PathLike, channels: int, store_path: str, t
     import pandas as pd
 
     from diffattr.atomic import atomic_path
+    from diffattr.data.captions import captions_for
     from diffattr.data.imageset import ImageSet
     from diffattr.data.store import write_image_store
 
     files = query_files(folder)
     images = read_query_images(files, channels)
+    prompts = captions_for(folder, files)
     n = len(images)
     write_image_store(store_path, {"query": ImageSet(images, np.zeros(n, dtype=np.int64), [str(f) for f in files],
-                                                     ["query"])})
+                                                     ["query"], prompts)})
+    table = pd.DataFrame({"query": np.arange(n), "file": [str(f) for f in files]})
+    if prompts is not None:
+        table["prompt"] = prompts
     with atomic_path(table_path) as tmp:
-        pd.DataFrame({"query": np.arange(n), "file": [str(f) for f in files]}).to_csv(tmp, index=False)
+        table.to_csv(tmp, index=False)
     return n
+
+
+def import_model(model_dir: str, lora: list[str] | None, params: dict[str, Any], out_path: str) -> None:
+    """import_model job: the user's model as our checkpoint at ``out_path`` — every weight of a DDPM
+    UNet (:func:`diffattr.models.diffusers_dir.import_unet`), or a text-to-image pipeline's LoRA
+    tensors (:func:`diffattr.models.pipeline_dir.import_lora`) in the adapter ``params`` describes."""
+    if lora:
+        from diffattr.models.pipeline_dir import import_lora, read_pipeline_dir
+
+        import_lora(read_pipeline_dir(model_dir, lora[0]), params, out_path)
+    else:
+        from diffattr.models.diffusers_dir import import_unet, read_model_dir
+
+        import_unet(read_model_dir(model_dir), out_path)
 
 
 def top_table(scores_path: str, metadata_path: str, query_files: list[str], k: int):

@@ -186,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--method", required=True, metavar="M", help="a kernel (TRAK family) or pixel method of the run")
     ask.add_argument("--top", type=int, default=10, metavar="K", help="training images per end (default: 10)")
     ask.add_argument("--png", metavar="DIR", help="also draw one grid PNG per image in DIR")
+    ask.add_argument("--prompt", action="append", metavar="TEXT",
+                     help="text-to-image: the prompt of the images (once for all, or once per image, in order)")
+    ask.add_argument("--run", metavar="DIR", help="the run's output directory (its run.json), instead of --config")
     show = sub.add_parser("show-attribution", help="print and draw the training images that most and least explain one sample")
     _common(show)
     show.add_argument("--sample", type=int, required=True, metavar="N", help="row of the attributed set")
@@ -261,18 +264,27 @@ def _query(args: argparse.Namespace) -> int:
     import diffattr.featurize  # noqa: F401  (torch, diffusers: timed as the start-up)
     import diffattr.kernel  # noqa: F401
     from diffattr.config import ConfigError, load_yaml
-    from diffattr.query import QueryError, query
+    from diffattr.query import QueryError, query, run_config
     from diffattr.workflow.plan import Plan
 
     warnings.filterwarnings("ignore", message=".*snakemake_timestamp.*")  # Snakemake's marker in directory outputs
 
     workdir = Path(args.workdir).resolve() if args.workdir else REPO
-    config = load_config(workdir, resolve_config_files(args.config, workdir), args.config)
-    config["output_dir"] = str(output_dir(config, workdir))  # the run's outputs, wherever this runs from
+    schema = load_yaml(workdir / "schemas" / "config.schema.yaml")
+    if args.run and args.config:
+        raise CliError("Give the run either as --run DIR or as --config FILE..., not both.")
+    try:
+        if args.run:  # the run's own record: its merged config and the directory its paths are relative to
+            config, base = run_config(args.run)
+        else:
+            config, base = load_config(workdir, resolve_config_files(args.config, workdir), args.config), workdir
+            config["output_dir"] = str(output_dir(config, workdir))  # the run's outputs, wherever this runs from
+    except QueryError as error:
+        raise CliError(str(error)) from None
     imported = time.perf_counter() - start
     try:
-        plan = Plan.of(config, load_yaml(workdir / "schemas" / "config.schema.yaml"), workdir)
-        answer = query(plan, args.method, args.images, args.top, args.png)
+        plan = Plan.of(config, schema, base)
+        answer = query(plan, args.method, args.images, args.top, args.png, args.prompt)
     except (ConfigError, QueryError) as error:
         raise CliError(str(error)) from None
     print(answer.table.to_string(index=False))

@@ -171,6 +171,8 @@ def used_methods(config: dict[str, Any]) -> list[str]:
     """The method blocks that get jobs: ``evaluation.methods`` (null: every block under methods),
     then the counterfactual stage's that exist, without repeats."""
     methods = config.get("methods", {})
+    if config.get("attribute"):  # an attribute run's methods, and no counterfactual
+        return list(config["attribute"]["methods"])
     evaluated = config["evaluation"].get("methods")
     removed = [m for m in (config.get("counterfactual") or {}).get("methods") or [] if m in methods]
     return list(dict.fromkeys([*(list(methods) if evaluated is None else evaluated), *removed]))
@@ -343,16 +345,21 @@ def check_text_to_image(config: dict[str, Any]) -> None:
     elif not config["data"].get("n_base"):
         raise ConfigError("Config key 'data.n_base' is required when 'model.text_to_image' builds its base pipeline "
                           "(no pipeline_path): the base is pretrained on that split.")
-    if not config["generate"].get("prompts") and "gen" in config["evaluation"]["sets"]:
+    generates = config["attribute"].get("generate") if config.get("attribute") else "gen" in config["evaluation"]["sets"]
+    if not config["generate"].get("prompts") and generates:
         raise ConfigError("Config key 'generate.prompts' is required for the text_to_image family.")
-    if config["train"].get("hflip"):
-        raise ConfigError("Config key 'train.hflip' must be false for the text_to_image family (its inputs are latents).")
     for name in used_methods(config):
+        if name not in methods:
+            continue  # an attribute run's unknown name is refused by check_attribute, naming its key
         method = methods[name]
         if ("text_to_image" not in method_kind(method).families or method.get("query") == "journey"
                 or method.get("residual")):
             raise ConfigError(f"Config key 'methods.{name}' is not supported for the text_to_image family yet; "
                               f"evaluate it with a ddpm model or leave it out of evaluation.methods.")
+    if config.get("attribute"):  # it trains nothing and removes nothing: the rest does not apply
+        return
+    if config["train"].get("hflip"):
+        raise ConfigError("Config key 'train.hflip' must be false for the text_to_image family (its inputs are latents).")
     counterfactual = config.get("counterfactual") or {}
     if counterfactual.get("methods") and counterfactual.get("embedding") is not None:
         raise ConfigError("Config key 'counterfactual.embedding' must be null for the text_to_image family "
@@ -421,12 +428,20 @@ def check_config(config: dict[str, Any], schema: dict[str, Any],
     validate(config, schema)
     sweeps = expand_sweeps(config)
     validate(config, schema)
+    if config.get("attribute"):  # the user's model directory becomes the model block
+        from diffattr.attribute import adopt_model
+
+        adopt_model(config, base)
     check_inputs(config, base)
     sizes = split_sizes(config["data"], config["generate"])
+    if sizes["val"] == 0 and not config.get("attribute"):
+        raise ConfigError("Config key 'data.n_attributed' is 0, which only an attribute run allows (a benchmark "
+                          "attributes its held-out images).")
     if config.get("attribute"):
         from diffattr.attribute import check_attribute
 
         check_attribute(config, sizes, base)
+        return sweeps, sizes  # no subset pools, counterfactual or report samples of a benchmark set
     check_encoded_pool(config, sizes["train"])
     check_counterfactual(config, sizes["train"], sizes["gen"])
     check_report(config, sizes)

@@ -7,6 +7,10 @@ as the score job. The i-th image given draws the (t, ε) of row i of the ``query
 ``val`` stream, :data:`diffattr.noise.SPLIT_CODES`), so an image given first gets the scores the
 batch run gave its folder's first image. λ: the method's ``chosen_lambda`` in an attribute run, the
 select-pool choice for ``val`` in a benchmark run. Pixel methods need no model.
+
+A run is named by its config files, or by its output directory alone: every run records its merged
+config and working directory in ``{output_dir}/run.json`` when it starts (:func:`record_run`,
+Snakefile ``onstart``), and :func:`run_config` reads it back.
 """
 
 from __future__ import annotations
@@ -23,8 +27,41 @@ import numpy as np
 from diffattr.workflow.plan import Plan
 
 
+RUN_RECORD = "run.json"
+"""The file under ``output_dir`` that records a run's config (:func:`record_run`)."""
+
+
 class QueryError(ValueError):
     """A query that cannot be answered, in one sentence."""
+
+
+def record_run(output_dir: str | os.PathLike, config: dict[str, Any]) -> None:
+    """Write ``{output_dir}/run.json``: the run's merged config as given and the directory its relative
+    paths are relative to (the working directory), atomically."""
+    import json
+
+    from diffattr.atomic import atomic_path
+
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    with atomic_path(Path(output_dir) / RUN_RECORD) as tmp:
+        tmp.write_text(json.dumps({"workdir": os.getcwd(), "config": config}, indent=1, sort_keys=True))
+
+
+def run_config(run_dir: str | os.PathLike) -> tuple[dict[str, Any], Path]:
+    """``(config, workdir)`` of the run whose output directory is ``run_dir``, from its ``run.json``;
+    ``output_dir`` becomes ``run_dir`` (the run may have moved)."""
+    import json
+
+    record = Path(run_dir) / RUN_RECORD
+    if not record.is_file():
+        raise QueryError(f"'{run_dir}' has no {RUN_RECORD}, so it is not the output directory of a run that started "
+                         f"(or it predates the record); name the run's config files with --config instead.")
+    try:
+        saved = json.loads(record.read_text())
+        config, workdir = saved["config"], Path(saved["workdir"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise QueryError(f"'{record}' is not a run record ({error}).") from None
+    return config | {"output_dir": str(Path(run_dir).resolve())}, workdir
 
 
 @dataclass
@@ -37,9 +74,10 @@ class Answer:
 
 
 def query(plan: Plan, method: str, files: list[str | os.PathLike], k: int = 10,
-          png_dir: str | os.PathLike | None = None) -> Answer:
+          png_dir: str | os.PathLike | None = None, prompts: list[str] | None = None) -> Answer:
     """Top-k and bottom-k training images of each image in ``files`` for ``method`` of the run
-    ``plan`` describes (its outputs must exist), and one grid PNG per image under ``png_dir``."""
+    ``plan`` describes (its outputs must exist), and one grid PNG per image under ``png_dir``.
+    A text-to-image model's images need their ``prompts`` (one for all, or one per image)."""
     from diffattr.attribute import check_query_images, read_query_images
     from diffattr.data.sizes import image_shape
     from diffattr.methods.registry import method_kind
@@ -59,22 +97,28 @@ def query(plan: Plan, method: str, files: list[str | os.PathLike], k: int = 10,
     except ValueError as error:
         raise QueryError(str(error)) from None
     images = read_query_images(paths, shape[2])
+    if plan.base and not prompts:
+        raise QueryError("A text-to-image model attributes an image with its prompt: give --prompt TEXT (once for "
+                         "every image, or once per image).")
+    if prompts and len(prompts) not in (1, len(paths)):
+        raise QueryError(f"{len(prompts)} prompts for {len(paths)} images: give one for all, or one per image.")
+    captions = None if not plan.base else list(prompts) * (len(paths) if len(prompts) == 1 else 1)
     seconds: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="diffattr-query-") as tmp:
-        store = _image_store(Path(tmp), paths, images)
+        store = _image_store(Path(tmp), paths, images, captions)
         start = time.perf_counter()
         scores, sign = (_kernel_scores if "kernel_models" in kind.needs else _pixel_scores)(plan, method, store, seconds)
         seconds["score"] = time.perf_counter() - start - sum(seconds.values())
         return _answer(plan, method, scores, sign, paths, store, Path(tmp), k, png_dir, seconds)
 
 
-def _image_store(tmp: Path, paths: list[Path], images: np.ndarray) -> str:
+def _image_store(tmp: Path, paths: list[Path], images: np.ndarray, captions: list[str] | None) -> str:
     from diffattr.data.imageset import ImageSet
     from diffattr.data.store import write_image_store
 
     store = str(tmp / "queries.zarr")
     write_image_store(store, {"query": ImageSet(images, np.zeros(len(images), dtype=np.int64),
-                                                [str(p) for p in paths], ["query"])})
+                                                [str(p) for p in paths], ["query"], captions)})
     return store
 
 

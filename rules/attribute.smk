@@ -6,6 +6,7 @@
 rule import_model:
     input:
         model=config["attribute"]["model"] if plan.attribute else [],
+        lora=plan.attribute_lora,
     output:
         checkpoint=L.imported_model,
     log:

@@ -1,6 +1,7 @@
 # Validation, then the plan. Every rule's inputs and params are methods of `plan`
 # (diffattr/workflow/plan.py: pure functions of the validated config, unit-tested without Snakemake)
 # and every path a template of `L` (diffattr/workflow/layout.py). Imports nothing heavy: no torch.
+import copy
 from pathlib import Path
 
 from snakemake.utils import min_version
@@ -19,6 +20,8 @@ from diffattr.workflow.plan import Plan
 min_version("9.0")
 
 SCHEMA = Path(workflow.basedir) / "schemas" / "config.schema.yaml"
+RUN_CONFIG = copy.deepcopy(config)
+"""The merged config as given (before defaults and checks), recorded by onstart for `diffattr query --run`."""
 try:  # every refusal is one sentence, re-raised here so that no frame of diffattr/ is printed
     # plugins imported, the schema (one sentence naming the key), its defaults filled in, the sweeps'
     # derived methods and specs added, the inputs checked, the data's split sizes counted

@@ -220,7 +220,7 @@ UNET_REFUSALS = {  # case: (edit of a copy of the UNet-layout export, what the s
     "sharded weights": (_sharded, f"has no {dd.WEIGHTS_NAME} (it holds "),
     "no scheduler config": (lambda r: shutil.rmtree(r / "scheduler"), "has no scheduler config"),
     "conditional UNet": (lambda r: _edit_json(r / "config.json", _class_name="UNet2DConditionModel"),
-                         "the text_to_image family is not supported by this entry yet"),
+                         "the text_to_image family reads it with model.family: text_to_image"),
     "another class": (lambda r: _edit_json(r / "config.json", _class_name="VQModel"),
                       "describes a VQModel, not a UNet2DModel"),
     "class-conditional": (lambda r: _edit_json(r / "config.json", num_class_embeds=10),
@@ -243,7 +243,7 @@ PIPELINE_REFUSALS = {
                                    "has no scheduler/scheduler_config.json."),
     "pipeline without unet": (lambda r: shutil.rmtree(r / "unet"), "has no unet/ subfolder."),
     "pickle-only pipeline unet": (lambda r: _pickle_only(r / "unet"), "a pickle file diffattr will not load"),
-    "stable diffusion": (_stable_diffusion, "the text_to_image family is not supported by this entry yet"),
+    "stable diffusion": (_stable_diffusion, "the text_to_image family reads it with model.family: text_to_image"),
     "another pipeline": (lambda r: _edit_json(r / "model_index.json", _class_name="ScoreSdeVePipeline"),
                          "holds a ScoreSdeVePipeline (model_index.json); this entry reads DDPMPipeline and "
                          "DDIMPipeline"),

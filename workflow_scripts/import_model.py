@@ -1,5 +1,5 @@
+from diffattr.attribute import import_model
 from diffattr.jobs import job
-from diffattr.models.diffusers_dir import import_unet, read_model_dir
 
 with job(snakemake):
-    import_unet(read_model_dir(snakemake.input.model), snakemake.output.checkpoint)
+    import_model(snakemake.input.model, snakemake.input.lora or None, snakemake.params.model, snakemake.output.checkpoint)

@@ -1,6 +1,8 @@
 """A folder of PNG/JPEG images, optionally one subfolder per class (the subfolder name is the
 label), optionally split into ``train/`` and ``test/`` folders of that form. Images are centre-
-cropped to a square and resized to ``resolution`` with a bicubic filter."""
+cropped to a square and resized to ``resolution`` with a bicubic filter. A folder's ``metadata.jsonl``
+or ``metadata.csv`` (``file_name``, ``text``: the Hugging Face image-folder convention,
+:mod:`diffattr.data.captions`) gives each image its caption, for a text-to-image model."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from diffattr.data.captions import captions_for
 from diffattr.data.imageset import ImageSet
 
 SUFFIXES = {".png", ".jpg", ".jpeg"}
@@ -42,7 +45,8 @@ def _pool(root: Path, resolution: int, color: str, names: list[str] | None) -> I
         raise ValueError(f"{root} has class folders {unknown} that the training folder does not have")
     images = np.stack([_load(f, resolution, color) for f, _ in files])
     labels = np.asarray([index[c] for _, c in files], dtype=np.int64)
-    return ImageSet(images, labels, [f"file:{f}" for f, _ in files], names)
+    captions = captions_for(root, [f for f, _ in files])
+    return ImageSet(images, labels, [f"file:{f}" for f, _ in files], names, captions)
 
 
 def load_image_folder_pools(folder: str, resolution: int | None, color: str) -> dict[str, ImageSet]:

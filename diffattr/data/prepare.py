@@ -33,13 +33,15 @@ def filter_classes(data: ImageSet, classes: list[str] | None) -> ImageSet:
     relabel = {old: new for new, old in enumerate(wanted)}
     kept = data.take(rows)
     labels = np.asarray([relabel[int(v)] for v in kept.labels], dtype=np.int64)
-    return ImageSet(kept.images, labels, kept.sources, [data.class_names[i] for i in wanted])
+    return ImageSet(kept.images, labels, kept.sources, [data.class_names[i] for i in wanted], kept.captions)
 
 
 def stratified_rows(labels: np.ndarray, size: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(chosen, rest) row indices, sorted: a class-stratified sample of ``size`` rows
     (``train_test_split(..., stratify=labels, random_state=seed)``, as D-TRAK does)."""
     rows = np.arange(len(labels))
+    if size == 0:  # an attribute run over a flat folder: every image trains, none is held out
+        return rows[:0], rows
     if size is None or size == len(labels):
         return rows, rows[:0]
     if size > len(labels):
@@ -85,7 +87,8 @@ def split_sets(pools: dict[str, ImageSet], cfg: DataConfig) -> dict[str, ImageSe
 
 
 def metadata_table(sets: dict[str, ImageSet]) -> pd.DataFrame:
-    """One row per image: split, index within the split, label, class name, source."""
+    """One row per image: split, index within the split, label, class name, source, and caption
+    when any split has captions (empty for the images without)."""
     frames = [
         pd.DataFrame(
             {
@@ -94,6 +97,7 @@ def metadata_table(sets: dict[str, ImageSet]) -> pd.DataFrame:
                 "label": data.labels,
                 "class_name": [data.class_names[i] for i in data.labels],
                 "source": data.sources,
+                **({} if data.captions is None else {"caption": data.captions}),
             }
         )
         for split, data in sets.items()

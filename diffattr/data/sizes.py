@@ -45,10 +45,14 @@ def _kept(counts: dict[str, int], classes: list[str] | None) -> int:
 
 
 def _folder_counts(root: Path) -> dict[str, int]:
+    """Images per class folder of ``root``, its caption file (if any) checked against them."""
+    from diffattr.data.captions import captions_for
     from diffattr.data.image_folder import _files
 
+    files = _files(root)
+    captions_for(root, [f for f, _ in files])
     counts: dict[str, int] = {}
-    for _, label in _files(root):
+    for _, label in files:
         counts[label] = counts.get(label, 0) + 1
     return counts
 
@@ -184,7 +188,7 @@ def check_stratified(key: str, size: int, total: int, class_sizes: list[int]) ->
     stratify=labels)``, used when every class has ≥ 2 images) needs at least one image of every class
     on both sides: ``size`` ≥ C and ``total − size`` ≥ C for C classes."""
     n_classes = len(class_sizes)
-    if size >= total or not class_sizes or min(class_sizes) < 2:
+    if size == 0 or size >= total or not class_sizes or min(class_sizes) < 2:
         return
     if size < n_classes:
         raise ConfigError(f"Config key '{key}' is {size}, fewer than the {n_classes} classes it is drawn "

@@ -102,8 +102,8 @@ def _is_text_to_image(names: list[str]) -> bool:
 
 def _text_to_image_refusal(path: Path, what: str) -> ModelDirectoryError:
     return ModelDirectoryError(f"Model directory '{path}' holds {what}, a text-to-image model; the text_to_image "
-                               f"family is not supported by this entry yet (it reads UNet2DModel, DDPMPipeline and "
-                               f"DDIMPipeline directories).")
+                               f"family reads it with model.family: text_to_image and its LoRA in attribute.lora "
+                               f"(diffattr.models.pipeline_dir).")
 
 
 def locate(path: str | Path) -> tuple[str, Path, Path]:

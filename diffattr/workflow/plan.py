@@ -381,6 +381,11 @@ class Plan:
     # ---- params shared by several rules ------------------------------------------------------
 
     @property
+    def attribute_lora(self) -> list[str]:
+        """An attribute run's LoRA file of a text-to-image model (as given: a file or its directory), else nothing."""
+        return [self.attribute["lora"]] if self.attribute.get("lora") else []
+
+    @property
     def model(self) -> dict[str, Any]:
         """The model config every job that builds the model reads."""
         return model_params(self.config)

@@ -131,10 +131,32 @@ def check_attribute(config: dict[str, Any], sizes: dict[str, int], base: str | o
                               f"is attributed with the prompt.")
         sizes["query"] = len(files)
     for name in block["methods"]:
-        check_attribute_method(config, name)
+        check_attribute_method(config, name, base)
 
 
-def check_attribute_method(config: dict[str, Any], name: str) -> None:
+def benchmark_lambda(name: str, source: dict[str, Any], base: str | os.PathLike = ".") -> float:
+    """The λ a finished benchmark run's select pool chose for ``source["set"]`` (default val) of its
+    method ``source["method"]`` (default ``name``) on the full model: the ``chosen`` row of its λ
+    table (``lambda/{method}/full/0/seed0.csv``, written by select_lambda,
+    :func:`diffattr.methods.trak.select_lambda`); one sentence naming the file otherwise."""
+    import pandas as pd
+
+    from diffattr.workflow.layout import Layout
+
+    method, split = source.get("method", name), source.get("set", "val")
+    path = Path(base, Layout(source["run"]).lambda_curve.format(method=method, pool="full", subset=0, seed=0))
+    key = f"methods.{name}.lambda_from"
+    if not path.is_file():
+        raise ConfigError(f"Config key '{key}' names the run '{source['run']}', which has no λ table '{path}' (its "
+                          f"select_lambda job for method '{method}' has not run).")
+    curve = pd.read_csv(path)
+    chosen = curve[(curve["pool"] == "select") & (curve["set"] == split) & curve["chosen"].astype(bool)]
+    if len(chosen) != 1:
+        raise ConfigError(f"Config key '{key}': the λ table '{path}' has no select-pool choice for the {split} set.")
+    return float(chosen["lambda"].iloc[0])
+
+
+def check_attribute_method(config: dict[str, Any], name: str, base: str | os.PathLike = ".") -> None:
     """One method of an attribute run (see :func:`check_attribute`)."""
     from diffattr.methods.registry import method_kind
 
@@ -154,9 +176,13 @@ def check_attribute_method(config: dict[str, Any], name: str) -> None:
         if method["models"] != {"pool": "full", "count": 1}:
             raise ConfigError(f"Config key 'methods.{name}.models' must be {{pool: full, count: 1}} in an attribute "
                               f"run: an ensemble needs retrained models.")
+        if method.get("lambda_from"):
+            if method.get("chosen_lambda") is not None:
+                raise ConfigError(f"Config key 'methods.{name}' sets both chosen_lambda and lambda_from; keep one.")
+            method["chosen_lambda"] = benchmark_lambda(name, method["lambda_from"], base)
         if method.get("chosen_lambda") is None:
-            raise ConfigError(f"Config key 'methods.{name}.chosen_lambda' is required in an attribute run (no select "
-                              f"pool chooses λ); config/attribute.yaml gives the digits benchmark's choices.")
+            raise ConfigError(f"Config key 'methods.{name}.chosen_lambda' (or lambda_from) is required in an attribute "
+                              f"run (no select pool chooses λ); config/attribute.yaml gives the digits benchmark's choices.")
     specs = method.get("features")
     for spec in [specs] if isinstance(specs, str) else (specs or []):
         fraction = config["features"][spec].get("checkpoint", 1.0)

@@ -92,7 +92,7 @@ def test_the_model_block_becomes_the_user_model_s_config(user):
     ("datamodel", "needs the retrain pool's models, which an attribute run does not train"),
     ("encoded_ensemble", "needs the encoded pool's models"),
     ("trak_ens", "'methods.trak_ens.models' must be {pool: full, count: 1}"),
-    ("relatif", "'methods.relatif.chosen_lambda' is required in an attribute run"),
+    ("relatif", r"'methods.relatif.chosen_lambda' \(or lambda_from\) is required in an attribute run"),
     ("tracin", "'features.loss_c25' reads the checkpoint at 0.25 of training"),
     ("journey_trak", "explains generated samples only"),
 ])
@@ -243,3 +243,28 @@ def test_generate_adds_the_model_s_own_samples_as_a_second_set(user):
     assert counts["score"] == counts["top_attributions"] == 3 * 2
     assert plan.generator == plan.layout.imported_model  # the user's model generates
     assert plan.method_inputs("pixel_l2", "gen") == {"data": plan.layout.data, "generated": plan.layout.generated}
+
+
+def test_lambda_from_a_benchmark_run_reads_its_select_pool_choice(user, tmp_path):
+    """methods.trak.lambda_from: the chosen row of the benchmark run's λ table (select pool, val set)
+    becomes chosen_lambda; the gen choice, the lds pool's rows and the other λ are not taken."""
+    import pandas as pd
+
+    from diffattr.workflow.layout import Layout
+
+    path = Layout(str(tmp_path / "bench")).lambda_curve.format(method="trak", pool="full", subset=0, seed=0)
+    os.makedirs(os.path.dirname(path))
+    pd.DataFrame({"pool": ["select"] * 4 + ["lds"] * 2, "set": ["val", "val", "gen", "gen", "val", "val"],
+                  "lambda": [0.1, 3.0, 0.1, 3.0, 0.1, 3.0], "lds": [0.1, 0.2, 0.3, 0.1, 0.5, 0.1],
+                  "chosen": [False, True, True, False, True, False]}).to_csv(path, index=False)
+    config = layer(user)
+    config["methods"]["trak"] = {"lambda_from": {"run": str(tmp_path / "bench")}}
+    assert plan_of(config).method("trak")["chosen_lambda"] == 3.0
+    config["methods"]["trak"] = {"lambda_from": {"run": str(tmp_path / "bench"), "set": "gen"}}
+    assert plan_of(config).method("trak")["chosen_lambda"] == 0.1
+    config["methods"]["dtrak"] = {"lambda_from": {"run": str(tmp_path / "bench")}}
+    with pytest.raises(ConfigError, match=r"'methods.dtrak.lambda_from' names the run .* which has no λ table"):
+        plan_of(config)
+    config["methods"]["dtrak"] = {"lambda_from": {"run": str(tmp_path / "bench"), "method": "trak"}, "chosen_lambda": 1.0}
+    with pytest.raises(ConfigError, match="sets both chosen_lambda and lambda_from"):
+        plan_of(config)

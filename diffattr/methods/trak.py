@@ -122,7 +122,9 @@ class TrakSettings:
     and count: several make an ensemble), the relative λ grid chosen on the select pool, the
     ``normalize`` weighting (none, relatif, renorm), the ``query`` (image, or journey: Journey-TRAK)
     and DAS's ``residual`` (timesteps, noise_seed, batch_size; None: no residual weight); an
-    attribute run, which has no select pool, sets its λ as ``chosen_lambda``."""
+    attribute run, which has no select pool, sets its λ as ``chosen_lambda`` or reads it from a
+    benchmark run (``lambda_from``, resolved into ``chosen_lambda`` at DAG time:
+    :func:`diffattr.attribute.benchmark_lambda`)."""
 
     features: str
     models: dict[str, Any]
@@ -131,6 +133,7 @@ class TrakSettings:
     query: str = "image"
     residual: dict[str, Any] | None = None
     chosen_lambda: float | None = None
+    lambda_from: dict[str, Any] | None = None
 
 
 def kernel_models(inputs: MethodInputs, normalize: str, query_set: str,

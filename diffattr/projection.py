@@ -32,6 +32,8 @@ _M2 = 0x846CA68B
 _C_SEED = 0x9E3779B9
 _C_COL = 0x85EBCA6B
 PROJECTION_TYPES = ("gaussian", "rademacher")
+_SIGNS = np.asarray([-1.0, 1.0], dtype=np.float32)
+"""±1 of a Rademacher entry's bit (0 → −1, 1 → +1), as :func:`_signs_from_words` maps it."""
 
 
 def _h32_np(x: np.ndarray) -> np.ndarray:
@@ -102,8 +104,9 @@ def block_numpy(kind: str, seed: int, start: int, stop: int, k: int, chunk_rows:
             bits <<= np.uint32(1)
             bits |= np.uint32(1)
             torch.special.ndtri(torch.from_numpy(bits.astype(np.float32)).mul_(2.0**-24), out=out[a : a + chunk_rows])
-        else:
-            out[a : a + chunk_rows] = _signs_from_words(torch.from_numpy(bits.astype(np.int64)), k)
+        else:  # bit j of word w is bit j % 8 of its byte j // 8 (little-endian): unpackbits, no int64 shifts
+            signs = np.unpackbits(bits.view(np.uint8), axis=1, bitorder="little")[:, :k]
+            out[a : a + chunk_rows] = torch.from_numpy(_SIGNS[signs])
     return out
 
 

@@ -220,17 +220,21 @@ def read_model_dir(path: str | Path) -> ModelDir:
                     sample_size=sample_size_of(unet), in_channels=int(unet["in_channels"]))
 
 
-def check_against_data(model_dir: ModelDir, shape: tuple[int, int, int]) -> None:
-    """Refuse, in one sentence naming the model directory, a model whose resolution or channel count is
-    not the data's (H, W, C) (:func:`diffattr.data.sizes.image_shape`)."""
+def check_against_data(model_dir: Any, shape: tuple[int, int, int], what: str = "Model directory",
+                       channels_from: str = "in_channels in its config.json",
+                       size_from: str = "sample_size in its config.json") -> None:
+    """Refuse, in one sentence naming the directory (``what``) and where its figure comes from, a model
+    whose resolution or channel count is not the data's (H, W, C) (:func:`diffattr.data.sizes.image_shape`);
+    ``model_dir`` has ``path``, ``in_channels`` and ``sample_size`` (a :class:`ModelDir`, or a
+    text-to-image :class:`~diffattr.models.pipeline_dir.PipelineDir`)."""
     h, w, c = shape
     if model_dir.in_channels != c:
-        raise ModelDirectoryError(f"Model directory '{model_dir.path}' takes images of {model_dir.in_channels} "
-                                  f"channel(s) (in_channels in its config.json) but the training data's have {c}.")
+        raise ModelDirectoryError(f"{what} '{model_dir.path}' takes images of {model_dir.in_channels} "
+                                  f"channel(s) ({channels_from}) but the training data's have {c}.")
     if model_dir.sample_size != (h, w):
         mh, mw = model_dir.sample_size
-        raise ModelDirectoryError(f"Model directory '{model_dir.path}' takes {mh}×{mw} images (sample_size in its "
-                                  f"config.json) but the training data's are {h}×{w}.")
+        raise ModelDirectoryError(f"{what} '{model_dir.path}' takes {mh}×{mw} images ({size_from}) but the "
+                                  f"training data's are {h}×{w}.")
 
 
 def sampler_differences(model_dir: ModelDir) -> dict[str, tuple[Any, Any]]:

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from diffattr.models.diffusers_dir import _read_json, scheduler_configs_of
+from diffattr.models.diffusers_dir import _read_json, check_against_data, scheduler_configs_of
 from diffattr.models.weights import ModelDirectoryError, MissingModelError, check_pipeline_dir, check_weights_file
 
 LORA_NAME = "pytorch_lora_weights.safetensors"
@@ -187,15 +187,9 @@ def read_pipeline_dir(path: str | Path, lora: str | Path | None) -> PipelineDir:
 
 def check_pipeline_against_data(pipeline: PipelineDir, shape: tuple[int, int, int]) -> None:
     """Refuse, in one sentence naming the pipeline, one whose pixel size or VAE channels are not the
-    data's (H, W, C)."""
-    h, w, c = shape
-    if pipeline.in_channels != c:
-        raise ModelDirectoryError(f"Pipeline directory '{pipeline.path}' takes images of {pipeline.in_channels} "
-                                  f"channel(s) (in_channels in vae/config.json) but the training data's have {c}.")
-    if pipeline.sample_size != (h, w):
-        ph, pw = pipeline.sample_size
-        raise ModelDirectoryError(f"Pipeline directory '{pipeline.path}' takes {ph}×{pw} images (unet/config.json's "
-                                  f"sample_size times the VAE's downsampling) but the training data's are {h}×{w}.")
+    data's (H, W, C) (:func:`diffattr.models.diffusers_dir.check_against_data`)."""
+    check_against_data(pipeline, shape, "Pipeline directory", "in_channels in vae/config.json",
+                       "unet/config.json's sample_size times the VAE's downsampling")
 
 
 def import_lora(pipeline: PipelineDir, params: dict[str, Any], out_path: str | Path) -> None:

@@ -104,6 +104,34 @@ def adopt_model(config: dict[str, Any], base: str | os.PathLike = ".") -> None:
         model["text_to_image"] = {**model["text_to_image"], "pipeline_path": str(path), "lora": read.lora}
     else:
         model["unet"] = read.unet_config
+    fractions = [adopt_checkpoint(config, i, read, base) for i in range(len(block.get("checkpoints") or []))]
+    config["train"]["checkpoint_fractions"] = sorted({*fractions, 1.0})  # what feature specs may name
+
+
+def adopt_checkpoint(config: dict[str, Any], i: int, final: Any, base: str | os.PathLike = ".") -> float:
+    """The i-th entry of ``attribute.checkpoints`` read and checked to be the final model's architecture
+    (a DDPM directory with the same UNet config; a LoRA file of the same adapter on the same pipeline);
+    returns its fraction of training."""
+    from diffattr.models.diffusers_dir import read_model_dir
+    from diffattr.models.pipeline_dir import read_pipeline_dir
+
+    entry = config["attribute"]["checkpoints"][i]
+    key = f"attribute.checkpoints[{i}]"
+    try:
+        if config["model"].get("family", "ddpm") == "text_to_image":
+            same = read_pipeline_dir(final.path, Path(base, entry["model"])).lora == final.lora
+        else:
+            read = read_model_dir(Path(base, entry["model"]))
+            same = read.unet_config == final.unet_config and read.scheduler_config == final.scheduler_config
+    except ValueError as error:
+        raise ConfigError(f"Config key '{key}': {error}") from None
+    if not same:
+        raise ConfigError(f"Config key '{key}' names '{entry['model']}', whose architecture or noise schedule is not "
+                          f"attribute.model's; every checkpoint must be the same model at another step.")
+    fractions = [e["fraction"] for e in config["attribute"]["checkpoints"]]
+    if fractions.count(entry["fraction"]) > 1:
+        raise ConfigError(f"Config key '{key}.fraction' {entry['fraction']} is given twice.")
+    return float(entry["fraction"])
 
 
 def check_attribute(config: dict[str, Any], sizes: dict[str, int], base: str | os.PathLike = ".") -> None:
@@ -158,6 +186,7 @@ def benchmark_lambda(name: str, source: dict[str, Any], base: str | os.PathLike 
 
 def check_attribute_method(config: dict[str, Any], name: str, base: str | os.PathLike = ".") -> None:
     """One method of an attribute run (see :func:`check_attribute`)."""
+    from diffattr.config import feature_checkpoint_step
     from diffattr.methods.registry import method_kind
 
     key = f"attribute.methods: '{name}'"
@@ -183,12 +212,18 @@ def check_attribute_method(config: dict[str, Any], name: str, base: str | os.Pat
         if method.get("chosen_lambda") is None:
             raise ConfigError(f"Config key 'methods.{name}.chosen_lambda' (or lambda_from) is required in an attribute "
                               f"run (no select pool chooses λ); config/attribute.yaml gives the digits benchmark's choices.")
+    if kind.kind == "gradient" and method.get("weighting") == "learning_rate":
+        raise ConfigError(f"Config key 'methods.{name}.weighting' is learning_rate, which needs the model's training "
+                          f"recipe; an attribute run weighs its checkpoints equally (weighting: equal).")
+    given = [1.0, *(e["fraction"] for e in config["attribute"].get("checkpoints") or [])]
     specs = method.get("features")
     for spec in [specs] if isinstance(specs, str) else (specs or []):
         fraction = config["features"][spec].get("checkpoint", 1.0)
-        if fraction != 1.0 or config["features"][spec].get("timestep_strategy") == "trained":
-            raise ConfigError(f"Config key 'features.{spec}' reads the checkpoint at {fraction:g} of training or its "
-                              f"training draws; a user's model has only its final weights.")
+        if config["features"][spec].get("timestep_strategy") == "trained":
+            raise ConfigError(f"Config key 'features.{spec}' replays the training draws (timestep_strategy: trained), "
+                              f"which a user's model does not record.")
+        if fraction not in given:
+            feature_checkpoint_step(config, spec)  # refuses it, naming the key
 
 
 def prepare_queries(folder: str | os.PathLike, channels: int, store_path: str, table_path: str) -> int:

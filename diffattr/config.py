@@ -243,6 +243,10 @@ def feature_checkpoint_step(config: dict[str, Any], spec: str) -> int:
     fraction = config["features"][spec].get("checkpoint", DEFAULT_FEATURE_CHECKPOINT)
     step = checkpoint_steps(train["steps"], [fraction])[0]
     if step not in checkpoint_steps(train["steps"], train["checkpoint_fractions"]):
+        if config.get("attribute"):  # its fractions are the user's checkpoints (diffattr.attribute.adopt_model)
+            raise ConfigError(f"Config key 'features.{spec}' reads the checkpoint at {fraction:g} of training, which "
+                              f"attribute.checkpoints does not give (a user's model has its final weights and the "
+                              f"checkpoints it names).")
         raise ConfigError(f"Config key 'features.{spec}.checkpoint' is {fraction}, which is not one of "
                           f"train.checkpoint_fractions {train['checkpoint_fractions']}.")
     return step
@@ -288,11 +292,15 @@ def check_inputs(config: dict[str, Any], base: str | os.PathLike = ".") -> None:
     check_image_shape(config, image_shape(data, base))
     retrain = config["subsets"]["pools"].get("retrain", {"count": 0})["count"]
     for name in used_methods(config):
+        if name not in methods:
+            continue  # an attribute run's unknown name: check_attribute refuses it, naming its key
         method = methods[name]
         for spec in method_feature_specs(method):
             if spec not in config.get("features", {}):
                 raise ConfigError(f"Config key 'methods.{name}.features' names '{spec}', which is not a block under 'features'.")
             feature_checkpoint_step(config, spec)
+        if config.get("attribute"):
+            continue  # no subset pools: check_attribute refuses the kinds that need them
         if method.get("query") == "journey" and "gen" not in config["evaluation"]["sets"]:
             raise ConfigError(f"Config key 'methods.{name}.query' is journey, which attributes generated samples only, "
                               f"but 'evaluation.sets' has no gen.")

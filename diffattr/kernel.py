@@ -122,6 +122,16 @@ class Kernel:
         return factor
 
 
+def mean_leverage(kernel: Kernel, lam_rel: float, factor: torch.Tensor) -> float:
+    """h̄ = (1/N) Σ_z φ(z)ᵀ(ΦᵀΦ + λI)⁻¹φ(z) = tr(G (G + λI)⁻¹)/N = (d − λ·tr((G + λI)⁻¹))/N, the mean
+    self-score of the training samples (the effective degrees of freedom Σ σ²/(σ² + λ) over N), the
+    same in both forms (G: the d × d Gram, primal or dual); ``factor`` is :meth:`Kernel.factor` at λ.
+    A model's scores ÷ h̄ are on a scale that does not depend on its λ: τ ≈ φᵀφ'/λ and h̄ ≈ ‖φ‖²/λ
+    for large λ."""
+    inverse_trace = float(torch.cholesky_inverse(factor).diagonal().sum())
+    return (factor.shape[0] - kernel.absolute(lam_rel) * inverse_trace) / kernel.n_train
+
+
 def query_rhs(kernel: Kernel, train: FeatureStore, queries: np.ndarray, rows: int = 4096) -> torch.Tensor:
     """Right-hand side for a block of query features (m × k): φ(x) itself (primal, k × m) or
     Φ φ(x) (dual, N × m, one pass over the training features)."""

@@ -148,7 +148,8 @@ def _kernel_scores(plan: Plan, method: str, store: str, seconds: dict[str, float
     spec = FeatureSpec.from_dict(plan.config["features"][spec_name])
     where, scores = device(), []
     # the score job's own kernel, factor at the chosen λ and w(z) per model; the queries are featurized here
-    parts, _ = kernel_models(replace(inputs, queries=()), settings.normalize, _split(plan), settings.chosen_lambda)
+    parts, _ = kernel_models(replace(inputs, queries=()), settings.normalize, _split(plan), settings.chosen_lambda,
+                             settings.ensemble_scale)
     for (pool, subset, seed), (kernel, factor, train, _, weights) in zip(plan.method_models(method), parts, strict=True):
         t0 = time.perf_counter()
         model = load_model(plan.checkpoint(pool, subset, seed, plan.feature_step(spec_name)), plan.model, where)

@@ -25,6 +25,27 @@ rule import_model:
         "../workflow_scripts/import_model.py"
 
 
+rule import_checkpoint:
+    input:
+        unpack(plan.checkpoint_source),
+    output:
+        checkpoint=L.imported_checkpoint,
+    log:
+        L.log("import_checkpoint"),
+    benchmark:
+        L.benchmark("import_checkpoint")
+    conda:
+        "../envs/torch.yaml"
+    resources:
+        **SLURM,
+        mem_mb=4000,
+        runtime=30,
+    params:
+        model=plan.model,
+    script:
+        "../workflow_scripts/import_model.py"
+
+
 rule prepare_queries:
     input:
         folder=(config["attribute"].get("queries") or []) if plan.attribute else [],

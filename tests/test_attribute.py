@@ -6,6 +6,7 @@ images come back at rank 1."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 
@@ -268,3 +269,92 @@ def test_lambda_from_a_benchmark_run_reads_its_select_pool_choice(user, tmp_path
     config["methods"]["dtrak"] = {"lambda_from": {"run": str(tmp_path / "bench"), "method": "trak"}, "chosen_lambda": 1.0}
     with pytest.raises(ConfigError, match="sets both chosen_lambda and lambda_from"):
         plan_of(config)
+
+
+@pytest.fixture(scope="module")
+def earlier(user):
+    """A second save_pretrained directory of the user's UNet architecture (other random weights): the
+    model at half of its training."""
+    import torch
+
+    from diffattr.models.ddpm import build_unet, save_weights
+    from diffattr.models.diffusers_dir import export_unet
+
+    cfg = config_of()
+    torch.manual_seed(1)
+    save_weights(build_unet(cfg["model"]["unet"]), user / "ck_half.safetensors", {})
+    export_unet(user / "ck_half.safetensors", cfg["model"]["unet"], cfg["model"]["scheduler"], user / "model_half")
+    return user / "model_half"
+
+
+def tracin_layer(user, earlier, **method) -> dict:
+    config = layer(user, methods=["tracin2"], checkpoints=[{"fraction": 0.5, "model": str(earlier)}])
+    config["methods"]["tracin2"] = {"kind": "gradient", "features": ["loss_c50", "loss"], "similarity": "dot",
+                                    "weighting": "equal"} | method
+    return config
+
+
+def test_tracin_over_the_checkpoints_a_user_names(user, earlier):
+    """attribute.checkpoints: a spec at checkpoint 0.5 reads the imported earlier checkpoint, the final
+    spec the imported model; one import_checkpoint job; equal weights."""
+    plan = plan_of(tracin_layer(user, earlier))
+    step = plan.feature_step("loss_c50")
+    assert plan.checkpoint("full", 0, 0, step) == plan.layout.imported_checkpoint.format(step=step)
+    assert plan.checkpoint("full", 0, 0) == plan.layout.imported_model
+    assert plan.checkpoint_source(type("W", (), {"step": step})) == {"model": str(earlier), "lora": []}
+    counts = plan.job_counts()
+    assert counts["import_checkpoint"] == 1 and counts["import_model"] == 1 and counts["score"] == 1
+    assert plan.method_params("tracin2")["weights"] == [0.5, 0.5]
+
+
+def test_bad_checkpoints_are_refused(user, earlier, tmp_path):
+    import shutil
+
+    with pytest.raises(ConfigError, match="'methods.tracin2.weighting' is learning_rate"):
+        plan_of(tracin_layer(user, earlier, weighting="learning_rate"))
+    with pytest.raises(ConfigError, match=r"'features.loss_c25' reads the checkpoint at 0.25 of training, which "
+                                          r"attribute.checkpoints does not give"):
+        plan_of(tracin_layer(user, earlier, features=["loss_c25", "loss"]))
+    other = tmp_path / "other"
+    shutil.copytree(earlier, other)
+    cfg = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps(cfg | {"layers_per_block": 2}))
+    with pytest.raises(ConfigError, match=r"'attribute.checkpoints\[0\]' names .* whose architecture"):
+        plan_of(tracin_layer(user, other))
+    with pytest.raises(ConfigError, match=r"'attribute.checkpoints\[0\]': Model directory .* does not exist"):
+        plan_of(tracin_layer(user, tmp_path / "nowhere"))
+
+
+@pytest.mark.workflow
+def test_tracin_over_user_checkpoints_sums_each_checkpoint_s_gradient_products(user, earlier, tmp_path):
+    """A real attribute run with TracIn over the final model and an earlier checkpoint directory:
+    its scores equal ½ Φ_half(x)·Φ_half(z) + ½ Φ(x)·Φ(z), with every Φ recomputed here straight from
+    each directory's UNet (diffusers' from_pretrained, not the import job) by the featurize function."""
+    from diffattr.featurize import FeatureSpec, featurize
+    from diffattr.models.ddpm import build_scheduler
+    from diffattr.models.diffusers_classes import UNet2DModel
+    from diffattr.models.family import Model
+    from diffattr.scores import open_scores
+    from diffattr.workflow.layout import Layout
+    from workflow import overlay, snakemake
+
+    out = tmp_path / "out"
+    config = tracin_layer(user, earlier) | {"output_dir": str(out), "data": {"n_train": 300}}
+    result = snakemake("--cores", "2", "--configfile", overlay(tmp_path, "tracin", config), timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    plan, L = plan_of(config), Layout(str(out))
+    scores = np.asarray(open_scores(L.scores.format(method="tracin2", set="query"))[:])
+    products = []
+    for spec, directory in (("loss_c50", earlier), ("loss", user / "model")):
+        unet = UNet2DModel.from_pretrained(directory, use_safetensors=True, local_files_only=True).eval()
+        model, fs = Model(unet, plan.model), FeatureSpec.from_dict(plan.config["features"][spec])
+        phi = {}
+        for split, store in (("train", L.data), ("query", L.query_images)):
+            inputs, _ = model.inputs(store, split)
+            phi[split] = featurize(unet, inputs, np.arange(len(inputs)), split, fs, build_scheduler(plan.model["scheduler"]))
+        products.append(phi["query"] @ phi["train"].T)
+    expected = 0.5 * products[0] + 0.5 * products[1]
+    scale = np.abs(expected).max()
+    print(f"tracin over checkpoints: max |Δτ| = {np.abs(scores - expected).max():.3g} (max |τ| {scale:.3g})")
+    np.testing.assert_allclose(scores, expected, rtol=0, atol=1e-4 * scale)
+    assert np.abs(products[0] - products[1]).max() > 0.1 * scale  # the two checkpoints' terms differ

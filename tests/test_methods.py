@@ -162,3 +162,52 @@ def test_score_blocks_from_a_matrix_serve_its_row_slices():
     blocks = ScoreBlocks.from_matrix(scores, {"kind": "x"})
     assert (blocks.n_queries, blocks.n_train, blocks.attrs) == (4, 3, {"kind": "x"})
     assert np.array_equal(np.vstack([blocks.block(0, 3), blocks.block(3, 4)]), scores)
+
+
+@pytest.mark.parametrize("n,k", [(11, 5), (6, 20)], ids=["primal", "dual"])
+def test_mean_leverage_is_the_mean_training_self_score(tmp_path, n, k):
+    """h̄ = mean_z φ(z)ᵀ(ΦᵀΦ + λI)⁻¹φ(z), by dense numpy in fp64, in both kernel forms."""
+    from diffattr.kernel import mean_leverage
+
+    phi = np.random.default_rng(1).normal(size=(n, k)).astype(np.float32)
+    _, primal, dual = stores(tmp_path, phi, shard_size=4)
+    for lam in (1e-3, 0.5, 1e3):
+        inv, p = dense_inverse(phi, lam), phi.astype(float)
+        want = np.mean(np.einsum("ik,kl,il->i", p, inv, p))
+        for kernel in (primal, dual):
+            assert mean_leverage(kernel, lam, kernel.factor(lam)) == pytest.approx(want, rel=1e-8)
+
+
+def test_an_ensemble_of_a_small_and_a_large_lambda_weighs_both_members(tmp_path):
+    """Issue 18 item 4: two members whose select pools chose λ = 1e-3 and 1e3 (relative). The plain
+    average (ensemble_scale: none, §2.10) is the small-λ member alone, to 1 % here; the default puts
+    each member on a common scale (÷ its mean leverage h̄, recomputed densely) and weighs both."""
+    import pandas as pd
+
+    from diffattr.methods.trak import trak_scores
+
+    rng = np.random.default_rng(7)
+    paths, dense = {"kernels": [], "train": [], "queries": [], "lambdas": []}, []
+    for m, lam in enumerate((1e-3, 1e3)):
+        phi, queries = rng.normal(size=(40, 8)).astype(np.float32), rng.normal(size=(6, 8)).astype(np.float32)
+        member = tmp_path / f"m{m}"
+        member.mkdir()
+        stores(member, phi, shard_size=40)
+        pd.DataFrame({"set": "val", "pool": "select", "lambda": [lam], "lds": [0.3]}).to_csv(member / "l.csv")
+        paths["kernels"].append(member / "primal.zarr")
+        paths["train"].append(member / "train.zarr")
+        paths["queries"].append(feature_store(member / "q.zarr", queries))
+        paths["lambdas"].append(member / "l.csv")
+        inv, p = dense_inverse(phi, lam), phi.astype(float)
+        tau = queries.astype(float) @ inv @ p.T
+        dense.append((tau, np.mean(np.einsum("ik,kl,il->i", p, inv, p))))
+    inputs = MethodInputs.of(paths)
+    block = {"features": "loss", "models": {"pool": "retrain", "count": 2}, "lambdas": [1e-3, 1e3]}
+    plain = trak_scores(ScoreContext.from_params(block | {"ensemble_scale": "none"}, inputs, "val")).block(0, 6)
+    scaled = trak_scores(ScoreContext.from_params(block, inputs, "val")).block(0, 6)
+    (small, h_small), (large, h_large) = dense
+    np.testing.assert_allclose(plain, (small + large) / 2, rtol=1e-5)
+    assert np.abs(plain - small / 2).max() < 0.01 * np.abs(small / 2).max()  # the plain mean is member 0 alone
+    np.testing.assert_allclose(scaled, (small / h_small + large / h_large) / 2, rtol=1e-5)
+    share = np.abs(large / h_large).mean() / (np.abs(small / h_small).mean() + np.abs(large / h_large).mean())
+    assert 0.2 < share < 0.8, share  # both members carry weight

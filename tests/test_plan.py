@@ -16,8 +16,29 @@ from diffattr.schedule import checkpoint_steps
 from plans import REPO, config_of, fake_artbench, plan_of
 
 
-def test_default_plan_lists_the_expected_jobs(tmp_path):
-    assert plan_of({"output_dir": str(tmp_path / "out")}).job_counts() == {
+def test_the_main_job_plans_the_headline_methods_only(tmp_path):
+    """config.yaml alone (issue 17 item 1): the headline methods, 16 + 8 subset models, the TRAK
+    ensemble over the 2 full-data seeds and DAS's counterfactual on 6 samples; nothing of the
+    benchmark's other stages."""
+    plan = plan_of({"output_dir": str(tmp_path / "out")})
+    assert plan.methods == ["pixel_l2", "random", "trak", "dtrak", "trak_ens", "das", "ekfac"]
+    assert plan.job_counts() == {
+        "prepare_data": 1, "make_subsets": 2,  # lds, select
+        "train_model": 26,  # 2 full-data seeds + 16 lds + 8 select
+        "generate": 1, "measure_outputs": 24, "gather_ground_truth": 2,  # lds and select pools
+        "featurize": 12, "gather_features": 12,  # loss × 2 seeds, square, das; × {train, val, gen}
+        "kernel": 4, "select_lambda": 5, "oracle_lambda": 3, "residuals": 1,  # trak, dtrak, das + 2 ensemble members
+        "score": 14, "evaluate_lds": 7, "lds_table": 1,  # 7 methods × {val, gen}
+        "counterfactual_train": 12, "counterfactual_evaluate": 2, "counterfactual_table": 1,  # 6 samples × (das, random)
+        "plot_lds": 1, "plot_lambda": 1, "plot_counterfactual": 1, "attribution_grids": 5, "plot_runtime": 1,
+        "all": 1,
+    }
+
+
+def test_benchmark_plan_lists_the_expected_jobs(tmp_path):
+    """config/benchmark.yaml over config.yaml: the full table, exactly the jobs the default had before
+    the main job was cut down (533), so nothing was lost."""
+    assert plan_of("config/benchmark.yaml", {"output_dir": str(tmp_path / "out")}).job_counts() == {
         "prepare_data": 1,
         "make_subsets": 4,  # lds, select, retrain, encoded
         "train_model": 89,  # full model + 32 lds + 8 select + 32 retrain + 16 encoded-ensemble models
@@ -87,7 +108,8 @@ def test_text_to_image_plans_list_the_expected_jobs(tmp_path):
 
 @pytest.fixture(scope="module")
 def default(tmp_path_factory):
-    return plan_of({"output_dir": str(tmp_path_factory.mktemp("plan") / "out")})
+    """The benchmark's plan (config/benchmark.yaml over config.yaml): every method kind is in it."""
+    return plan_of("config/benchmark.yaml", {"output_dir": str(tmp_path_factory.mktemp("plan") / "out")})
 
 
 def test_an_ensemble_method_gets_one_typed_input_per_model(default):
@@ -153,7 +175,8 @@ def test_kernel_form_follows_k_against_n(default):
 def test_a_larger_pool_adds_only_its_models(default, tmp_path, pool, more):
     """Growing a pool adds its new models' training and measurement jobs and nothing else."""
     count = default.config["subsets"]["pools"][pool]["count"]
-    grown = plan_of({"output_dir": default.config["output_dir"], "subsets": {"pools": {pool: {"count": count + more}}}})
+    grown = plan_of("config/benchmark.yaml",
+                    {"output_dir": default.config["output_dir"], "subsets": {"pools": {pool: {"count": count + more}}}})
     before, after = default.job_counts(), grown.job_counts()
     assert {r: after[r] - before[r] for r in after if after[r] != before[r]} == {"train_model": more, "measure_outputs": more}
 
@@ -172,7 +195,7 @@ import sys
 sys.path.insert(0, {str(REPO / 'tests')!r})
 from plans import plan_of
 out = {{"output_dir": {str(tmp_path / 'out')!r}}}
-for layers in ([out], ["config/smoke.yaml", out], ["config/text_to_image.yaml", out],
+for layers in ([out], ["config/benchmark.yaml", out], ["config/smoke.yaml", out], ["config/text_to_image.yaml", out],
                ["config/cifar2.yaml", dict(out, data={{"path": {str(tmp_path)!r}}})],
                ["config/artbench2.yaml", dict(out, data={{"path": {str(art)!r}}},
                                              model={{"text_to_image": {{"pipeline_path": {str(pipeline)!r}}}}})]):

@@ -29,6 +29,7 @@ from diffattr.integrity import array_options, read_array, require_arrays, seal
 from diffattr.kernel import (
     Kernel,
     masked_train_sums,
+    mean_leverage,
     query_rhs,
     scores_block,
     solve,
@@ -134,14 +135,22 @@ class TrakSettings:
     residual: dict[str, Any] | None = None
     chosen_lambda: float | None = None
     lambda_from: dict[str, Any] | None = None
+    ensemble_scale: str = "leverage"
 
 
 def kernel_models(inputs: MethodInputs, normalize: str, query_set: str,
-                  fixed_lambda: float | None = None) -> tuple[list[tuple], list[float]]:
+                  fixed_lambda: float | None = None, ensemble_scale: str = "leverage") -> tuple[list[tuple], list[float]]:
     """Per model of the method (inputs ``kernels``, ``train``, ``queries``, ``lambdas`` and DAS's
     ``residuals``, one entry each): (kernel, K_λ factor at the select-pool λ — or ``fixed_lambda``
     where no λ curve is an input, an attribute run — train features, query features (None without
-    ``queries``: ``diffattr query`` featurizes its own), w(z)), with the chosen λs."""
+    ``queries``: ``diffattr query`` featurizes its own), w(z)), with the chosen λs.
+
+    Ensembles (more than one model): each member's λ is its own, so raw scores differ in scale by up
+    to the ratio of the λs (τ ≈ φᵀφ'/λ) and a plain average is the smallest-λ member alone. With
+    ``ensemble_scale: leverage`` (the default) member m's w(z) is divided by its mean leverage h̄_m
+    (:func:`diffattr.kernel.mean_leverage`), so every member's training self-scores average 1 and
+    the mean weighs all members; ``none`` is the plain average of docs/methods.md §2.10 (D-TRAK's
+    protocol). One model's scores are never rescaled."""
     from diffattr.jobs import device
 
     residuals = inputs.residuals or (None,) * len(inputs.kernels)
@@ -157,6 +166,8 @@ def kernel_models(inputs: MethodInputs, normalize: str, query_set: str,
         chosen.append(lam)
         factor, train = kernel.factor(lam), FeatureStore(train_path)
         weights = column_weights(kernel, factor, train, normalize, read_residual(residual))
+        if len(inputs.kernels) > 1 and ensemble_scale == "leverage":
+            weights = weights / mean_leverage(kernel, lam, factor)
         parts.append((kernel, factor, train, query_path and FeatureStore(query_path), weights))
     return parts, chosen
 
@@ -165,7 +176,8 @@ def trak_scores(ctx: ScoreContext) -> ScoreBlocks:
     """Scores averaged over the method's models (:func:`kernel_models`). With ``query: journey`` the
     query features are Journey-TRAK's step-averaged ones (§2.12)."""
     settings = TrakSettings(**ctx.settings)
-    parts, chosen = kernel_models(ctx.inputs, settings.normalize, ctx.query_set, settings.chosen_lambda)
+    parts, chosen = kernel_models(ctx.inputs, settings.normalize, ctx.query_set, settings.chosen_lambda,
+                                   settings.ensemble_scale)
     n_queries, n_train = parts[0][3].shape[0], parts[0][0].n_train
 
     def block(start: int, stop: int) -> np.ndarray:
@@ -184,7 +196,7 @@ def trajectory_scores(inputs: MethodInputs, params: dict[str, Any], out_path: st
     (sample, step) rows per solve), so the training features are streamed once per block, not once
     per step. Returns the timesteps."""
     settings = TrakSettings(**ScoreContext.from_params(params, inputs, "gen").settings)
-    parts, chosen = kernel_models(inputs, settings.normalize, "gen", settings.chosen_lambda)
+    parts, chosen = kernel_models(inputs, settings.normalize, "gen", settings.chosen_lambda, settings.ensemble_scale)
     query = parts[0][3]
     require_arrays(query.path, query.group, ("step_timesteps",))
     timesteps = read_array(query.path, query.group["step_timesteps"], 0, "step_timesteps").astype(np.int64)

@@ -62,6 +62,7 @@ ARTIFACTS: tuple[Artifact, ...] = (
     _A("trajectory", "data/trajectory.zarr", "trajectory"),
     # rules/attribute.smk (an attribute run: a user's model and images)
     _A("imported_model", "models/imported/model.safetensors", "import_model"),
+    _A("imported_checkpoint", "models/imported/step{step}.safetensors", "import_checkpoint"),
     _A("query_images", "data/queries.zarr", "prepare_queries"),
     _A("query_table", "data/queries.csv", "prepare_queries"),
     _A("topk_table", "attribution/{method}/{set}_top.csv", "top_attributions"),
@@ -130,6 +131,7 @@ JOBS: dict[str, str] = {
     "generate": "",
     "trajectory": "",
     "import_model": "",
+    "import_checkpoint": "step{step}",
     "prepare_queries": "",
     "top_attributions": "{method}/{set}",
     "measure_outputs": MODEL_KEY,

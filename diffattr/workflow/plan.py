@@ -130,9 +130,10 @@ class Plan:
 
     def checkpoint(self, pool: str, subset: int, seed: int, step: int | None = None) -> str:
         """A model's checkpoint file (the final one by default; an attribute run: the imported model)."""
-        if self.attribute:
-            return self.layout.imported_model
         step = self.checkpoint_steps[-1] if step is None else step
+        if self.attribute:  # the user's model, or one of the earlier checkpoints it names
+            final = step == self.checkpoint_steps[-1]
+            return self.layout.imported_model if final else self.layout.imported_checkpoint.format(step=step)
         return self.layout.checkpoint.format(pool=pool, subset=subset, seed=seed, step=step)
 
     @property
@@ -381,6 +382,24 @@ class Plan:
     # ---- params shared by several rules ------------------------------------------------------
 
     @property
+    def attribute_checkpoints(self) -> dict[int, dict[str, Any]]:
+        """An attribute run's earlier checkpoints (``attribute.checkpoints``) by the training step their
+        fraction stands for (round(fraction × train.steps), as a feature spec's ``checkpoint`` maps)."""
+        from diffattr.schedule import checkpoint_steps
+
+        entries = self.attribute.get("checkpoints") or []
+        steps = checkpoint_steps(self.config["train"]["steps"], [e["fraction"] for e in entries])
+        return dict(zip(steps, entries))
+
+    def checkpoint_source(self, w: Any) -> dict[str, Any]:
+        """import_checkpoint's inputs for step ``w.step``: the checkpoint's directory (a DDPM), or the
+        pipeline and the checkpoint's LoRA file (text-to-image)."""
+        entry = self.attribute_checkpoints[int(w.step)]
+        if self.attribute.get("lora"):
+            return {"model": self.attribute["model"], "lora": [entry["model"]]}
+        return {"model": entry["model"], "lora": []}
+
+    @property
     def attribute_lora(self) -> list[str]:
         """An attribute run's LoRA file of a text-to-image model (as given: a file or its directory), else nothing."""
         return [self.attribute["lora"]] if self.attribute.get("lora") else []
@@ -474,7 +493,7 @@ class Plan:
             "pool": "full|lds|select|retrain|encoded", "subset": r"\d+", "seed": r"\d+", "set": "|".join(self.sets),
             "method": names(dict.fromkeys(self.methods + self.cf["methods"])), "spec": names(self.specs),
             "split": "train|val|gen|journey|query", "shard": r"\d+", "cf_method": "|".join(self.cf_methods) or "none",
-            "sample": r"\d+", "k": r"\d+", "sweep": names(self.sweeps), "group": r"\d+",
+            "sample": r"\d+", "k": r"\d+", "sweep": names(self.sweeps), "group": r"\d+", "step": r"\d+",
         }
 
     # ---- the job table -----------------------------------------------------------------------
@@ -513,6 +532,7 @@ class Plan:
         sets = {m: self.method_sets(m) for m in self.methods}
         counts = {
             "all": 1, "prepare_data": 1, "import_model": 1, "prepare_queries": int("query" in self.sets),
+            "import_checkpoint": len({self.feature_step(spec) for spec, _, _ in features} - {self.checkpoint_steps[-1]}),
             "generate": int("gen" in self.sets), "trajectory": int(bool(self.journey_methods)),
             "featurize": sum(len(self.shard_ranges(spec, split)) for spec, _, split in features),
             "gather_features": len(features), "kernel": len(kernels),

@@ -186,7 +186,6 @@ def benchmark_lambda(name: str, source: dict[str, Any], base: str | os.PathLike 
 
 def check_attribute_method(config: dict[str, Any], name: str, base: str | os.PathLike = ".") -> None:
     """One method of an attribute run (see :func:`check_attribute`)."""
-    from diffattr.config import feature_checkpoint_step
     from diffattr.methods.registry import method_kind
 
     key = f"attribute.methods: '{name}'"
@@ -215,15 +214,11 @@ def check_attribute_method(config: dict[str, Any], name: str, base: str | os.Pat
     if kind.kind == "gradient" and method.get("weighting") == "learning_rate":
         raise ConfigError(f"Config key 'methods.{name}.weighting' is learning_rate, which needs the model's training "
                           f"recipe; an attribute run weighs its checkpoints equally (weighting: equal).")
-    given = [1.0, *(e["fraction"] for e in config["attribute"].get("checkpoints") or [])]
-    specs = method.get("features")
+    specs = method.get("features")  # their checkpoints are the user's: refused otherwise by feature_checkpoint_step
     for spec in [specs] if isinstance(specs, str) else (specs or []):
-        fraction = config["features"][spec].get("checkpoint", 1.0)
         if config["features"][spec].get("timestep_strategy") == "trained":
             raise ConfigError(f"Config key 'features.{spec}' replays the training draws (timestep_strategy: trained), "
                               f"which a user's model does not record.")
-        if fraction not in given:
-            feature_checkpoint_step(config, spec)  # refuses it, naming the key
 
 
 def prepare_queries(folder: str | os.PathLike, channels: int, store_path: str, table_path: str) -> int:

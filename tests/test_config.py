@@ -3,11 +3,13 @@
 import pytest
 
 from conftest import REPO
+from diffattr.cli import merge_configs
 from diffattr.config import ConfigError, check_inputs, load_yaml, validate
 from workflow import overlay, snakemake_concurrently
 
 SCHEMA = load_yaml(REPO / "schemas" / "config.schema.yaml")
-BASE = load_yaml(REPO / "config.yaml")
+BASE = merge_configs(load_yaml(REPO / "config.yaml"), load_yaml(REPO / "config" / "benchmark.yaml"))
+"""The benchmark (config/benchmark.yaml over config.yaml): every method kind has jobs, so every check runs."""
 
 BAD = [
     ("unknown_key", {"train": {"stepz": 5}}, "Unknown config key 'train.stepz'"),

@@ -33,9 +33,10 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "configs" / "tiny.yaml"
-TIMING = ("logs", "benchmarks", "report/runtime.csv", "report/runtime.png")
-"""Paths under an output directory that hold wall time or job logs: the only ones allowed to differ
-between two runs of the same config (README "Guarantees")."""
+TIMING = ("logs", "benchmarks", "report/runtime.csv", "report/runtime.png", "run.json")
+"""Paths under an output directory that hold wall time, job logs or the record of how the run was
+started (run.json: its working directory): the only ones allowed to differ between two runs of the
+same config (README "Guarantees")."""
 
 
 def snakemake_command(config: str | os.PathLike, output_dir: Path, workdir: Path, *extra: str) -> list[str]:

@@ -394,14 +394,14 @@ def test_customization_steps_rerun_only_the_customization(finished, tmp_path):
 
 
 def test_more_lds_subsets_train_and_measure_only_the_new_ones(finished, tmp_path):
-    """``subsets.pools.lds.count`` 32 → 64: 32 new trainings and measurements (masks are pure functions
-    of (seed, pool, k), so subsets 0–31 keep their models), and nothing is retrained or re-featurized."""
-    more = overlay(tmp_path, "lds64", {"subsets": {"pools": {"lds": {"count": 64}}}})
+    """``subsets.pools.lds.count`` 16 → 32: 16 new trainings and measurements (masks are pure functions
+    of (seed, pool, k), so subsets 0–15 keep their models), and nothing is retrained or re-featurized."""
+    more = overlay(tmp_path, "lds64", {"subsets": {"pools": {"lds": {"count": 32}}}})
     jobs = planned_after({"lds64": (*finished["default"], more)})["lds64"]
-    new = {("lds", str(k), "0") for k in range(32, 64)}
+    new = {("lds", str(k), "0") for k in range(16, 32)}
     for rule in ("train_model", "measure_outputs"):
         assert {(w["pool"], w["subset"], w["seed"]) for r, w in jobs if r == rule} == new, rule
-        assert len([r for r, _ in jobs if r == rule]) == 32, rule
+        assert len([r for r, _ in jobs if r == rule]) == 16, rule
     retrained = {"prepare_data", "pretrain_base", "generate", "trajectory", "featurize", "gather_features",
                  "gram_partial", "kernel", "residuals", "counterfactual_train", "customize"}
     again = collections.Counter(r for r, _ in jobs if r in retrained)

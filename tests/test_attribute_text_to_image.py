@@ -113,7 +113,7 @@ def test_the_imported_lora_is_the_model_diffusers_loads(sd_user, tmp_path):
     ours = load_model(str(out), plan.model).network.unet
     pipe = StableDiffusionPipeline.from_pretrained(sd_user / "sd", use_safetensors=True, local_files_only=True)
     base = StableDiffusionPipeline.from_pretrained(sd_user / "sd", use_safetensors=True, local_files_only=True).unet
-    pipe.load_lora_weights(sd_user / "lora")
+    pipe.load_lora_weights(sd_user / "lora", use_safetensors=True, local_files_only=True)
     torch.manual_seed(0)
     x, t, c = torch.randn(3, 4, 4, 4), torch.tensor([10, 500, 990]), torch.randn(3, 5, 32)
     with torch.no_grad():

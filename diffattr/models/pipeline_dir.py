@@ -178,8 +178,9 @@ def read_pipeline_dir(path: str | Path, lora: str | Path | None) -> PipelineDir:
     size = unet.get("sample_size")
     latent = (size, size) if isinstance(size, int) else tuple(size)
     factor = 2 ** (len(vae.get("block_out_channels", [64])) - 1)
-    settings, keys = read_lora(lora_file_of(lora), root / "unet")
-    return PipelineDir(path=root, lora_file=lora_file_of(lora), lora=settings, keys=keys, scheduler_config=noise,
+    lora_file = lora_file_of(lora)
+    settings, keys = read_lora(lora_file, root / "unet")
+    return PipelineDir(path=root, lora_file=lora_file, lora=settings, keys=keys, scheduler_config=noise,
                        sampler_settings=sampler, scheduler_file=scheduler_file,
                        sample_size=(int(latent[0]) * factor, int(latent[1]) * factor),
                        in_channels=int(vae.get("in_channels", 3)))

@@ -72,7 +72,7 @@ def batch(unet: dict, n: int, timesteps: int, seed: int = 0):
 
 
 def run_diffattr(name: str, n: int, k: int, timesteps: int, batch_size: int, device: str, dtype: str,
-                 proj_params: int | None = None) -> dict:
+                 proj_params: int | None = None, projection: str = "gaussian") -> dict:
     import torch
 
     from diffattr.featurize import per_sample_gradients, prepare_for_vmap
@@ -86,13 +86,14 @@ def run_diffattr(name: str, n: int, k: int, timesteps: int, batch_size: int, dev
     abar, betas = sched.alphas_cumprod.float().to(device), sched.betas.float().to(device)
     x0, ts, eps = (t.to(device) for t in batch(unet, n, timesteps))
     p = sum(q.numel() for q in model.parameters())
-    r = min(proj_params or p, p)
+    # the sketch is O(p) per sample: it always runs on the full gradient, never on a slice
+    r = p if projection == "sketch" else min(proj_params or p, p)
     # cache the matrix exactly when diffattr would for the full p (a slice must not change the path)
-    fits = p * k * getattr(torch, dtype).itemsize <= DIFFATTR_MAX_CACHED_BYTES
+    cfg = ProjectionConfig(type=projection, dim=k, seed=0, dtype=dtype)
+    fits = (cfg.sketch_dim if projection == "sketch" else p) * k * getattr(torch, dtype).itemsize <= DIFFATTR_MAX_CACHED_BYTES
     _sync(device)
     t0 = time.perf_counter()
-    projector = Projector(ProjectionConfig(type="gaussian", dim=k, seed=0, dtype=dtype), r, device,
-                          max_cached_bytes=DIFFATTR_MAX_CACHED_BYTES if fits else 0)
+    projector = Projector(cfg, r, device, max_cached_bytes=DIFFATTR_MAX_CACHED_BYTES if fits else 0)
     _sync(device)
     setup = (time.perf_counter() - t0) * p / r
     grad_s = proj_s = 0.0
@@ -106,7 +107,8 @@ def run_diffattr(name: str, n: int, k: int, timesteps: int, batch_size: int, dev
         grad_s += t1 - t0
         proj_s += (time.perf_counter() - t1) * p / r
     return {"params": p, "grad_s": grad_s, "project_s": proj_s, "setup_s": setup, "proj_params": r,
-            "projector": f"diffattr {'cached' if fits else 'regenerated'} {dtype}"}
+            "projector": f"diffattr {projection}{f' m={cfg.sketch_dim}' if projection == 'sketch' else ''} "
+                         f"{'cached' if fits else 'regenerated'} {dtype}"}
 
 
 def traker_projector(p: int, k: int, device: str):
@@ -129,9 +131,9 @@ def traker_projector(p: int, k: int, device: str):
 
 
 def run_traker(name: str, n: int, k: int, timesteps: int, batch_size: int, device: str, dtype: str,
-               proj_params: int | None = None) -> dict:
+               proj_params: int | None = None, projection: str = "gaussian") -> dict:
     """traker's TRAKer gradient computer and its projector (CudaProjector on CUDA when ``fast_jl``
-    imports, else BasicProjector); ``dtype`` is diffattr's and unused here."""
+    imports, else BasicProjector); ``dtype`` and ``projection`` are diffattr's and unused here."""
     import torch
     from trak import TRAKer
     from trak.modelout_functions import AbstractModelOutput
@@ -205,7 +207,7 @@ def child(args: argparse.Namespace) -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     run = run_diffattr if args.library == "diffattr" else run_traker
     result = run(args.model, args.samples, args.k, args.timesteps, args.batch_size, device, args.dtype,
-                 args.proj_params_child)
+                 args.proj_params_child, args.projection)
     result.update({"peak_rss_mb": _peak_rss_mb(), "device": device})
     print(json.dumps(result))
 
@@ -233,6 +235,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"],
                     help="diffattr's projection compute dtype (traker: float32 on CPU, where its fp16 path is not used)")
+    ap.add_argument("--projection", default="gaussian", choices=["gaussian", "rademacher", "sketch"],
+                    help="diffattr's projection type (sketch: CountSketch then Gaussian, O(p) per sample; "
+                         "traker: normal)")
     ap.add_argument("--proj-params", nargs="*", default=[], metavar="MODEL=R",
                     help="project only the first R gradient entries of MODEL and scale projection time by p/R")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -253,7 +258,8 @@ def main() -> None:
     import torch
 
     gpu = torch.cuda.is_available()
-    print(f"device: {'cuda' if gpu else 'cpu'}, torch threads per run: {args.threads}, diffattr projection dtype: {args.dtype}")
+    print(f"device: {'cuda' if gpu else 'cpu'}, torch threads per run: {args.threads}, "
+          f"diffattr projection: {args.projection}, dtype: {args.dtype}")
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     header = (f"{'model':8} {'params':>10} {'library':9} {'K':>3} {'k':>5} {'grad/s':>9} {'proj/s':>9} {'featurize/s':>11} "
               f"{'proj %':>6} {'setup s':>8} {'peak MB':>8}  projector")
@@ -268,7 +274,7 @@ def main() -> None:
             for library in ("diffattr", "traker"):
                 cmd = [sys.executable, __file__, "--child", "--library", library, "--model", name, "--samples", str(n),
                        "--k", str(k), "--timesteps", str(timesteps), "--batch-size", str(bs), "--threads", str(args.threads),
-                       "--dtype", args.dtype]
+                       "--dtype", args.dtype, "--projection", args.projection]
                 if name in slices:
                     cmd += ["--proj-params-child", str(slices[name])]
                 out = subprocess.run(cmd, capture_output=True, text=True)

@@ -21,7 +21,8 @@ import numpy as np
 from diffattr.errors import ConfigError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-RETRAINED = {"retrain_truth": "the retrain pool's models", "encoded_models": "the encoded pool's models"}
+RETRAINED = {"retrain_truth": "the retrain pool's models", "encoded_models": "the encoded pool's models",
+             "select_truth": "the select pool's models and ground truth"}
 """Needs an attribute run cannot meet (it trains no model), and what they stand for."""
 
 

@@ -196,6 +196,7 @@ def _images_phrase(data: dict[str, Any]) -> str:
 
     cfg = DataConfig.from_dict(data)
     return {"digits": "the digits images", "cifar10": "the CIFAR-10 images",
+            "mnist": f"the MNIST images (data.resolution {cfg.resolution or 28})",
             "image_folder": f"the images (data.resolution {cfg.resolution}, data.color {cfg.color})",
             }.get(cfg.source, f"the images in '{cfg.path}' (data.path)")
 
@@ -229,9 +230,13 @@ def check_pools(config: dict[str, Any]) -> None:
                           f"correlates across subset models and needs at least {MIN_SUBSETS}.")
     select = pools.get("select", {"count": 0})["count"]
     for name in used_methods(config):
-        if "kernel_models" in method_kind(config["methods"][name]).needs and select < MIN_SUBSETS:
+        needs = method_kind(config["methods"][name]).needs
+        if "kernel_models" in needs and select < MIN_SUBSETS:
             raise ConfigError(f"Config key 'subsets.pools.select.count' is {select}, but methods.{name} chooses its λ "
                               f"by LDS on the select pool, which needs at least {MIN_SUBSETS} subset models.")
+        if "select_truth" in needs and select < MIN_SUBSETS:
+            raise ConfigError(f"Config key 'subsets.pools.select.count' is {select}, but methods.{name} fits its "
+                              f"weights on the select pool, which needs at least {MIN_SUBSETS} subset models.")
 
 
 def feature_checkpoint_step(config: dict[str, Any], spec: str) -> int:
@@ -308,12 +313,35 @@ def check_inputs(config: dict[str, Any], base: str | os.PathLike = ".") -> None:
         if method["kind"] == "encoded" and members < 2:
             raise ConfigError(f"Config key 'methods.{name}' is an encoded ensemble, which needs "
                               f"'subsets.pools.encoded.count' models (an even number of at least 2); it is {members}.")
+        if method["kind"] == "stack":
+            check_stack(config, name)
         wanted = _retrain_models_needed(method)
         if wanted > retrain:
             raise ConfigError(f"Config key 'methods.{name}' needs {wanted} retrain-pool models but "
                               f"'subsets.pools.retrain.count' is {retrain}.")
     check_model_dirs(config)
     check_pools(config)
+
+
+def check_stack(config: dict[str, Any], name: str) -> None:
+    """A stack's components (``methods.<name>.methods``; the schema: at least 2, distinct) are
+    evaluated methods, none a stack, and a Journey-TRAK component has its gen set."""
+    from diffattr.methods.registry import method_kind
+
+    key, methods = f"methods.{name}.methods", config["methods"]
+    evaluated = config["evaluation"].get("methods") or list(methods)
+    components = config["methods"][name]["methods"]
+    for c in components:
+        if c not in methods:
+            raise ConfigError(f"Config key '{key}' names '{c}', which is not a block under 'methods'.")
+        if c not in evaluated:
+            raise ConfigError(f"Config key '{key}' names '{c}', which 'evaluation.methods' does not evaluate, so it "
+                              f"has no scores to stack.")
+        if "component_scores" in method_kind(methods[c]).needs:
+            raise ConfigError(f"Config key '{key}' names '{c}', which is itself a stack; stack its components instead.")
+    if any(methods[c].get("query") == "journey" for c in components) and "gen" not in config["evaluation"]["sets"]:
+        raise ConfigError(f"Config key '{key}' names a Journey-TRAK method, which scores gen only, but "
+                          f"'evaluation.sets' has no gen.")
 
 
 def _check_model_dir(key: str, path: str, pipeline: bool = False) -> None:

@@ -10,6 +10,15 @@ gives the same matrix on CPU and CUDA:
 - ``rademacher``: ``P[i, j] = ±1`` from bit (j mod 32) of ``h(key_i ⊕ col_{⌊j/32⌋})``, one hash per
   32 entries.
 
+- ``sketch`` (for models too large to regenerate a p × k matrix per batch, e.g. the 36 M-parameter
+  CIFAR UNet on CPU): ``P = S·G``, a CountSketch S (p × m, ``m = sketch_dim``: row i has the single
+  entry ``s_i = ±1`` in column ``b_i``, with ``b_i = h(key_i ⊕ C₃) mod m`` and ``s_i`` the top bit of
+  ``h(key_i ⊕ C₄)``) followed by the ``gaussian`` matrix G (m × k, same seed). Sᵀg costs O(p) per
+  sample instead of O(p·k) generated entries, G is small enough to build once. CountSketch is
+  unbiased, E[SSᵀ] = I, so E[φ(x)ᵀφ(x')] = k·g(x)ᵀg(x') as for ``gaussian``; its extra relative
+  variance is about 1/m against the Gaussian step's 1/k, i.e. negligible for m ≫ k. Truncation to
+  k' columns holds at a fixed m.
+
 ``h`` is the "lowbias32" mixer (xor-shift-multiply). There is **no 1/√k scaling**, as in the TRAK
 library (§0), so E[φ(x)ᵀφ(x')] = k·g(x)ᵀg(x'). Projecting to the first k' < k columns equals a
 k'-dimensional projection with the same seed (§7.3 "truncation").
@@ -31,7 +40,10 @@ _M1 = 0x7FEB352D
 _M2 = 0x846CA68B
 _C_SEED = 0x9E3779B9
 _C_COL = 0x85EBCA6B
-PROJECTION_TYPES = ("gaussian", "rademacher")
+_C_BUCKET = 0xC2B2AE35
+_C_SIGN = 0x27D4EB2F
+PROJECTION_TYPES = ("gaussian", "rademacher", "sketch")
+DENSE_TYPES = ("gaussian", "rademacher")
 _SIGNS = np.asarray([-1.0, 1.0], dtype=np.float32)
 """±1 of a Rademacher entry's bit (0 → −1, 1 → +1), as :func:`_signs_from_words` maps it."""
 
@@ -92,8 +104,8 @@ def _signs_from_words(words: torch.Tensor, k: int) -> torch.Tensor:
 def block_numpy(kind: str, seed: int, start: int, stop: int, k: int, chunk_rows: int = 64) -> torch.Tensor:
     """Rows [start, stop) of P as a float32 CPU tensor, hashed with numpy in cache-sized row chunks
     (≈2× faster than whole-block passes; generation is the CPU path's bottleneck)."""
-    if kind not in PROJECTION_TYPES:
-        raise ValueError(f"unknown projection type {kind!r}; choose one of {PROJECTION_TYPES}")
+    if kind not in DENSE_TYPES:
+        raise ValueError(f"unknown dense projection type {kind!r}; choose one of {DENSE_TYPES}")
     rows = _row_keys_np(seed, start, stop)[:, None]
     out = torch.empty(stop - start, k, dtype=torch.float32)
     cols = _col_keys_np(k if kind == "gaussian" else (k + 31) // 32)[None, :]
@@ -121,7 +133,24 @@ def block_torch(kind: str, seed: int, start: int, stop: int, k: int, device: str
         return _gaussian_from_bits(bits)
     if kind == "rademacher":
         return _signs_from_words(bits.to(torch.int64) & 0xFFFFFFFF, k)
-    raise ValueError(f"unknown projection type {kind!r}; choose one of {PROJECTION_TYPES}")
+    raise ValueError(f"unknown dense projection type {kind!r}; choose one of {DENSE_TYPES}")
+
+
+def sketch_numpy(seed: int, start: int, stop: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """CountSketch rows [start, stop): bucket b_i ∈ [0, m) (int64) and sign s_i = ±1 (float32), numpy hash."""
+    keys = _row_keys_np(seed, start, stop)
+    buckets = _h32_np(keys ^ np.uint32(_C_BUCKET)) % np.uint32(m)
+    signs = _SIGNS[_h32_np(keys ^ np.uint32(_C_SIGN)) >> np.uint32(31)]
+    return torch.from_numpy(buckets.astype(np.int64)), torch.from_numpy(signs)
+
+
+def sketch_torch(seed: int, start: int, stop: int, m: int, device: str | torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`sketch_numpy`'s twin with torch int32 ops on ``device`` (the CUDA path)."""
+    seed_key = int(_seed_key(seed).astype(np.int64))
+    keys = _h32_torch(torch.arange(start, stop, device=device, dtype=torch.int64).to(torch.int32) + _signed(seed_key))
+    buckets = (_h32_torch(keys ^ _signed(_C_BUCKET)).to(torch.int64) & 0xFFFFFFFF) % m
+    signs = _shr(_h32_torch(keys ^ _signed(_C_SIGN)), 31).to(torch.float32) * 2 - 1
+    return buckets, signs
 
 
 @dataclass(frozen=True)
@@ -133,6 +162,8 @@ class ProjectionConfig:
     seed: int = 42
     dtype: str = "float32"
     block_rows: int = 16384
+    sketch_dim: int = 131072
+    """m of the ``sketch`` type: the CountSketch width before the Gaussian step (ignored otherwise)."""
 
 
 class Projector:
@@ -140,8 +171,12 @@ class Projector:
 
     The matrix is materialised once (in ``dtype``) when it fits in ``max_cached_bytes`` — the CPU
     path; otherwise row blocks are regenerated on the device for every batch — the CUDA path for
-    large models. Both give the same numbers up to float rounding.
+    large models. Both give the same numbers up to float rounding. The ``sketch`` type sums the
+    signed gradient entries into m buckets (row chunks of ``sketch_rows``, hashed on the fly) and
+    hands the (B, m) result to a ``gaussian`` Projector over m "parameters".
     """
+
+    sketch_rows = 1 << 20
 
     def __init__(self, config: ProjectionConfig, n_params: int, device: str = "cpu",
                  max_cached_bytes: int = 4 << 30) -> None:
@@ -152,6 +187,11 @@ class Projector:
         self.device = torch.device(device)
         self.dtype = getattr(torch, config.dtype)
         self.matrix: torch.Tensor | None = None
+        self.inner: Projector | None = None
+        if config.type == "sketch" and config.dim is not None:
+            inner = ProjectionConfig("gaussian", config.dim, config.seed, config.dtype, config.block_rows)
+            self.inner = Projector(inner, config.sketch_dim, device, max_cached_bytes)
+            return
         if config.dim is not None and n_params * config.dim * self.dtype.itemsize <= max_cached_bytes:
             self.matrix = torch.empty(n_params, config.dim, dtype=self.dtype, device=self.device)
             for start, stop in self._blocks():
@@ -176,9 +216,24 @@ class Projector:
             raise ValueError(f"gradients have {grads.shape[-1]} entries, the projection expects {self.n_params}")
         if self.config.dim is None:
             return grads.to(torch.float32)
+        if self.inner is not None:
+            return self.inner(self.count_sketch(grads))
         if self.matrix is not None:
             return (grads.to(self.dtype) @ self.matrix).to(torch.float32)
         out = torch.zeros(grads.shape[0], self.config.dim, device=grads.device, dtype=torch.float32)
         for start, stop in self._blocks():
             out += (grads[:, start:stop].to(self.dtype) @ self._block(start, stop).to(self.dtype)).to(torch.float32)
+        return out
+
+    def count_sketch(self, grads: torch.Tensor) -> torch.Tensor:
+        """Sᵀg for each row of ``grads``: (B, p) → (B, m) float32, the buckets hashed chunk by chunk."""
+        c = self.config
+        out = torch.zeros(grads.shape[0], c.sketch_dim, device=grads.device, dtype=torch.float32)
+        for start in range(0, self.n_params, self.sketch_rows):
+            stop = min(start + self.sketch_rows, self.n_params)
+            if self.device.type == "cpu":
+                buckets, signs = sketch_numpy(c.seed, start, stop, c.sketch_dim)
+            else:
+                buckets, signs = sketch_torch(c.seed, start, stop, c.sketch_dim, self.device)
+            out.index_add_(1, buckets, grads[:, start:stop].to(torch.float32) * signs)
         return out

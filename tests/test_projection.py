@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffattr.projection import ProjectionConfig, Projector, block_numpy, block_torch
+from diffattr.projection import ProjectionConfig, Projector, block_numpy, block_torch, sketch_numpy, sketch_torch
 
 
 @pytest.mark.parametrize("kind", ["gaussian", "rademacher"])
@@ -54,3 +54,66 @@ def test_cached_and_streamed_projection_agree_and_no_projection_is_identity():
     reference = g.double() @ block_numpy("rademacher", 2, 0, 1000, 48).double()
     torch.testing.assert_close(cached(g).double(), reference, rtol=1e-5, atol=1e-3)
     assert torch.equal(Projector(ProjectionConfig(dim=None), 1000)(g), g)
+
+
+def _lowbias32(x: int) -> int:
+    """The hash of diffattr/projection.py written out on Python ints (an independent reference)."""
+    x &= 0xFFFFFFFF
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & 0xFFFFFFFF
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & 0xFFFFFFFF
+    return x ^ (x >> 16)
+
+
+def test_sketch_hash_follows_its_formula_and_torch_twin_agrees():
+    """b_i = h(key_i ⊕ C₃) mod m, s_i = top bit of h(key_i ⊕ C₄), key_i = h(h(seed ⊕ C₁) + i)."""
+    seed, m = 7, 1000
+    buckets, signs = sketch_numpy(seed, 100, 140, m)
+    seed_key = _lowbias32(seed ^ 0x9E3779B9)
+    for n, i in enumerate(range(100, 140)):
+        key = _lowbias32(seed_key + i)
+        assert int(buckets[n]) == _lowbias32(key ^ 0xC2B2AE35) % m
+        assert float(signs[n]) == (1.0 if _lowbias32(key ^ 0x27D4EB2F) >> 31 else -1.0)
+    for start, stop, m in [(0, 5000, 257), (3_000_000, 3_004_096, 131072)]:
+        b_np, s_np = sketch_numpy(3, start, stop, m)
+        b_t, s_t = sketch_torch(3, start, stop, m, "cpu")
+        assert torch.equal(b_np, b_t) and torch.equal(s_np, s_t)
+    b, s = sketch_numpy(0, 0, 200_000, 64)
+    from scipy.stats import chisquare
+    assert chisquare(np.bincount(b.numpy(), minlength=64)).pvalue > 1e-3
+    assert abs(float(s.mean())) < 0.01
+
+
+def test_sketch_projection_is_count_sketch_then_gaussian():
+    """φ = Gᵀ(Sᵀg) against the dense product with S built entry by entry; truncation holds at fixed m."""
+    p, m, k = 3000, 512, 24
+    g = torch.from_numpy(np.random.default_rng(4).normal(size=(3, p)))
+    cfg = ProjectionConfig(type="sketch", dim=k, seed=5, sketch_dim=m)
+    proj = Projector(cfg, p)
+    proj.sketch_rows = 700  # several chunks
+    buckets, signs = sketch_numpy(5, 0, p, m)
+    S = np.zeros((p, m))
+    S[np.arange(p), buckets.numpy()] = signs.numpy()
+    G = block_numpy("gaussian", 5, 0, m, k).double().numpy()
+    np.testing.assert_allclose(proj(g.float()).double().numpy(), g.numpy() @ S @ G, rtol=1e-4, atol=1e-3)
+    short = Projector(ProjectionConfig(type="sketch", dim=10, seed=5, sketch_dim=m), p)
+    torch.testing.assert_close(short(g.float()), proj(g.float())[:, :10])
+    assert proj.dim == k
+
+
+def test_sketch_inner_products_are_unbiased_with_the_gaussian_spread():
+    """E[φᵀφ'] = k·gᵀg' over seeds, and for m ≫ k the spread is the Gaussian projection's (ratio ≈ 1)."""
+    rng = np.random.default_rng(0)
+    p, k = 4000, 16
+    g = torch.from_numpy(rng.normal(size=(2, p)).astype(np.float32))
+    g[1] += 0.5 * g[0]
+    exact = k * float(g[0].double() @ g[1].double())
+    draws = {"sketch": [], "gaussian": []}
+    for seed in range(200):
+        for kind in draws:
+            phi = Projector(ProjectionConfig(type=kind, dim=k, seed=seed, sketch_dim=2048), p)(g)
+            draws[kind].append(float(phi[0] @ phi[1]))
+    sketch, gauss = np.asarray(draws["sketch"]), np.asarray(draws["gaussian"])
+    assert abs(sketch.mean() - exact) < 4 * sketch.std(ddof=1) / np.sqrt(len(sketch))
+    assert 0.6 < sketch.var() / gauss.var() < 1.6

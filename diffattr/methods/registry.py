@@ -35,9 +35,11 @@ queries), ``full_model`` (the full model's final checkpoint and, for text-to-ima
 ``kernel_models`` (each model's kernel, train and query features, chosen-λ curve, DAS residuals),
 ``feature_models`` (train and query features of each checkpoint spec), ``retrain_truth`` (the
 retrain pool's masks and ground truth), ``encoded_models`` (the encoded pool's masks and members),
-``ground_truth`` (no file: the ground truth's (seed, t) draws as a param)."""
+``ground_truth`` (no file: the ground truth's (seed, t) draws as a param), ``component_scores`` (the
+score stores of the methods a stack combines, on the same set), ``select_truth`` (the select pool's
+masks and ground truth, which a stack fits its weights on)."""
 NEEDS: tuple[Need, ...] = ("data", "generated", "full_model", "kernel_models", "feature_models",
-                           "retrain_truth", "encoded_models", "ground_truth")
+                           "retrain_truth", "encoded_models", "ground_truth", "component_scores", "select_truth")
 FAMILIES = frozenset({"ddpm", "text_to_image"})
 STAGES = ("lambda", "residuals", "retraining_curve")
 """Extra DAG stages a kind may declare: ``lambda`` (select_lambda per model and the oracle
@@ -90,6 +92,7 @@ class MethodInputs:
     lambdas: tuple[str, ...] = ()
     residuals: tuple[str, ...] = ()
     members: tuple[str, ...] = ()
+    components: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, files: Mapping[str, Any]) -> MethodInputs:
@@ -280,6 +283,9 @@ BUILTIN: tuple[MethodKind, ...] = (
     MethodKind("embedding", HELPS, _FULL, "diffattr.methods.embedding:embedding_method_scores",
                "Embedding similarity: a local CLIP vision model or the trained DDPM's UNet as encoder (§2.2)",
                settings="diffattr.methods.embedding:EmbeddingConfig", families=frozenset({"ddpm"})),
+    MethodKind("stack", HELPS, ("component_scores", "select_truth"), "diffattr.methods.stack:stack_scores",
+               "Stacking: non-negative weights of other methods' standardised scores, fit on the select pool (§2.19)",
+               settings="diffattr.methods.stack:StackSettings"),
 )
 """The built-in kinds; a plugin module adds its own with :func:`register`."""
 for _kind in BUILTIN:

@@ -202,9 +202,13 @@ class Plan:
         return self.method(name)["kind"]
 
     def method_sets(self, name: str) -> list[str]:
-        """The attributed sets a method scores: Journey-TRAK is defined for generated samples only (§2.12)."""
-        if self.method(name).get("query") == "journey":
+        """The attributed sets a method scores: Journey-TRAK is defined for generated samples only (§2.12);
+        a stack, the sets every one of its components scores."""
+        method = self.method(name)
+        if method.get("query") == "journey":
             return [s for s in self.sets if s == "gen"]
+        if "component_scores" in method_kind(method).needs:
+            return [s for s in self.sets if all(s in self.method_sets(c) for c in method["methods"])]
         return self.sets
 
     def query_split(self, name: str, set_name: str) -> str:
@@ -258,6 +262,11 @@ class Plan:
             pool = self.config["subsets"]["pools"]["encoded"]
             inputs["masks"] = L.subset_masks.format(pool="encoded")
             inputs["members"] = [self.checkpoint("encoded", k, pool["seeds"][0]) for k in range(pool["count"])]
+        if "component_scores" in needs:
+            inputs["components"] = [L.scores.format(method=c, set=set_name) for c in method["methods"]]
+        if "select_truth" in needs:
+            inputs["masks"] = L.subset_masks.format(pool="select")
+            inputs["truth"] = L.ground_truth.format(pool="select")
         if "full_model" in needs and method.get("encoder", "ddpm") == "ddpm":
             inputs["checkpoint"] = self.checkpoint("full", 0, self.config["full_model"]["seeds"][0])
             if self.base:
@@ -559,6 +568,7 @@ class Plan:
         kernel_methods = [m for m in scored if "lambda" in method_kind(self.method(m)).stages]
         full = ("full", 0, self.config["full_model"]["seeds"][0])
         truth_pools = {self.lds_pool} | ({"select"} if kernel_methods else set())
+        truth_pools |= {"select" for m in scored if "select_truth" in self.needs(m)}
         truth_pools |= {"retrain" for m in scored if "retrain_truth" in self.needs(m)}
         truth_pools |= {"retrain" for m in self.retraining_methods}
         features, kernels = self.feature_jobs(), self.kernel_jobs()

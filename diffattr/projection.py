@@ -153,6 +153,16 @@ def sketch_torch(seed: int, start: int, stop: int, m: int, device: str | torch.d
     return buckets, signs
 
 
+def fast_matmul(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether ``device`` multiplies ``dtype`` natively: always for float32 and on CUDA; on the CPU,
+    bf16 / fp16 only where oneDNN reports the instructions (AVX-512 BF16 / FP16, AMX)."""
+    if dtype == torch.float32 or device.type != "cpu":
+        return True
+    if dtype == torch.bfloat16:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
+
+
 @dataclass(frozen=True)
 class ProjectionConfig:
     """A feature spec's ``projection`` block; ``dim: null`` means no projection (exact gradients)."""
@@ -193,9 +203,14 @@ class Projector:
             self.inner = Projector(inner, config.sketch_dim, device, max_cached_bytes)
             return
         if config.dim is not None and n_params * config.dim * self.dtype.itemsize <= max_cached_bytes:
-            self.matrix = torch.empty(n_params, config.dim, dtype=self.dtype, device=self.device)
+            # a CPU without a native low-precision product keeps the dtype-rounded entries in float32
+            # when they fit (the same numbers, a fast product), else in dtype, upcast per block
+            store = self.dtype
+            if not fast_matmul(self.device, self.dtype) and n_params * config.dim * 4 <= max_cached_bytes:
+                store = torch.float32
+            self.matrix = torch.empty(n_params, config.dim, dtype=store, device=self.device)
             for start, stop in self._blocks():
-                self.matrix[start:stop] = self._block(start, stop)
+                self.matrix[start:stop] = self._block(start, stop).to(self.dtype)
 
     def _blocks(self) -> list[tuple[int, int]]:
         step = self.config.block_rows
@@ -219,10 +234,26 @@ class Projector:
         if self.inner is not None:
             return self.inner(self.count_sketch(grads))
         if self.matrix is not None:
+            if self.matrix.dtype == torch.float32 and self.dtype != torch.float32:
+                return grads.to(self.dtype).to(torch.float32) @ self.matrix
+            if not fast_matmul(self.device, self.dtype):
+                return self._upcast_matmul(grads)
             return (grads.to(self.dtype) @ self.matrix).to(torch.float32)
         out = torch.zeros(grads.shape[0], self.config.dim, device=grads.device, dtype=torch.float32)
+        compute = self.dtype if fast_matmul(self.device, self.dtype) else torch.float32
         for start, stop in self._blocks():
-            out += (grads[:, start:stop].to(self.dtype) @ self._block(start, stop).to(self.dtype)).to(torch.float32)
+            block = self._block(start, stop).to(self.dtype).to(compute)
+            out += (grads[:, start:stop].to(self.dtype).to(compute) @ block).to(torch.float32)
+        return out
+
+    def _upcast_matmul(self, grads: torch.Tensor) -> torch.Tensor:
+        """grads (rounded to ``dtype``, as the native product would) times the stored matrix, in float32
+        row block by row block: for a CPU without native bf16/fp16 matmul, whose low-precision product
+        is 10–100× slower than float32 (measured: 79 s against 0.63 s for 16 × 131 072 · 131 072 × 2 048)."""
+        x = grads.to(self.dtype)
+        out = torch.zeros(grads.shape[0], self.config.dim, device=grads.device, dtype=torch.float32)
+        for start, stop in self._blocks():
+            out += x[:, start:stop].to(torch.float32) @ self.matrix[start:stop].to(torch.float32)
         return out
 
     def count_sketch(self, grads: torch.Tensor) -> torch.Tensor:

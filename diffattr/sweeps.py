@@ -66,6 +66,8 @@ def sweep_points(name: str, sweep: Mapping[str, Any], methods: Mapping[str, Any]
         raise ConfigError(f"Config key 'sweeps.{name}.method' names '{method}', which is not a block under methods.")
     block = methods[method]
     spec = block.get("features") if isinstance(block.get("features"), str) else None
+    if spec is not None and spec not in features:  # the refusal check_inputs would give, before the sweep's
+        raise ConfigError(f"Config key 'methods.{method}.features' names '{spec}', which is not a block under 'features'.")
     try:
         base, where = _get(block, key), "method"
     except KeyError:
@@ -130,4 +132,28 @@ def sweep_table(name: str, key: str, points: Iterable[tuple[Any, str]], lds_tabl
             rows.append({"sweep": name, "method": method, "key": key, "value": _label(value), "set": r["set"],
                          "lds": r["lds"], "std": r.get("std"), "ci_low": r.get("ci_low"), "ci_high": r.get("ci_high"),
                          "chosen": r.get("chosen", "")})
+    table = pd.DataFrame(rows, columns=SWEEP_COLUMNS)
+    if key.split(".")[-1] == "seed" and len(table):
+        table = pd.concat([table, seed_spread(table)], ignore_index=True)
+    return table
+
+
+SPREAD_VALUE = "mean ± std over seeds"
+"""The ``value`` of a seed sweep's summary rows (:func:`seed_spread`)."""
+
+
+def seed_spread(table: pd.DataFrame) -> pd.DataFrame:
+    """A seed sweep's spread (issue 18, item 5: e.g. ``projection.seed``): per attributed set, the
+    mean LDS over the seeds with ``std`` the standard deviation across seeds (ddof = 1) and the CI
+    columns mean ± that std, so the ± of this row is the seeds' spread, while each seed's own row
+    keeps its bootstrap-over-subsets ± (``chosen`` says which is which)."""
+    rows = []
+    for split, g in table.groupby("set", sort=False):
+        lds = g["lds"].astype(float)
+        mean, std = float(lds.mean()), float(lds.std(ddof=1)) if len(lds) > 1 else float("nan")
+        boot = float(g["std"].astype(float).mean())
+        rows.append({"sweep": g["sweep"].iloc[0], "method": g["method"].iloc[0].split("__")[0], "key": g["key"].iloc[0],
+                     "value": SPREAD_VALUE, "set": split, "lds": mean, "std": std, "ci_low": mean - std,
+                     "ci_high": mean + std, "chosen": f"± = std over {len(lds)} seeds (each seed's row: bootstrap "
+                                                     f"over subsets, mean {boot:.3f})"})
     return pd.DataFrame(rows, columns=SWEEP_COLUMNS)

@@ -50,7 +50,7 @@ def test_the_mnist_config_plans_the_main_job_on_16x16_mnist_without_the_counterf
 def test_benchmark_plan_lists_the_expected_jobs(tmp_path):
     """config/benchmark.yaml over config.yaml: the full table, exactly the jobs the default had before
     the main job was cut down (533), so nothing was lost, plus the two stacks' score and LDS jobs
-    (issue 18 item 2, inherited from config.yaml): 539."""
+    (issue 18 item 2, inherited from config.yaml) and the three projection-seed sweeps (item 5): 656."""
     assert plan_of("config/benchmark.yaml", {"output_dir": str(tmp_path / "out")}).job_counts() == {
         "prepare_data": 1,
         "make_subsets": 4,  # lds, select, retrain, encoded
@@ -62,19 +62,20 @@ def test_benchmark_plan_lists_the_expected_jobs(tmp_path):
         # loss, square × 5 models (full + 4 ensemble) + loss_c25/50/75, das, dtracin(_c50), retrac(_c50) ×
         # the full model, × 3 splits: trak, trak_ens, relatif, renorm_if, grad_*, tracin*, gas share loss
         # + the generated samples' trajectory features of Journey-TRAK (split "journey")
-        "featurize": 70,  # + 5 sweep specs (dim 512, 1024, 4096; timesteps 5, 20) × 3 splits
-        "gather_features": 70,
+        # + 5 sweep specs (dim 512, 1024, 4096; timesteps 5, 20) × 3 splits
+        "featurize": 97,  # + 9 seed-sweep specs (loss, square, das × seeds 43, 44, 45) × 3 splits
+        "gather_features": 97,
         "gram_partial": 2,  # the sweep's k = 512, 1024 ≤ N: primal form, one train shard each
-        "kernel": 16,  # k = 2048 > N = 1597: dual form, no partial Grams (+ 5 sweep kernels)
-        "residuals": 1,  # DAS's training-residual weight
-        "select_lambda": 19,  # 6 single-model kernel methods + (trak_ens, dtrak_ens) × 4 models + 5 sweep methods
-        "oracle_lambda": 11,  # the single-model ones (6 + 5 sweeps) on the lds pool: the table's oracle diagnostic
-        "score": 69,  # 34 methods × {val, gen} + Journey-TRAK × {gen}
+        "kernel": 25,  # k = 2048 > N = 1597: dual form, no partial Grams (+ 5 + 9 sweep kernels)
+        "residuals": 4,  # DAS's training-residual weight, per DAS method (its seed sweep's 3 too)
+        "select_lambda": 28,  # 6 single-model kernel methods + (trak_ens, dtrak_ens) × 4 models + 14 sweep methods
+        "oracle_lambda": 20,  # the single-model ones (6 + 14 sweeps) on the lds pool: the table's oracle diagnostic
+        "score": 87,  # 43 methods × {val, gen} + Journey-TRAK × {gen}
         "score_trajectory": 1,  # Journey-TRAK's per-step scores
         "trajectory_lds": 1,
-        "evaluate_lds": 35,
+        "evaluate_lds": 44,
         "retraining_curve": 2,  # empirical influence, datamodels: LDS vs number of retrained models
-        "sweep_table": 2,  # dtrak_dim, dtrak_timesteps
+        "sweep_table": 5,  # dtrak_dim, dtrak_timesteps, {trak, dtrak, das}_seeds
         "lds_table": 1,
         "counterfactual_train": 48,  # 12 generated samples × k = 320 × (das, dtrak, trak, random removal)
         "counterfactual_evaluate": 4,
@@ -84,7 +85,7 @@ def test_benchmark_plan_lists_the_expected_jobs(tmp_path):
         "plot_counterfactual": 1,
         "attribution_grids": 7,  # report.methods
         "plot_trajectory": 1,
-        "plot_sweep": 2,
+        "plot_sweep": 5,
         "plot_runtime": 1,
         "all": 1,
     }

@@ -117,3 +117,24 @@ def test_sketch_inner_products_are_unbiased_with_the_gaussian_spread():
     sketch, gauss = np.asarray(draws["sketch"]), np.asarray(draws["gaussian"])
     assert abs(sketch.mean() - exact) < 4 * sketch.std(ddof=1) / np.sqrt(len(sketch))
     assert 0.6 < sketch.var() / gauss.var() < 1.6
+
+
+def test_low_precision_projection_on_a_cpu_without_native_matmul_upcasts_and_agrees(monkeypatch):
+    """bf16 storage: where the CPU has no native bf16 product (diffattr.projection.fast_matmul), the
+    product runs in float32 on the bf16-rounded operands; both paths equal that float64 reference to
+    bf16's output rounding, and the upcast one to float32 rounding."""
+    import diffattr.projection as projection
+
+    g = torch.from_numpy(np.random.default_rng(5).normal(size=(4, 3000)).astype(np.float32))
+    cfg = ProjectionConfig(type="gaussian", dim=64, seed=1, dtype="bfloat16", block_rows=700)
+    reference = g.to(torch.bfloat16).double() @ block_numpy("gaussian", 1, 0, 3000, 64).to(torch.bfloat16).double()
+    for native in (False, True):
+        monkeypatch.setattr(projection, "fast_matmul", lambda device, dtype, native=native: native)
+        for budget in (1 << 30, 3000 * 64 * 2, 0):  # float32 storage (when not native), bf16 storage, streamed
+            proj = Projector(cfg, 3000, max_cached_bytes=budget)
+            assert (proj.matrix is None) == (budget == 0)
+            out = proj(g).double()
+            tol = 2e-2 if native else 1e-4  # the native product rounds its output to bf16
+            torch.testing.assert_close(out, reference, rtol=tol, atol=tol * reference.abs().max().item())
+    assert projection.fast_matmul(torch.device("cpu"), torch.float32)
+    assert projection.fast_matmul(torch.device("cuda"), torch.bfloat16)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -87,3 +88,24 @@ def test_sweep_table_gathers_the_points_rows(tmp_path):
         ["dtrak__dim512", "512", "val", 0.1], ["dtrak__dim512", "512", "gen", 0.2],
         ["dtrak", "2048", "val", 1.1], ["dtrak", "2048", "gen", 1.2]]
     assert (table["key"] == "projection.dim").all() and (table["chosen"] == "λ=0.1 (select pool)").all()
+
+
+def test_a_projection_seed_sweep_reports_the_spread_over_seeds(tmp_path):
+    """Issue 18 item 5: the summary rows' ± is the std across seeds (numpy's, ddof 1), and they say
+    so; each seed's own row keeps its bootstrap std."""
+    lds = {"trak": (0.132, 0.05), "trak__seed43": (0.150, 0.07), "trak__seed44": (0.141, 0.02)}
+    paths = []
+    for method, (v, g) in lds.items():
+        path = tmp_path / f"{method}.csv"
+        pd.DataFrame({"method": method, "kind": "trak", "set": ["val", "gen"], "lds": [v, g], "std": [0.01, 0.03],
+                      "ci_low": 0.0, "ci_high": 0.3, "chosen": "λ=1"}).to_csv(path, index=False)
+        paths.append(str(path))
+    table = sweep_table("seeds", "projection.seed", [(42, "trak"), (43, "trak__seed43"), (44, "trak__seed44")], paths)
+    summary = table[table["value"] == "mean ± std over seeds"].set_index("set")
+    assert len(table) == 8 and list(summary.index) == ["val", "gen"]
+    vals = np.asarray([0.132, 0.150, 0.141])
+    assert summary.loc["val", "lds"] == pytest.approx(vals.mean())
+    assert summary.loc["val", "std"] == pytest.approx(vals.std(ddof=1))
+    assert summary.loc["val", "ci_high"] - summary.loc["val", "ci_low"] == pytest.approx(2 * vals.std(ddof=1))
+    assert summary.loc["gen", "method"] == "trak" and "std over 3 seeds" in summary.loc["gen", "chosen"]
+    assert "bootstrap over subsets, mean 0.030" in summary.loc["gen", "chosen"]

@@ -108,6 +108,21 @@ def test_smoke_run_end_to_end(smoke):
     assert (smoke.out / "benchmarks" / "train_model" / "full" / "0" / "seed0.tsv").exists()
     # primal kernel path (k = 256 ≤ N = 300): two partial Grams per model were summed
     assert len(list((smoke.out / "kernels" / "loss" / "full" / "0" / "seed0" / "gram").iterdir())) == 2
+    # the stack (docs/methods.md §2.19): weights fit on the select pool, its scores Σ w_c·u_c rebuilt
+    # with numpy from its components' own stores (u_c: −s_c·τ_c standardised per row)
+    from diffattr.scores import read_score_rows, score_attrs, score_shape
+
+    assert table.loc[table["method"] == "stack", "chosen"].str.contains("(nnls on select)", regex=False).all()
+    for split in ("val", "gen"):
+        path = smoke.out / "scores" / "stack" / f"{split}.zarr"
+        attrs = score_attrs(path)
+        assert attrs["components"] == ["pixel_l2", "trak", "dtrak", "das"] and abs(sum(attrs["weights"]) - 1) < 1e-9
+        rebuilt = 0
+        for name, w in zip(attrs["components"], attrs["weights"]):
+            part = smoke.out / "scores" / name / f"{split}.zarr"
+            v = -int(score_attrs(part)["sign"]) * read_score_rows(part, 0, score_shape(part)[0]).astype(np.float64)
+            rebuilt = rebuilt + w * (v - v.mean(1, keepdims=True)) / v.std(1, keepdims=True)
+        np.testing.assert_allclose(read_score_rows(path, 0, score_shape(path)[0]), rebuilt, rtol=1e-4, atol=1e-4)
 
 
 def test_counterfactual_through_the_workflow(smoke):

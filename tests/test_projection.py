@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from diffattr.projection import ProjectionConfig, Projector, block_numpy, block_torch, sketch_numpy, sketch_torch
+from test_gpu_check import lowbias32  # the hash in plain Python integers (an independent reference)
 
 
 @pytest.mark.parametrize("kind", ["gaussian", "rademacher"])
@@ -56,25 +57,15 @@ def test_cached_and_streamed_projection_agree_and_no_projection_is_identity():
     assert torch.equal(Projector(ProjectionConfig(dim=None), 1000)(g), g)
 
 
-def _lowbias32(x: int) -> int:
-    """The hash of diffattr/projection.py written out on Python ints (an independent reference)."""
-    x &= 0xFFFFFFFF
-    x ^= x >> 16
-    x = (x * 0x7FEB352D) & 0xFFFFFFFF
-    x ^= x >> 15
-    x = (x * 0x846CA68B) & 0xFFFFFFFF
-    return x ^ (x >> 16)
-
-
 def test_sketch_hash_follows_its_formula_and_torch_twin_agrees():
     """b_i = h(key_i ⊕ C₃) mod m, s_i = top bit of h(key_i ⊕ C₄), key_i = h(h(seed ⊕ C₁) + i)."""
     seed, m = 7, 1000
     buckets, signs = sketch_numpy(seed, 100, 140, m)
-    seed_key = _lowbias32(seed ^ 0x9E3779B9)
+    seed_key = lowbias32(seed ^ 0x9E3779B9)
     for n, i in enumerate(range(100, 140)):
-        key = _lowbias32(seed_key + i)
-        assert int(buckets[n]) == _lowbias32(key ^ 0xC2B2AE35) % m
-        assert float(signs[n]) == (1.0 if _lowbias32(key ^ 0x27D4EB2F) >> 31 else -1.0)
+        key = lowbias32(seed_key + i)
+        assert int(buckets[n]) == lowbias32(key ^ 0xC2B2AE35) % m
+        assert float(signs[n]) == (1.0 if lowbias32(key ^ 0x27D4EB2F) >> 31 else -1.0)
     for start, stop, m in [(0, 5000, 257), (3_000_000, 3_004_096, 131072)]:
         b_np, s_np = sketch_numpy(3, start, stop, m)
         b_t, s_t = sketch_torch(3, start, stop, m, "cpu")

@@ -290,6 +290,9 @@ def check_inputs(config: dict[str, Any], base: str | os.PathLike = ".") -> None:
     for name in config["evaluation"].get("methods") or []:
         if name not in methods:
             raise ConfigError(f"Config key 'evaluation.methods' names '{name}', which is not a block under 'methods'.")
+    reference = config["evaluation"]["lds"].get("reference")
+    if reference is not None and reference not in methods:
+        raise ConfigError(f"Config key 'evaluation.lds.reference' names '{reference}', which is not a block under 'methods'.")
     if config.get("customization") and model_family(config) != "text_to_image":
         raise ConfigError("Config key 'customization' needs model.family text_to_image (it customizes a LoRA).")
     if model_family(config) == "text_to_image":
@@ -313,8 +316,8 @@ def check_inputs(config: dict[str, Any], base: str | os.PathLike = ".") -> None:
         if method["kind"] == "encoded" and members < 2:
             raise ConfigError(f"Config key 'methods.{name}' is an encoded ensemble, which needs "
                               f"'subsets.pools.encoded.count' models (an even number of at least 2); it is {members}.")
-        if method["kind"] == "stack":
-            check_stack(config, name)
+        if method["kind"] in ("stack", "select"):
+            check_combined(config, name)
         wanted = _retrain_models_needed(method)
         if wanted > retrain:
             raise ConfigError(f"Config key 'methods.{name}' needs {wanted} retrain-pool models but "
@@ -323,12 +326,14 @@ def check_inputs(config: dict[str, Any], base: str | os.PathLike = ".") -> None:
     check_pools(config)
 
 
-def check_stack(config: dict[str, Any], name: str) -> None:
-    """A stack's components (``methods.<name>.methods``; the schema: at least 2, distinct) are
-    evaluated methods, none a stack, and a Journey-TRAK component has its gen set."""
+def check_combined(config: dict[str, Any], name: str) -> None:
+    """A stack's or a select method's components (``methods.<name>.methods``; the schema: at least 2,
+    distinct) are evaluated methods; a stack's include no stack or select, a select's no select (a
+    select may choose a stack); a Journey-TRAK component has its gen set."""
     from diffattr.methods.registry import method_kind
 
     key, methods = f"methods.{name}.methods", config["methods"]
+    kind = methods[name]["kind"]
     evaluated = config["evaluation"].get("methods") or list(methods)
     components = config["methods"][name]["methods"]
     for c in components:
@@ -336,9 +341,12 @@ def check_stack(config: dict[str, Any], name: str) -> None:
             raise ConfigError(f"Config key '{key}' names '{c}', which is not a block under 'methods'.")
         if c not in evaluated:
             raise ConfigError(f"Config key '{key}' names '{c}', which 'evaluation.methods' does not evaluate, so it "
-                              f"has no scores to stack.")
-        if "component_scores" in method_kind(methods[c]).needs:
-            raise ConfigError(f"Config key '{key}' names '{c}', which is itself a stack; stack its components instead.")
+                              f"has no scores to {'stack' if kind == 'stack' else 'choose'}.")
+        inner = methods[c]["kind"]
+        if kind == "stack" and "component_scores" in method_kind(methods[c]).needs:
+            raise ConfigError(f"Config key '{key}' names '{c}', which is itself a {inner}; stack its components instead.")
+        if kind == "select" and inner == "select":
+            raise ConfigError(f"Config key '{key}' names '{c}', which is itself a select; list its candidates instead.")
     if any(methods[c].get("query") == "journey" for c in components) and "gen" not in config["evaluation"]["sets"]:
         raise ConfigError(f"Config key '{key}' names a Journey-TRAK method, which scores gen only, but "
                           f"'evaluation.sets' has no gen.")

@@ -6,7 +6,9 @@ v's non-alphanumerics as "_"), each a copy of M with K set to v. K is looked up 
 ``similarity``, …), then in the block of M's feature spec (``timesteps``, ``projection.dim``,
 ``noise_seeds``, …), which is copied the same way into ``{spec}__{leaf}{v}``. Everything the value
 does not change is shared: a ``projection.dim`` sweep re-featurizes, but trains, measures and
-generates nothing again; a value equal to M's own is M itself (no new job). Each derived method runs
+generates nothing again; a value equal to M's own is M itself (no new job). With ``select: true``
+the sweep also adds ``{name}_selected``, a ``select`` method over its values (docs/methods.md §2.20:
+the value the select pool prefers, never the lds pool), whose row ends the sweep's table. Each derived method runs
 and is evaluated like any other (docs/methods.md §4.4), and :func:`sweep_table` gathers LDS against the
 value, per attributed set: D-TRAK's per-timestep-count (§5.1, 10 / 100 / 1000 timesteps) and per-k
 (projection dimension) ablations are two such sweeps.
@@ -115,10 +117,44 @@ def expand_sweeps(config: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
                                       f"differently; rename that block.")
                 config[table][entry] = block
         evaluated = config.get("evaluation", {}).get("methods")
+        if sweep.get("select"):
+            selected = selected_name(name)
+            block = {"kind": "select", "methods": selection_candidates(sweep["method"], points)}
+            if len(block["methods"]) < 2:
+                raise ConfigError(f"Config key 'sweeps.{name}.select' is true, but the sweep has one value only; "
+                                  f"a choice needs at least 2.")
+            if selected in config["methods"] and config["methods"][selected] != block:
+                raise ConfigError(f"Config key 'sweeps.{name}.select' derives '{selected}', which methods already "
+                                  f"defines differently; rename that block.")
+            config["methods"][selected] = block
         if evaluated and sweep["method"] in evaluated:
-            evaluated.extend(p["method"] for p in points if p["method"] not in evaluated)
+            extra = [p["method"] for p in points] + ([selected_name(name)] if sweep.get("select") else [])
+            evaluated.extend(m for m in extra if m not in evaluated)
         plans[name] = points
     return plans
+
+
+SELECTED_VALUE = "chosen on select"
+"""The ``value`` of a ``select: true`` sweep's row of its selected method (:func:`sweep_rows`)."""
+
+
+def selected_name(sweep: str) -> str:
+    """The select method a ``select: true`` sweep adds (docs/methods.md §2.20): ``{sweep}_selected``."""
+    return f"{sweep}_selected"
+
+
+def selection_candidates(method: str, points: list[dict[str, Any]]) -> list[str]:
+    """A selecting sweep's candidates, simplest first: the swept method's own value (what the config
+    chose by hand, so one_se keeps it unless another value is clearly better), then the values in order."""
+    derived = [p["method"] for p in points]
+    return [method, *(m for m in derived if m != method)] if method in derived else derived
+
+
+def sweep_rows(name: str, sweep: Mapping[str, Any], points: list[dict[str, Any]]) -> list[tuple[Any, str]]:
+    """The (value, method) rows of a sweep's table: each point, and for ``select: true`` the selected
+    method's row (value :data:`SELECTED_VALUE`; its ``chosen`` says which value won)."""
+    rows = [(p["value"], p["method"]) for p in points]
+    return rows + [(SELECTED_VALUE, selected_name(name))] if sweep.get("select") else rows
 
 
 def sweep_table(name: str, key: str, points: Iterable[tuple[Any, str]], lds_tables: Iterable[str]) -> pd.DataFrame:
@@ -134,7 +170,8 @@ def sweep_table(name: str, key: str, points: Iterable[tuple[Any, str]], lds_tabl
                          "chosen": r.get("chosen", "")})
     table = pd.DataFrame(rows, columns=SWEEP_COLUMNS)
     if key.split(".")[-1] == "seed" and len(table):
-        table = pd.concat([table, seed_spread(table)], ignore_index=True)
+        points_only = table[table["value"] != SELECTED_VALUE]
+        table = pd.concat([table, seed_spread(points_only)], ignore_index=True)
     return table
 
 

@@ -5,6 +5,10 @@ rule evaluate_lds:
         ],
         masks=L.subset_masks.format(pool=plan.lds_pool),
         truth=L.ground_truth.format(pool=plan.lds_pool),
+        reference=lambda w: [
+            L.scores.format(method=plan.lds_reference, set=s)
+            for s in plan.reference_sets(w.method)
+        ],
     output:
         table=L.method_lds,
     log:
@@ -20,6 +24,7 @@ rule evaluate_lds:
     params:
         lds={k: v for k, v in config["evaluation"]["lds"].items() if k != "pool"},
         sets=lambda w: plan.method_sets(w.method),
+        reference_sets=lambda w: plan.reference_sets(w.method),
     script:
         "../workflow_scripts/evaluate_lds.py"
 
@@ -104,7 +109,7 @@ rule retraining_curve:
 rule sweep_table:
     input:
         tables=lambda w: [
-            L.method_lds.format(method=p["method"]) for p in plan.sweeps[w.sweep]
+            L.method_lds.format(method=m) for _, m in plan.sweep_rows(w.sweep)
         ],
     output:
         table=report(
@@ -120,6 +125,6 @@ rule sweep_table:
         "../envs/eval.yaml"
     params:
         key=lambda w: config["sweeps"][w.sweep]["key"],
-        points=lambda w: [(p["value"], p["method"]) for p in plan.sweeps[w.sweep]],
+        points=lambda w: plan.sweep_rows(w.sweep),
     script:
         "../workflow_scripts/sweep_table.py"

@@ -22,6 +22,7 @@ import yaml
 from snakemake.parser import parse as parse_snakefile
 from snakemake.sourcecache import LocalSourceFile
 
+from diffattr.choose import SelectSettings
 from diffattr.config import DEFAULT_CAPTION_TEMPLATE, DEFAULT_FEATURE_CHECKPOINT, validate
 from diffattr.customization import CustomizationConfig
 from diffattr.data.settings import DataConfig
@@ -48,6 +49,7 @@ SETTINGS = {
     ("features", ANY): FeatureSpec,
     ("features", ANY, "projection"): ProjectionConfig,
     ("customization",): CustomizationConfig,
+    ("evaluation", "select"): SelectSettings,
 }
 """Every settings dataclass that parses a non-method config block, by the block's schema path."""
 NOT_FIELDS = {("generate",): {"model_seed"}}

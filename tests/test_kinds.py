@@ -12,7 +12,7 @@ import pytest
 from diffattr.methods.registry import BUILTIN, HELPS, KINDS, MethodKind, settings_class, settings_schema
 from plans import SCHEMA
 
-DERIVED = {"gradient": {"weights"}, "embedding": {"device"}}
+DERIVED = {"gradient": {"weights"}, "embedding": {"device"}, "select": {"select_rule"}}
 """Settings fields the DAG or the job fills in, never written in a config block."""
 OPTIONAL_WITHOUT_DEFAULT = {"embedding": {"path"}}
 """Fields a block may leave out though the dataclass has no default: the DDPM encoder's ``path`` is

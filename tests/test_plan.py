@@ -19,17 +19,18 @@ from plans import REPO, config_of, fake_artbench, plan_of
 def test_the_main_job_plans_the_headline_methods_only(tmp_path):
     """config.yaml alone (issue 17 item 1): the headline methods, 16 + 8 subset models, the TRAK
     ensemble over the 2 full-data seeds and DAS's counterfactual on 6 samples; nothing of the
-    benchmark's other stages; the stack and its equal-weights control (issue 18 item 2) add score jobs
-    only."""
+    benchmark's other stages; the stack and its equal-weights control (issue 18 item 2) and the
+    recommended method chosen on select (item 6) add score jobs only."""
     plan = plan_of({"output_dir": str(tmp_path / "out")})
-    assert plan.methods == ["pixel_l2", "random", "trak", "dtrak", "trak_ens", "das", "ekfac", "stack", "stack_equal"]
+    assert plan.methods == ["pixel_l2", "random", "trak", "dtrak", "trak_ens", "das", "ekfac", "stack", "stack_equal",
+                            "recommended"]
     assert plan.job_counts() == {
         "prepare_data": 1, "make_subsets": 2,  # lds, select
         "train_model": 26,  # 2 full-data seeds + 16 lds + 8 select
         "generate": 1, "measure_outputs": 24, "gather_ground_truth": 2,  # lds and select pools
         "featurize": 12, "gather_features": 12,  # loss × 2 seeds, square, das; × {train, val, gen}
         "kernel": 4, "select_lambda": 5, "oracle_lambda": 3, "residuals": 1,  # trak, dtrak, das + 2 ensemble members
-        "score": 18, "evaluate_lds": 9, "lds_table": 1,  # 9 methods × {val, gen}
+        "score": 20, "evaluate_lds": 10, "lds_table": 1,  # 10 methods × {val, gen}
         "counterfactual_train": 12, "counterfactual_evaluate": 2, "counterfactual_table": 1,  # 6 samples × (das, random)
         "plot_lds": 1, "plot_lambda": 1, "plot_counterfactual": 1, "attribution_grids": 5, "plot_runtime": 1,
         "all": 1,
@@ -43,14 +44,15 @@ def test_the_mnist_config_plans_the_main_job_on_16x16_mnist_without_the_counterf
     assert plan.sizes == {"train": 1500, "val": 100, "gen": 100, "journey": 100}
     assert plan.image_channels == 1 and plan.config["model"]["unet"]["sample_size"] == 16
     counts = plan.job_counts()
-    assert counts["train_model"] == 26 and counts["score"] == 18
+    assert counts["train_model"] == 26 and counts["score"] == 20
     assert not {"counterfactual_train", "counterfactual_table"} & set(counts)
 
 
 def test_benchmark_plan_lists_the_expected_jobs(tmp_path):
     """config/benchmark.yaml over config.yaml: the full table, exactly the jobs the default had before
     the main job was cut down (533), so nothing was lost, plus the two stacks' score and LDS jobs
-    (issue 18 item 2, inherited from config.yaml) and the three projection-seed sweeps (item 5): 656."""
+    (issue 18 item 2, inherited from config.yaml), the three projection-seed sweeps (item 5), the
+    recommended method and the two D-TRAK sweeps' selected values (items 1 and 6): 662."""
     assert plan_of("config/benchmark.yaml", {"output_dir": str(tmp_path / "out")}).job_counts() == {
         "prepare_data": 1,
         "make_subsets": 4,  # lds, select, retrain, encoded
@@ -70,10 +72,10 @@ def test_benchmark_plan_lists_the_expected_jobs(tmp_path):
         "residuals": 4,  # DAS's training-residual weight, per DAS method (its seed sweep's 3 too)
         "select_lambda": 28,  # 6 single-model kernel methods + (trak_ens, dtrak_ens) × 4 models + 14 sweep methods
         "oracle_lambda": 20,  # the single-model ones (6 + 14 sweeps) on the lds pool: the table's oracle diagnostic
-        "score": 87,  # 43 methods × {val, gen} + Journey-TRAK × {gen}
+        "score": 93,  # 46 methods × {val, gen} + Journey-TRAK × {gen}
         "score_trajectory": 1,  # Journey-TRAK's per-step scores
         "trajectory_lds": 1,
-        "evaluate_lds": 44,
+        "evaluate_lds": 47,
         "retraining_curve": 2,  # empirical influence, datamodels: LDS vs number of retrained models
         "sweep_table": 5,  # dtrak_dim, dtrak_timesteps, {trak, dtrak, das}_seeds
         "lds_table": 1,

@@ -1,32 +1,44 @@
-"""Select-pool choice against the oracle's (diffattr/evaluate/selection.py, issue 18 item 1)."""
+"""Select-pool choice against the oracle's (diffattr/evaluate/selection.py, issue 18 item 1), checked
+against the choice and the LDS written out with scipy."""
 
-import pandas as pd
+import numpy as np
+from scipy.stats import spearmanr
 
-from diffattr.evaluate.selection import selection_table
+from diffattr.choose import SelectSettings
+from diffattr.evaluate.selection import pool_rows, resplit_rows
+
+RULES = {"best": SelectSettings("best"), "one_se": SelectSettings("one_se", resamples=30)}
 
 
-def _curve(pool, lds_by_set):
-    return pd.DataFrame([{"set": s, "pool": pool, "lambda": lam, "lds": v}
-                         for s, values in lds_by_set.items() for lam, v in values.items()])
+def _lds(pred, truth):
+    return float(np.mean([spearmanr(pred[:, x], truth[:, x])[0] for x in range(truth.shape[1])]))
+
+
+def _world(seed, m_select=8, m_lds=16, n=5):
+    rng = np.random.default_rng(seed)
+    truth = rng.normal(size=(m_select + m_lds, n))
+    preds = [truth + s * rng.normal(size=truth.shape) for s in (3.0, 1.0, 0.7, 5.0)]
+    return [p[:m_select] for p in preds], truth[:m_select], [p[m_select:] for p in preds], truth[m_select:]
 
 
 def test_the_gap_is_the_lds_pool_cost_of_the_select_choice():
-    select = _curve("select", {"val": {0.1: 0.30, 1.0: 0.35, 10.0: 0.20}, "gen": {0.1: 0.1, 1.0: 0.2, 10.0: 0.4}})
-    oracle = _curve("lds", {"val": {0.1: 0.21, 1.0: 0.18, 10.0: 0.25}, "gen": {0.1: 0.0, 1.0: 0.1, 10.0: 0.3}})
-    table = selection_table({"trak": (select, oracle)})
-    table = table[table["rule"] == "best"].set_index("set")
-    assert table.loc["val", "lambda_chosen"] == 1.0 and table.loc["val", "lambda_oracle"] == 10.0
-    assert table.loc["val", "lds_chosen"] == 0.18 and abs(table.loc["val", "gap"] - 0.07) < 1e-12
-    assert not table.loc["val", "agree"]
-    assert table.loc["gen", "agree"] and table.loc["gen", "gap"] == 0
+    sel, sel_y, lds, lds_y = _world(0)
+    rows = {r["rule"]: r for r in pool_rows(sel, sel_y, lds, lds_y, RULES, [0, 1, 2, 3])}
+    on_lds = [_lds(p, lds_y) for p in lds]
+    best = rows["best"]
+    assert best["chosen"] == int(np.argmax([_lds(p, sel_y) for p in sel])) and best["oracle"] == int(np.argmax(on_lds))
+    assert abs(best["gap"] - (max(on_lds) - on_lds[best["chosen"]])) < 1e-12
+    assert best["agree"] == (best["chosen"] == best["oracle"]) and rows["one_se"]["gap"] >= 0
 
 
-def test_the_smoothed_rule_ignores_one_noisy_grid_point():
-    """A lone spike at λ = 0.1 wins the plain argmax; averaged with its neighbours the broad maximum
-    at λ = 1000 wins (by hand: 0.307 there against 0.133 at the spike and 0.24 next to it)."""
-    from diffattr.evaluate.selection import smoothed_choice
-
-    grid = [10.0**e for e in range(-3, 6)]
-    select = _curve("select", {"val": dict(zip(grid, [0.0, 0.0, 0.4, 0.0, 0.0, 0.3, 0.32, 0.3, 0.1]))})
-    assert smoothed_choice(select) == {"val": 1000.0}
-    assert smoothed_choice(select, window=0) == {"val": 0.1}
+def test_re_splits_choose_on_m_subsets_and_judge_on_the_rest():
+    sel, sel_y, lds, lds_y = _world(1)
+    rows = resplit_rows(sel, sel_y, lds, lds_y, {"best": RULES["best"]}, [0, 1, 2, 3], sizes=[4, 16], splits=3, seed=7)
+    assert [(r["size"], r["split"]) for r in rows] == [(4, 0), (4, 1), (4, 2), (16, 0), (16, 1), (16, 2)]
+    # the first draw, written out: the same permutation, argmax on the first m rows, judged on the rest
+    preds, truth = [np.vstack([s, v]) for s, v in zip(sel, lds)], np.vstack([sel_y, lds_y])
+    perm = np.random.default_rng(7).permutation(24)
+    pick, rest = perm[:4], perm[4:]
+    chosen = int(np.argmax([_lds(p[pick], truth[pick]) for p in preds]))
+    judged = [_lds(p[rest], truth[rest]) for p in preds]
+    assert rows[0]["chosen"] == chosen and abs(rows[0]["gap"] - (max(judged) - judged[chosen])) < 1e-12

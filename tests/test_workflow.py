@@ -123,6 +123,33 @@ def test_smoke_run_end_to_end(smoke):
             v = -int(score_attrs(part)["sign"]) * read_score_rows(part, 0, score_shape(part)[0]).astype(np.float64)
             rebuilt = rebuilt + w * (v - v.mean(1, keepdims=True)) / v.std(1, keepdims=True)
         np.testing.assert_allclose(read_score_rows(path, 0, score_shape(path)[0]), rebuilt, rtol=1e-4, atol=1e-4)
+    # the recommended method (§2.20): its scores are, bit for bit, those of the candidate whose select-pool
+    # LDS (recomputed here from the stores, the select pool's masks and truth, with scipy) is the best
+    from diffattr.ground_truth import read_ground_truth
+    from diffattr.subsets import read_pool
+
+    masks = read_pool(str(smoke.out / "subsets" / "select.zarr")).astype(np.float64)
+    for split in ("val", "gen"):
+        truth = read_ground_truth(str(smoke.out / "ground_truth" / "select.zarr"), split)
+        path = smoke.out / "scores" / "recommended" / f"{split}.zarr"
+        candidates = score_attrs(path)["candidates"]
+        on_select = {}
+        for name in candidates:
+            part = smoke.out / "scores" / name / f"{split}.zarr"
+            pred = int(score_attrs(part)["sign"]) * masks @ read_score_rows(part, 0, score_shape(part)[0]).astype(np.float64).T
+            on_select[name] = np.nanmean([spearmanr(pred[:, x], truth[:, x])[0] for x in range(truth.shape[1])])
+        chosen = max(on_select, key=on_select.get)
+        assert score_attrs(path)["selected"] == chosen, on_select
+        winner = smoke.out / "scores" / chosen / f"{split}.zarr"
+        np.testing.assert_array_equal(read_score_rows(path, 0, 40), read_score_rows(winner, 0, 40))
+        row = table[(table["method"] == "recommended") & (table["set"] == split)].iloc[0]
+        assert row["chosen"].startswith(f"{chosen}") and row["lds"] == pytest.approx(lds[(chosen, split)], abs=1e-12)
+    # the paired bootstrap against pixel_l2 (evaluation.lds.reference): the difference on all subsets is the
+    # difference of the two LDS, its CI brackets it (same draws), and pixel itself has none
+    for r in table[table["kind"].isin(["trak", "stack", "select"])].itertuples():
+        assert r.reference == "pixel_l2" and r.delta == pytest.approx(lds[(r.method, r.set)] - lds[("pixel_l2", r.set)])
+        assert r.delta_low <= r.delta <= r.delta_high
+    assert table.loc[table["method"] == "pixel_l2", "delta"].isna().all()
 
 
 def test_counterfactual_through_the_workflow(smoke):
@@ -215,12 +242,13 @@ def test_a_changed_knob_reruns_only_what_it_touches(smoke, tmp_path):
                                                                     "values": [128, 256]},
                                                               "dtrak_dim": None, "dtrak_timesteps": None}}})
     # (a) one method's λ grid: its λ selection (and oracle diagnostic), scores and evaluation only (and the
-    # report's figures of them)
+    # report's figures of them), and the stack that combines trak's scores (re-fit and re-scored)
     figures = {"plot_lds", "plot_lambda", "plot_runtime"}
     jobs = planned["a"]
     assert {r for r, _ in jobs} == {"select_lambda", "oracle_lambda", "score", "evaluate_lds", "lds_table",
                                     "attribution_grids", *figures}
-    assert {w.get("method") for r, w in jobs if r != "lds_table" and r not in figures} == {"trak"}
+    assert {w.get("method") for r, w in jobs if r != "lds_table" and r not in figures} == {"trak", "stack", "recommended"}
+    assert {r for r, w in jobs if w.get("method") in ("stack", "recommended")} == {"score", "evaluate_lds"}
     # (b) one feature spec's projection dim: that spec's features, kernels and its methods only
     jobs = planned["b"]
     assert {r for r, _ in jobs} == {"featurize", "gather_features", "gram_partial", "kernel", "select_lambda",
@@ -229,7 +257,7 @@ def test_a_changed_knob_reruns_only_what_it_touches(smoke, tmp_path):
                                     "trajectory_lds", "plot_trajectory", *figures}
     assert {w["spec"] for r, w in jobs if "spec" in w} == {"loss"}
     assert {w["method"] for r, w in jobs if "method" in w} == {"trak", "trak_ens", "relatif", "grad_cos", "tracin", "gas",
-                                                               "journey_trak"}
+                                                               "journey_trak", "stack", "recommended"}
     # (c) the LDS bootstrap count: evaluation only
     jobs = planned["c"]
     assert {r for r, _ in jobs} == {"evaluate_lds", "lds_table", "trajectory_lds", "plot_lds", "plot_runtime",

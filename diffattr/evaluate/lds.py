@@ -10,7 +10,9 @@ left out of the mean, as ``np.nanmean`` does; the result says how many queries t
 (``n_defined``) and how many had no correlation (``n_undefined``). An LDS needs at least 2 subsets
 and at least one defined correlation: anything less is an :class:`LDSError`, never an empty number.
 Uncertainty: a bootstrap over subsets (resampling rows of A and Y together), reported as the std of
-the bootstrap distribution and its percentile interval, as D-TRAK reports it.
+the bootstrap distribution and its percentile interval, as D-TRAK reports it. Two methods compare by
+the paired bootstrap (:func:`paired_difference`): the same draws of the subsets for both, so the
+interval of LDS₁ − LDS₂ leaves out the subsets' noise that the two share.
 """
 
 from __future__ import annotations
@@ -85,11 +87,40 @@ def bootstrap_lds(pred: np.ndarray, truth: np.ndarray, resamples: int, confidenc
     if np.isnan(per_query).all():
         raise LDSError(f"none of the {per_query.size} queries has a defined correlation (each one's prediction or "
                        f"ground truth is constant across the {pred.shape[0]} subsets).")
-    rng = np.random.default_rng(seed)
-    m = pred.shape[0]
-    draws = np.array([lds_from_predictions(pred[idx], truth[idx]) for idx in rng.integers(0, m, size=(resamples, m))])
+    draws = np.array([lds_from_predictions(pred[idx], truth[idx]) for idx in bootstrap_draws(pred.shape[0], resamples, seed)])
     draws = draws[~np.isnan(draws)]
     alpha = (1 - confidence) / 2
     lo, hi = np.quantile(draws, [alpha, 1 - alpha]) if len(draws) else (np.nan, np.nan)
     std = float(np.std(draws, ddof=1)) if len(draws) > 1 else np.nan
     return LDSResult(float(np.mean(per_query[~np.isnan(per_query)])), std, float(lo), float(hi), per_query)
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """LDS(method) − LDS(reference) on all subsets, and the percentile CI of the paired draws."""
+
+    delta: float
+    ci_low: float
+    ci_high: float
+
+
+def bootstrap_draws(m: int, resamples: int, seed: int) -> np.ndarray:
+    """The subsets' bootstrap draws (resamples × m row indices) of seed ``seed``: those of
+    :func:`bootstrap_lds`, so every method evaluated with one seed sees the same draws."""
+    return np.random.default_rng(seed).integers(0, m, size=(resamples, m))
+
+
+def paired_difference(pred: np.ndarray, reference: np.ndarray, truth: np.ndarray, resamples: int, confidence: float,
+                      seed: int) -> PairedDifference:
+    """The paired bootstrap of LDS(pred) − LDS(reference) over the subsets (both M × n against the
+    same truth): each draw resamples the rows of both predictions and the truth together; draws where
+    either LDS is undefined are left out."""
+    check_lds_inputs(pred, truth)
+    check_lds_inputs(reference, truth)
+    delta = lds_from_predictions(pred, truth) - lds_from_predictions(reference, truth)
+    diffs = np.array([lds_from_predictions(pred[i], truth[i]) - lds_from_predictions(reference[i], truth[i])
+                      for i in bootstrap_draws(truth.shape[0], resamples, seed)])
+    diffs = diffs[~np.isnan(diffs)]
+    alpha = (1 - confidence) / 2
+    lo, hi = np.quantile(diffs, [alpha, 1 - alpha]) if len(diffs) else (np.nan, np.nan)
+    return PairedDifference(float(delta), float(lo), float(hi))

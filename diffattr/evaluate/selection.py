@@ -1,51 +1,63 @@
-"""How well the select pool chooses (issue 18, item 1): a method's λ chosen on the select pool
-against the λ the lds pool itself would choose (the "oracle", a diagnostic only), both read on the
-lds pool's λ curve. ``gap`` = LDS(oracle λ) − LDS(chosen λ) ≥ 0 on the lds pool is what choosing
-honestly costs; ``agree`` says the two choices are the same λ.
+"""How well the select pool chooses (issue 18, item 1; docs/methods.md §4.6), measured from candidates'
+subset predictions: a kernel method's λ grid (:func:`diffattr.methods.trak.lambda_predictions`) or a
+select method's candidate methods.
 
-Two rules are compared on the same curves: ``best`` (the workflow's: the λ of best select-pool LDS,
-:func:`diffattr.methods.trak.choose_lambda`) and ``smooth`` (the λ of best select-pool LDS after a
-moving average over each λ and its neighbours on the log grid, :func:`smoothed_choice`), which trades a
-little resolution for less sensitivity to one noisy grid point of an 8-subset pool."""
+- :func:`pool_rows`: each rule's choice on the select pool against the lds pool's own argmax (the
+  "oracle", a diagnostic), both read on the lds pool: ``gap`` = L_lds(oracle) − L_lds(chosen) ≥ 0 is
+  what choosing honestly costs, ``agree`` says the two are the same candidate.
+- :func:`resplit_rows`: the same at other select-pool sizes. The select and lds subsets are drawn
+  alike (independent α-subsets, §4.2), so their union is re-split at random into m subsets that
+  choose and the rest that evaluate; ``splits`` such draws per size m.
+
+Pure functions over arrays (each candidate's predictions M × n, the truth M × n).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
-import pandas as pd
 
-from diffattr.methods.trak import choose_lambda
+from diffattr.choose import SelectSettings, choose, lds_of
 
-COLUMNS = ["method", "set", "rule", "lambda_chosen", "lambda_oracle", "lds_chosen", "lds_oracle", "gap", "agree"]
-RULES = ("best", "smooth")
+COLUMNS = ["case", "set", "size", "split", "rule", "chosen", "oracle", "lds_chosen", "lds_oracle", "gap", "agree"]
 
 
-def smoothed_choice(curve: pd.DataFrame, pool: str = "select", window: int = 1) -> dict[str, float]:
-    """Per set, argmax over λ of the mean LDS over λ's grid neighbours within ``window`` steps
-    (fewer at the grid's ends)."""
-    chosen = {}
-    for split, g in curve[curve["pool"] == pool].groupby("set"):
-        g = g.sort_values("lambda")
-        lds = g["lds"].to_numpy(dtype=float)
-        smooth = [np.nanmean(lds[max(0, i - window) : i + window + 1]) for i in range(len(lds))]
-        chosen[split] = float(g["lambda"].to_numpy()[int(np.nanargmax(smooth))])
-    return chosen
-
-
-def selection_rows(method: str, select_curve: pd.DataFrame, oracle_curve: pd.DataFrame) -> list[dict]:
-    """Per attributed set and rule: the select pool's choice and the lds pool's own, both read on the
-    lds pool's curve (``oracle_curve``: the oracle_lambda job's table)."""
-    oracle = choose_lambda(oracle_curve, oracle_curve["pool"].iloc[0])
+def judged(preds: Sequence[np.ndarray], truth: np.ndarray, eval_preds: Sequence[np.ndarray], eval_truth: np.ndarray,
+           rules: dict[str, SelectSettings], order: Sequence[int]) -> list[dict]:
+    """Per rule: the candidate chosen on (preds, truth), the argmax on the evaluation subsets, both
+    candidates' evaluation LDS and the gap."""
+    on_eval = lds_of(eval_preds, eval_truth)
+    oracle = int(np.nanargmax(on_eval))
     rows = []
-    for rule, chosen in (("best", choose_lambda(select_curve, "select")), ("smooth", smoothed_choice(select_curve))):
-        for split, lam in chosen.items():
-            on_lds = oracle_curve[oracle_curve["set"] == split].set_index("lambda")["lds"]
-            best = oracle[split]
-            rows.append({"method": method, "set": split, "rule": rule, "lambda_chosen": lam, "lambda_oracle": best,
-                         "lds_chosen": float(on_lds[lam]), "lds_oracle": float(on_lds[best]),
-                         "gap": float(on_lds[best] - on_lds[lam]), "agree": lam == best})
+    for rule, settings in rules.items():
+        chosen = choose(preds, truth, settings, order).index
+        rows.append({"rule": rule, "chosen": chosen, "oracle": oracle, "lds_chosen": float(on_eval[chosen]),
+                     "lds_oracle": float(on_eval[oracle]), "gap": float(on_eval[oracle] - on_eval[chosen]),
+                     "agree": chosen == oracle})
     return rows
 
 
-def selection_table(curves: dict[str, tuple[pd.DataFrame, pd.DataFrame]]) -> pd.DataFrame:
-    """:func:`selection_rows` of every method: ``curves`` maps a method to its (select, oracle) curves."""
-    return pd.DataFrame([r for m, (s, o) in curves.items() for r in selection_rows(m, s, o)], columns=COLUMNS)
+def pool_rows(select: Sequence[np.ndarray], select_truth: np.ndarray, lds: Sequence[np.ndarray], lds_truth: np.ndarray,
+              rules: dict[str, SelectSettings], order: Sequence[int]) -> list[dict]:
+    """The run's own pools: chosen on the select pool, judged on the lds pool."""
+    return [{"size": len(select_truth), "split": -1, **r} for r in judged(select, select_truth, lds, lds_truth, rules, order)]
+
+
+def resplit_rows(select: Sequence[np.ndarray], select_truth: np.ndarray, lds: Sequence[np.ndarray], lds_truth: np.ndarray,
+                 rules: dict[str, SelectSettings], order: Sequence[int], sizes: Sequence[int], splits: int,
+                 seed: int = 0) -> list[dict]:
+    """Both pools' subsets pooled and re-split ``splits`` times per size m: m choose, the rest judge."""
+    preds = [np.vstack([s, v]) for s, v in zip(select, lds)]
+    truth = np.vstack([select_truth, lds_truth])
+    rng = np.random.default_rng(seed)
+    rows = []
+    for m in sizes:
+        if not 2 <= m <= len(truth) - 2:
+            raise ValueError(f"a select-pool size of {m} leaves no 2 subsets of {len(truth)} to judge on")
+        for split in range(splits):
+            perm = rng.permutation(len(truth))
+            pick, rest = perm[:m], perm[m:]
+            for r in judged([p[pick] for p in preds], truth[pick], [p[rest] for p in preds], truth[rest], rules, order):
+                rows.append({"size": m, "split": split, **r})
+    return rows

@@ -17,13 +17,13 @@ import numpy as np
 import pandas as pd
 
 from diffattr.atomic import atomic_path
-from diffattr.evaluate.lds import LDSError, LDSResult, bootstrap_lds, predicted_outputs
+from diffattr.evaluate.lds import LDSError, LDSResult, bootstrap_lds, paired_difference, predicted_outputs
 from diffattr.ground_truth import read_ground_truth
 from diffattr.scores import iter_score_blocks, score_attrs, score_shape
 from diffattr.subsets import read_pool
 
 COLUMNS = ["method", "kind", "set", "lds", "std", "ci_low", "ci_high", "n_subsets", "n_queries", "n_undefined", "sign",
-           "chosen"]
+           "chosen", "reference", "delta", "delta_low", "delta_high"]
 STEP_COLUMNS = ["step", "timestep", "lds", "std", "ci_low", "ci_high", "n_queries", "n_undefined"]
 
 
@@ -41,21 +41,34 @@ def evaluate_lds(pred: np.ndarray, truth: np.ndarray, params: dict[str, Any], wh
         raise LDSError(f"The LDS of {what} cannot be computed: {e}") from None
 
 
+def method_predictions(path: str, masks: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+    """A score store's LDS predictions A·(s·τ)ᵀ over the pool's masks, and the store's attrs."""
+    attrs = score_attrs(path)
+    n_queries, n_train = score_shape(path)
+    if n_train != masks.shape[1]:
+        raise ValueError(f"{path} scores {n_train} training samples but the subset masks cover {masks.shape[1]}")
+    return predicted_outputs(masks, iter_score_blocks(path), n_queries, int(attrs["sign"])), attrs
+
+
 def evaluate_method(method: str, score_paths: dict[str, str], masks_path: str, truth_path: str,
-                    params: dict[str, Any], out_path: str) -> pd.DataFrame:
-    """LDS (with bootstrap) of one method on each attributed set."""
+                    params: dict[str, Any], out_path: str, reference: dict[str, str] | None = None) -> pd.DataFrame:
+    """LDS (with bootstrap) of one method on each attributed set; with ``reference`` (that method's
+    score stores by set, ``params["reference"]`` its name) also the paired bootstrap of the
+    difference to it (:func:`diffattr.evaluate.lds.paired_difference`, the same draws)."""
     masks = read_pool(masks_path)
     rows = []
     for split, path in score_paths.items():
-        attrs = score_attrs(path)
-        n_queries, n_train = score_shape(path)
-        if n_train != masks.shape[1]:
-            raise ValueError(f"{path} scores {n_train} training samples but the subset masks cover {masks.shape[1]}")
-        pred = predicted_outputs(masks, iter_score_blocks(path), n_queries, int(attrs["sign"]))
+        pred, attrs = method_predictions(path, masks)
         truth = read_ground_truth(truth_path, split)
         result = evaluate_lds(pred, truth, params, f"method '{method}' on set '{split}' ({masks_path}, {truth_path})")
-        rows.append({"method": method, "kind": attrs["kind"], "set": split, **lds_cells(result),
-                     "n_subsets": len(masks), "sign": int(attrs["sign"]), "chosen": attrs.get("chosen", "")})
+        row = {"method": method, "kind": attrs["kind"], "set": split, **lds_cells(result),
+               "n_subsets": len(masks), "sign": int(attrs["sign"]), "chosen": attrs.get("chosen", "")}
+        if reference and split in reference:
+            diff = paired_difference(pred, method_predictions(reference[split], masks)[0], truth,
+                                     params["bootstrap_resamples"], params["confidence"], params["bootstrap_seed"])
+            row |= {"reference": params["reference"], "delta": diff.delta, "delta_low": diff.ci_low,
+                    "delta_high": diff.ci_high}
+        rows.append(row)
     table = pd.DataFrame(rows, columns=COLUMNS)
     with atomic_path(out_path) as tmp:
         table.to_csv(tmp, index=False)
@@ -115,9 +128,12 @@ def oracle_rows(curves: dict[str, str], pool: str = "lds") -> pd.DataFrame:
 
 def markdown(table: pd.DataFrame) -> str:
     """A Markdown table (no extra dependency): LDS ± bootstrap std with the CI, the subsets and the
-    queries it is over (``queries``: a defined correlation; ``undefined``: left out)."""
-    lines = ["| method | set | LDS | ± std | 95% CI | subsets | queries | undefined | chosen |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    queries it is over (``queries``: a defined correlation; ``undefined``: left out), and, when the
+    evaluation has a reference method, each method's paired difference to it."""
+    paired = "delta" in table and table["delta"].notna().any()
+    lines = ["| method | set | LDS | ± std | 95% CI | subsets | queries | undefined | chosen |"
+             + (" Δ vs reference [95% CI, paired] |" if paired else ""),
+             "|---|---|---|---|---|---|---|---|---|" + ("---|" if paired else "")]
     def missing(x: object) -> bool:
         return x is None or (isinstance(x, float) and math.isnan(x))
 
@@ -130,8 +146,10 @@ def markdown(table: pd.DataFrame) -> str:
     for r in table.itertuples():
         ci = f"[{f(r.ci_low)}, {f(r.ci_high)}]" if f(r.ci_low) else ""
         chosen = r.chosen if isinstance(r.chosen, str) else ""
+        delta = (f" {r.delta:+.3f} [{r.delta_low:+.3f}, {r.delta_high:+.3f}] vs {r.reference} |"
+                 if not missing(getattr(r, "delta", None)) else " |") if paired else ""
         lines.append(f"| {r.method} | {r.set} | {f(r.lds)} | {f(r.std)} | {ci} | {n(r.n_subsets)} | {n(r.n_queries)} | "
-                     f"{n(r.n_undefined)} | {chosen} |")
+                     f"{n(r.n_undefined)} | {chosen} |{delta}")
     return "\n".join(lines) + "\n"
 
 

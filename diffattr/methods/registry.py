@@ -286,6 +286,9 @@ BUILTIN: tuple[MethodKind, ...] = (
     MethodKind("stack", HELPS, ("component_scores", "select_truth"), "diffattr.methods.stack:stack_scores",
                "Stacking: non-negative weights of other methods' standardised scores, fit on the select pool (§2.19)",
                settings="diffattr.methods.stack:StackSettings"),
+    MethodKind("select", HELPS, ("component_scores", "select_truth"), "diffattr.methods.select:select_scores",
+               "Selection: the candidate method the select pool prefers under evaluation.select's rule, its scores as they are (§2.20)",
+               settings="diffattr.methods.select:SelectMethodSettings", derive="diffattr.methods.select:derived_params"),
 )
 """The built-in kinds; a plugin module adds its own with :func:`register`."""
 for _kind in BUILTIN:

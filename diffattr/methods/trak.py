@@ -23,7 +23,7 @@ import torch
 import zarr
 
 from diffattr.atomic import atomic_path
-from diffattr.evaluate.lds import lds_from_predictions
+from diffattr.choose import SelectSettings, choose
 from diffattr.ground_truth import read_ground_truth
 from diffattr.integrity import array_options, read_array, require_arrays, seal
 from diffattr.kernel import (
@@ -60,14 +60,17 @@ def read_residual(path: str | None) -> np.ndarray | None:
     return None if path is None else read_residual_weights(path)
 
 
-def lambda_curve(kernel_path: str, train_path: str, query_paths: dict[str, str],
-                 pools: dict[str, tuple[str, str]], grid: list[float], device: str = "cpu",
-                 normalize: str = "none", residual: np.ndarray | None = None) -> pd.DataFrame:
-    """LDS of every λ in ``grid`` on each pool (``pools``: name → (masks, ground truth)) and set.
-    A subset's prediction is Σ_{z∈S} τ(x, z)·w(z), formed without the full score matrix."""
+def lambda_predictions(kernel_path: str, train_path: str, query_paths: dict[str, str],
+                       pools: dict[str, tuple[str, str]], grid: list[float], device: str = "cpu",
+                       normalize: str = "none", residual: np.ndarray | None = None
+                       ) -> tuple[dict[tuple[str, str], list[np.ndarray]], dict[tuple[str, str], np.ndarray], Kernel]:
+    """Per (set, pool): the subsets' LDS predictions at every λ of ``grid`` (M × n each; a subset's
+    prediction is Σ_{z∈S} τ(x, z)·w(z), formed without the full score matrix), the pool's ground
+    truth, and the kernel (for λ's absolute value)."""
     kernel = Kernel.load(kernel_path, device)
     train = FeatureStore(train_path)
     masks = {name: read_pool(m) for name, (m, _) in pools.items()}
+    truths = {(split, name): read_ground_truth(t, split) for name, (_, t) in pools.items() for split in query_paths}
     rhs = {s: query_rhs(kernel, train, FeatureStore(p).read()) for s, p in query_paths.items()}
 
     def weighted_masks(weights: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
@@ -77,33 +80,64 @@ def lambda_curve(kernel_path: str, train_path: str, query_paths: dict[str, str],
 
     # only RelatIF's weights depend on λ: the others' weighted sums are formed once
     fixed = None if normalize == "relatif" else weighted_masks(column_weights(kernel, None, train, normalize, residual))
-    rows = []
+    preds: dict[tuple[str, str], list[np.ndarray]] = {key: [] for key in truths}
     for lam in grid:
         factor = kernel.factor(lam)
         weighted = fixed or weighted_masks(column_weights(kernel, factor, train, normalize, residual))
         for split, b in rhs.items():
             solution = solve(factor, b)
-            for name, (_, truth_path) in pools.items():
-                pred = HELPS * subset_predictions(kernel, solution, *weighted[name])
-                rows.append({"set": split, "pool": name, "lambda": lam, "lambda_abs": kernel.absolute(lam),
-                             "lds": lds_from_predictions(pred, read_ground_truth(truth_path, split))})
+            for name in pools:
+                preds[split, name].append(HELPS * subset_predictions(kernel, solution, *weighted[name]))
+    return preds, truths, kernel
+
+
+def lambda_curve(kernel_path: str, train_path: str, query_paths: dict[str, str],
+                 pools: dict[str, tuple[str, str]], grid: list[float], device: str = "cpu",
+                 normalize: str = "none", residual: np.ndarray | None = None,
+                 select: SelectSettings = SelectSettings()) -> pd.DataFrame:
+    """LDS of every λ in ``grid`` on each pool (``pools``: name → (masks, ground truth)) and set
+    (:func:`lambda_predictions`), with ``chosen`` marking, per pool and set, the λ that ``select``'s
+    rule picks (§4.6: under one_se the larger λ, the simpler, is preferred) and ``se`` its paired
+    shortfall SE (NaN under best)."""
+    preds, truths, kernel = lambda_predictions(kernel_path, train_path, query_paths, pools, grid, device, normalize,
+                                               residual)
+    rows = []
+    for (split, name), p in preds.items():
+        choice = choose(p, truths[split, name], select, larger_first(grid))
+        rows.extend({"set": split, "pool": name, "lambda": lam, "lambda_abs": kernel.absolute(lam),
+                     "lds": choice.lds[i], "se": choice.se[i], "chosen": i == choice.index} for i, lam in enumerate(grid))
     return pd.DataFrame(rows)
 
 
+def larger_first(grid: list[float]) -> list[int]:
+    """The λ grid's indices, the most regularised (simplest, §4.6) first."""
+    return sorted(range(len(grid)), key=lambda i: -grid[i])
+
+
 def choose_lambda(curve: pd.DataFrame, pool: str = "select") -> dict[str, float]:
-    """Per attributed set, the λ with the best LDS on ``pool``."""
+    """Per attributed set, the λ with the best LDS on ``pool`` (the oracle's rule: argmax)."""
     on_pool = curve[curve["pool"] == pool]
     return {s: float(g.loc[g["lds"].idxmax(), "lambda"]) for s, g in on_pool.groupby("set")}
 
 
+def chosen_lambda(curve: pd.DataFrame, pool: str = "select") -> dict[str, float]:
+    """Per attributed set, the λ the curve's job chose on ``pool`` (its ``chosen`` rows: the rule of
+    ``evaluation.select``, :func:`lambda_curve`); a curve without that column: the argmax."""
+    if "chosen" not in curve:
+        return choose_lambda(curve, pool)
+    on_pool = curve[(curve["pool"] == pool) & curve["chosen"].astype(str).str.lower().eq("true")]
+    return {s: float(g["lambda"].iloc[0]) for s, g in on_pool.groupby("set")}
+
+
 def select_lambda(kernel_path: str, train_path: str, query_paths: dict[str, str],
                   pools: dict[str, tuple[str, str]], grid: list[float], out_path: str, device: str = "cpu",
-                  normalize: str = "none", residual_path: str | None = None) -> pd.DataFrame:
-    """select_lambda (``pools``: the select pool) and oracle_lambda (the lds pool, a diagnostic) jobs:
-    the λ curve, with ``chosen`` marking the λ of best LDS on the job's first pool, per set."""
-    curve = lambda_curve(kernel_path, train_path, query_paths, pools, grid, device, normalize, read_residual(residual_path))
-    chosen = choose_lambda(curve, next(iter(pools)))
-    curve["chosen"] = [lam == chosen[s] for s, lam in zip(curve["set"], curve["lambda"])]
+                  normalize: str = "none", residual_path: str | None = None,
+                  select: SelectSettings = SelectSettings()) -> pd.DataFrame:
+    """select_lambda (``pools``: the select pool, ``select``: the configured rule) and oracle_lambda
+    (the lds pool with the argmax rule, a diagnostic) jobs: the λ curve, ``chosen`` marking each
+    pool's choice per set (:func:`lambda_curve`)."""
+    curve = lambda_curve(kernel_path, train_path, query_paths, pools, grid, device, normalize,
+                         read_residual(residual_path), select)
     with atomic_path(out_path) as tmp:
         curve.to_csv(tmp, index=False)
     return curve
@@ -112,7 +146,7 @@ def select_lambda(kernel_path: str, train_path: str, query_paths: dict[str, str]
 def with_oracle(select: pd.DataFrame, oracle: pd.DataFrame) -> pd.DataFrame:
     """A select-pool λ curve with the oracle job's lds-pool rows appended, their ``chosen`` marking the
     select pool's choice (what the scores use), for the λ figure."""
-    chosen = choose_lambda(select)
+    chosen = chosen_lambda(select)
     marked = oracle.assign(chosen=[lam == chosen.get(s) for s, lam in zip(oracle["set"], oracle["lambda"])])
     return pd.concat([select, marked], ignore_index=True)
 
@@ -162,7 +196,7 @@ def kernel_models(inputs: MethodInputs, normalize: str, query_set: str,
     for kernel_path, train_path, query_path, curve, residual in zip(
             inputs.kernels, inputs.train, queries, curves, residuals, strict=True):
         kernel = Kernel.load(kernel_path, device())
-        lam = fixed_lambda if curve is None else choose_lambda(pd.read_csv(curve))[query_set]
+        lam = fixed_lambda if curve is None else chosen_lambda(pd.read_csv(curve))[query_set]
         chosen.append(lam)
         factor, train = kernel.factor(lam), FeatureStore(train_path)
         weights = column_weights(kernel, factor, train, normalize, read_residual(residual))

@@ -114,6 +114,12 @@ class Plan:
         :func:`diffattr.config.resolve_config`)."""
         return cls(config, *resolve_config(config, schema, base))
 
+    @property
+    def select_rule(self) -> dict[str, Any]:
+        """``evaluation.select`` (docs/methods.md §4.6), the params of every job that chooses on the
+        select pool; absent: :class:`diffattr.choose.SelectSettings`'s defaults."""
+        return dict(self.config.get("evaluation", {}).get("select") or {})
+
     # ---- models -----------------------------------------------------------------------------
 
     @cached_property
@@ -329,6 +335,28 @@ class Plan:
         """Kernel methods and the model whose λ sweep (select pool) the report plots."""
         return {m: self.method_models(m)[0] for m in self.methods_with("lambda")}
 
+    @property
+    def lds_reference(self) -> str | None:
+        """``evaluation.lds.reference``: the method every other is compared with by paired bootstrap;
+        None without one or when it is not evaluated (a layered config that drops it)."""
+        reference = self.config["evaluation"]["lds"].get("reference")
+        return reference if reference in self.methods else None
+
+    def reference_sets(self, name: str) -> list[str]:
+        """The sets on which method ``name`` is compared with the reference (none for the reference
+        itself, or without one): those both score."""
+        ref = self.lds_reference
+        if not ref or name == ref:
+            return []
+        return [s for s in self.method_sets(name) if s in self.method_sets(ref)]
+
+    def sweep_rows(self, sweep: str) -> list[tuple[Any, str]]:
+        """(value, method) of a sweep table's rows: its points and, for ``select: true``, the selected
+        method (:func:`diffattr.sweeps.sweep_rows`)."""
+        from diffattr.sweeps import sweep_rows
+
+        return sweep_rows(sweep, self.config["sweeps"][sweep], self.sweeps[sweep])
+
     def lambda_sweep_inputs(self, pool: str):
         """Inputs of a λ sweep of one model of a kernel method, scored by LDS on ``pool``."""
 
@@ -347,12 +375,15 @@ class Plan:
         return inputs
 
     def lambda_sweep_params(self, pool: str) -> dict[str, Any]:
-        """Params of a λ sweep: the method's grid and weighting, its sets, and the pool."""
+        """Params of a λ sweep: the method's grid and weighting, its sets, the pool, and the rule that
+        chooses on it (docs/methods.md §4.6): ``evaluation.select`` on the select pool, the argmax on
+        any other (the oracle diagnostic: what that pool itself would pick)."""
         return {
             "grid": lambda w: self.method(w.method)["lambdas"],
             "normalize": lambda w: self.method(w.method).get("normalize", "none"),
             "sets": lambda w: self.method_sets(w.method),
             "pools": [pool],
+            "select": self.select_rule if pool == "select" else {"rule": "best"},
         }
 
     # ---- counterfactual ----------------------------------------------------------------------

@@ -41,21 +41,14 @@ def select_scores(ctx: ScoreContext) -> ScoreBlocks:
     """Choose a candidate on the select pool (masks and truth of ``ctx.inputs``) and serve its scores."""
     from diffattr.choose import SelectSettings, choose
     from diffattr.evaluate.lds import predicted_outputs
-    from diffattr.ground_truth import read_ground_truth
+    from diffattr.methods.stack import select_pool
     from diffattr.scores import iter_score_blocks, read_score_rows, score_attrs, score_shape
-    from diffattr.subsets import read_pool
 
     settings = SelectMethodSettings(**method_settings(SelectMethodSettings, ctx.settings, "select"))
     rule = SelectSettings(**settings.select_rule)
     paths = list(ctx.inputs.components)
-    shapes = {score_shape(p) for p in paths}
-    if len(shapes) != 1:
-        raise ValueError(f"the candidate methods {settings.methods} have score matrices of different shapes {sorted(shapes)}")
-    n_queries, n_train = shapes.pop()
-    masks = read_pool(ctx.inputs.masks)
-    if masks.shape[1] != n_train:
-        raise ValueError(f"the select pool's masks cover {masks.shape[1]} training images but the scores {n_train}")
-    truth = read_ground_truth(ctx.inputs.truth, ctx.query_set)
+    n_queries, n_train, masks, truth = select_pool(ctx, [score_shape(p) for p in paths],
+                                                   f"candidate methods {settings.methods}")
     signs = [int(score_attrs(p)["sign"]) for p in paths]
     preds = [predicted_outputs(masks, iter_score_blocks(p, 256), n_queries, s) for p, s in zip(paths, signs)]
     choice = choose(preds, truth, rule)

@@ -97,22 +97,30 @@ class ComponentScores:
         return standardize_rows(read_score_rows(self.path, start, stop), self.sign)
 
 
-def stack_scores(ctx: ScoreContext) -> ScoreBlocks:
-    """Fit the weights on the select pool (masks and truth of ``ctx.inputs``) and serve Σ_c w_c·u_c."""
-    from diffattr.evaluate.lds import predicted_outputs
+def select_pool(ctx: ScoreContext, shapes: list[tuple[int, int]], what: str) -> tuple[int, int, np.ndarray, np.ndarray]:
+    """(n_queries, n_train, masks, truth): the select pool of a kind that combines other methods'
+    scores (``shapes``: theirs, which must agree with each other and with the masks; ``what`` names
+    them in a refusal)."""
     from diffattr.ground_truth import read_ground_truth
     from diffattr.subsets import read_pool
 
-    settings = StackSettings(**method_settings(StackSettings, ctx.settings, "stack"))
-    parts = [ComponentScores(p) for p in ctx.inputs.components]
-    shapes = {(c.n_queries, c.n_train) for c in parts}
-    if len(shapes) != 1:
-        raise ValueError(f"the stacked methods {settings.methods} have score matrices of different shapes {sorted(shapes)}")
-    n_queries, n_train = shapes.pop()
+    if len(set(shapes)) != 1:
+        raise ValueError(f"the {what} have score matrices of different shapes {sorted(set(shapes))}")
+    n_queries, n_train = shapes[0]
     masks = read_pool(ctx.inputs.masks)
     if masks.shape[1] != n_train:
         raise ValueError(f"the select pool's masks cover {masks.shape[1]} training images but the scores {n_train}")
-    truth = read_ground_truth(ctx.inputs.truth, ctx.query_set)
+    return n_queries, n_train, masks, read_ground_truth(ctx.inputs.truth, ctx.query_set)
+
+
+def stack_scores(ctx: ScoreContext) -> ScoreBlocks:
+    """Fit the weights on the select pool (masks and truth of ``ctx.inputs``) and serve Σ_c w_c·u_c."""
+    from diffattr.evaluate.lds import predicted_outputs
+
+    settings = StackSettings(**method_settings(StackSettings, ctx.settings, "stack"))
+    parts = [ComponentScores(p) for p in ctx.inputs.components]
+    n_queries, n_train, masks, truth = select_pool(ctx, [(c.n_queries, c.n_train) for c in parts],
+                                                   f"stacked methods {settings.methods}")
     predictions = [predicted_outputs(masks, c.blocks(), n_queries, -1) for c in parts]
     weights = fit_weights(predictions, truth, settings.fit)
 

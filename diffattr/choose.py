@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from diffattr.spearman import spearman_per_column
+from diffattr.evaluate.lds import lds_from_predictions, paired_draws
 
 RULES = ("best", "one_se")
 
@@ -45,33 +45,9 @@ class SelectSettings:
             raise ValueError(f"the one_se rule needs at least 2 bootstrap resamples, not {self.resamples}")
 
 
-def _lds(per_query: np.ndarray) -> float:
-    defined = per_query[~np.isnan(per_query)]
-    return float(defined.mean()) if defined.size else float("nan")
-
-
 def lds_of(preds: Sequence[np.ndarray], truth: np.ndarray) -> np.ndarray:
     """L_c of every candidate (C,), NaN where no query has a defined correlation."""
-    return np.array([_lds(spearman_per_column(p, truth)) for p in preds])
-
-
-def paired_draws(preds: Sequence[np.ndarray], truth: np.ndarray, resamples: int, seed: int) -> np.ndarray:
-    """L_c^b (B × C): every candidate's LDS on the same ``resamples`` bootstrap draws of the subsets."""
-    rng = np.random.default_rng(seed)
-    m, n = truth.shape
-    draws = rng.integers(0, m, size=(resamples, m))
-
-    def columns(a: np.ndarray) -> np.ndarray:  # (B, m, n) draws side by side as m × (B·n) columns
-        return np.moveaxis(a[draws], 1, 0).reshape(m, resamples * n)
-
-    y = columns(truth)
-    out = np.empty((resamples, len(preds)))
-    for c, p in enumerate(preds):
-        rho = spearman_per_column(columns(p), y).reshape(resamples, n)
-        defined = ~np.isnan(rho)
-        with np.errstate(invalid="ignore"):
-            out[:, c] = np.where(defined.any(axis=1), np.nansum(rho, axis=1) / defined.sum(axis=1), np.nan)
-    return out
+    return np.array([lds_from_predictions(p, truth) for p in preds])
 
 
 def shortfall_se(draws: np.ndarray, best: int) -> np.ndarray:

@@ -17,7 +17,7 @@ interval of LDS₁ − LDS₂ leaves out the subsets' noise that the two share.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -118,9 +118,28 @@ def paired_difference(pred: np.ndarray, reference: np.ndarray, truth: np.ndarray
     check_lds_inputs(pred, truth)
     check_lds_inputs(reference, truth)
     delta = lds_from_predictions(pred, truth) - lds_from_predictions(reference, truth)
-    diffs = np.array([lds_from_predictions(pred[i], truth[i]) - lds_from_predictions(reference[i], truth[i])
-                      for i in bootstrap_draws(truth.shape[0], resamples, seed)])
+    draws = paired_draws([pred, reference], truth, resamples, seed)
+    diffs = draws[:, 0] - draws[:, 1]
     diffs = diffs[~np.isnan(diffs)]
     alpha = (1 - confidence) / 2
     lo, hi = np.quantile(diffs, [alpha, 1 - alpha]) if len(diffs) else (np.nan, np.nan)
     return PairedDifference(float(delta), float(lo), float(hi))
+
+
+def paired_draws(preds: Sequence[np.ndarray], truth: np.ndarray, resamples: int, seed: int) -> np.ndarray:
+    """LDS^b of every prediction (B × C) on the same ``resamples`` bootstrap draws of the subsets
+    (:func:`bootstrap_draws`), all draws ranked in one call; NaN where no query is defined."""
+    m, n = truth.shape
+    draws = bootstrap_draws(m, resamples, seed)
+
+    def columns(a: np.ndarray) -> np.ndarray:  # (B, m, n) draws side by side as m × (B·n) columns
+        return np.moveaxis(a[draws], 1, 0).reshape(m, resamples * n)
+
+    y = columns(truth)
+    out = np.empty((resamples, len(preds)))
+    for c, p in enumerate(preds):
+        rho = spearman_per_column(columns(p), y).reshape(resamples, n)
+        defined = ~np.isnan(rho)
+        with np.errstate(invalid="ignore"):
+            out[:, c] = np.where(defined.any(axis=1), np.nansum(rho, axis=1) / defined.sum(axis=1), np.nan)
+    return out

@@ -321,7 +321,7 @@ def read_scores(path: Path) -> np.ndarray:
     return np.asarray(zarr.open_group(str(path), mode="r")["scores"][:])
 
 
-def test_killed_jobs_restart_and_reproduce_the_uninterrupted_run(smoke):
+def test_killed_jobs_restart_and_reproduce_the_uninterrupted_run(smoke, tmp_path):
     out = smoke.out
     scores = {s: out / "scores" / "dtrak" / f"{s}.zarr" for s in ("val", "gen")}
     reference = {s: read_scores(p) for s, p in scores.items()}
@@ -342,7 +342,10 @@ def test_killed_jobs_restart_and_reproduce_the_uninterrupted_run(smoke):
     shutil.rmtree(shard)
     log = out / "logs" / "featurize" / "square" / "full" / "0" / "seed0" / "train" / "shard0.log"
     log.unlink()
-    kill_run_when(lambda: log.exists() and mid_bar(log.read_text()), [str(shard), "--cores", "1", *smoke.args()])
+    # one row per batch makes the shard's loop last seconds on any CPU (five batches of 32 can end
+    # before the bar's first redraw); the restart below featurizes it again with the smoke config
+    slow = overlay(tmp_path, "slow", {"features": {"square": {"batch_size": 1}}})
+    kill_run_when(lambda: log.exists() and mid_bar(log.read_text()), [str(shard), "--cores", "1", *smoke.args(slow)])
     assert not (shard / "complete.json").exists()
 
     # restart both, then bring what depends on them up to date (newer inputs: Snakemake's mtime trigger)

@@ -276,7 +276,8 @@ def sweep_plot(table: pd.DataFrame, path: str | os.PathLike) -> None:
         err = np.nan_to_num(np.vstack([lds - low, high - lds]), nan=0.0)
         ax.errorbar(x, lds, yerr=err, marker="o", capsize=3, color=SET_COLORS.get(split), label=split)
     ax.axhline(0.0, color="black", linewidth=0.8)
-    ax.set_xticks(range(len(values)), values)
+    long = any(len(v) > 10 for v in values)  # a grid's "dim=4096, timesteps=20"
+    ax.set_xticks(range(len(values)), values, rotation=30 if long else 0, ha="right" if long else "center")
     key = str(table["key"].iloc[0]) if len(table) else ""
     ax.set_xlabel(f"{key} ({table['method'].iloc[0].split('__')[0] if len(table) else ''})")
     ax.set_ylabel("LDS (Spearman)")

@@ -1,4 +1,4 @@
-"""Ablation sweeps: one knob of one method over a list of values, each value its own method.
+"""Ablation sweeps: one knob (or a small grid of knobs) of one method, each value its own method.
 
 A config entry ``sweeps: {name: {method: M, key: K, values: [v1, v2, …]}}`` expands at DAG time
 (:func:`expand_sweeps`) into derived methods ``M__{leaf}{v}`` (``leaf`` = the last part of ``K``,
@@ -6,7 +6,10 @@ v's non-alphanumerics as "_"), each a copy of M with K set to v. K is looked up 
 ``similarity``, …), then in the block of M's feature spec (``timesteps``, ``projection.dim``,
 ``noise_seeds``, …), which is copied the same way into ``{spec}__{leaf}{v}``. Everything the value
 does not change is shared: a ``projection.dim`` sweep re-featurizes, but trains, measures and
-generates nothing again; a value equal to M's own is M itself (no new job). With ``select: true``
+generates nothing again; a value equal to M's own is M itself (no new job). A ``grid: {K1: [...],
+K2: [...]}`` in place of ``key``/``values`` sweeps several knobs jointly over the product of their
+lists (issue 18 item 1): a point's name lists the knobs it changes (``M__dim4096__timesteps20``), so
+the points it shares with one-knob sweeps are the same methods and jobs. With ``select: true``
 the sweep also adds ``{name}_selected``, a ``select`` method over its values (docs/methods.md §2.20:
 the value the select pool prefers, never the lds pool), whose row ends the sweep's table. Each derived method runs
 and is evaluated like any other (docs/methods.md §4.4), and :func:`sweep_table` gathers LDS against the
@@ -17,6 +20,7 @@ value, per attributed set: D-TRAK's per-timestep-count (§5.1, 10 / 100 / 1000 t
 from __future__ import annotations
 
 import copy
+import itertools
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -48,52 +52,84 @@ def _with(block: Mapping[str, Any], key: str, value: Any) -> dict[str, Any]:
 
 
 def _label(value: Any) -> str:
-    """A value as printed in tables: lists joined by "-", floats in %g."""
+    """A value as printed in tables: lists joined by "-", floats in %g, a grid point as
+    "leaf=value, …"."""
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k.split('.')[-1]}={_label(v)}" for k, v in value.items())
     return "-".join(map(_label, value)) if isinstance(value, list) else f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def _name(base: str, leaf: str, value: Any) -> str:
-    """A derived block name, ``{base}__{leaf}{value}`` with the value's non-alphanumerics as "_"
-    (config names are identifiers)."""
-    return f"{base}__{leaf}{re.sub(r'[^A-Za-z0-9]', '_', _label(value))}"
+def _name(base: str, changed: Mapping[str, Any]) -> str:
+    """A derived block name, ``{base}__{leaf}{value}`` per changed knob (``leaf``: the key's last
+    part) with each value's non-alphanumerics as "_" (config names are identifiers)."""
+    return base + "".join(f"__{key.split('.')[-1]}{re.sub(r'[^A-Za-z0-9]', '_', _label(v))}"
+                          for key, v in changed.items())
+
+
+def knobs(name: str, sweep: Mapping[str, Any]) -> list[tuple[str, list[Any]]]:
+    """A sweep's (key, values) pairs: its one ``key`` over ``values``, or each key of its ``grid``
+    (a joint sweep over the product of the lists, issue 18 item 1), in key order."""
+    one, grid = "key" in sweep or "values" in sweep, sweep.get("grid")
+    if one == bool(grid) or (one and not ("key" in sweep and "values" in sweep)):
+        raise ConfigError(f"Config key 'sweeps.{name}' must set either 'key' with 'values' (one knob) or 'grid' "
+                          f"(knob → values), not {'both' if one and grid else 'neither'}.")
+    return [(sweep["key"], list(sweep["values"]))] if one else sorted((k, list(v)) for k, v in grid.items())
+
+
+def sweep_key(name: str, sweep: Mapping[str, Any]) -> str:
+    """The ``key`` column of a sweep's table: its knob, or a grid's knobs joined by " × "."""
+    return " × ".join(k for k, _ in knobs(name, sweep))
 
 
 def sweep_points(name: str, sweep: Mapping[str, Any], methods: Mapping[str, Any],
                  features: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The points of one sweep, in value order: ``value``, ``method`` (derived, or the swept method
-    itself at its own value), and the derived ``method_block`` / ``spec`` / ``spec_block`` to add
-    (None when nothing new is needed)."""
-    method, key = sweep["method"], sweep["key"]
+    """The points of one sweep, in value order (a grid's: the product of its lists, the last key
+    varying fastest): ``value`` (a grid's: a dict key → value), ``method`` (derived, or the swept
+    method itself where every knob is at its own value), and the derived ``method_block`` / ``spec``
+    / ``spec_block`` to add (None when nothing new is needed). A derived name lists only the knobs
+    that differ from the method's own values, so a grid point that changes one knob is the same
+    method as a one-knob sweep's point (the same jobs)."""
+    method = sweep["method"]
     if method not in methods:
         raise ConfigError(f"Config key 'sweeps.{name}.method' names '{method}', which is not a block under methods.")
     block = methods[method]
     spec = block.get("features") if isinstance(block.get("features"), str) else None
     if spec is not None and spec not in features:  # the refusal check_inputs would give, before the sweep's
         raise ConfigError(f"Config key 'methods.{method}.features' names '{spec}', which is not a block under 'features'.")
-    try:
-        base, where = _get(block, key), "method"
-    except KeyError:
+    grid = knobs(name, sweep)
+    where, base = {}, {}
+    for key, _ in grid:
         try:
-            if spec is None:
-                raise KeyError(key) from None
-            base, where = _get(features[spec], key), "spec"
+            base[key], where[key] = _get(block, key), "method"
         except KeyError:
-            raise ConfigError(f"Config key 'sweeps.{name}.key' is '{key}', which neither methods.{method} nor its "
-                              f"feature spec sets.") from None
-    leaf = key.split(".")[-1]
+            try:
+                if spec is None:
+                    raise KeyError(key) from None
+                base[key], where[key] = _get(features[spec], key), "spec"
+            except KeyError:
+                field = "key" if "key" in sweep else f"grid.{key}"
+                raise ConfigError(f"Config key 'sweeps.{name}.{field}' is '{key}', which neither methods.{method} "
+                                  f"nor its feature spec sets.") from None
     points = []
-    for value in sweep["values"]:
-        if value == base:
+    for values in itertools.product(*(v for _, v in grid)):
+        point = dict(zip((k for k, _ in grid), values))
+        changed = {k: v for k, v in point.items() if v != base[k]}
+        value = point if "grid" in sweep else values[0]
+        if not changed:
             points.append({"value": value, "method": method, "method_block": None, "spec": None, "spec_block": None})
             continue
-        derived = _name(method, leaf, value)
-        if where == "method":
-            points.append({"value": value, "method": derived, "method_block": _with(block, key, value), "spec": None,
-                           "spec_block": None})
-        else:
-            derived_spec = _name(spec, leaf, value)
-            points.append({"value": value, "method": derived, "method_block": {**copy.deepcopy(block), "features": derived_spec},
-                           "spec": derived_spec, "spec_block": _with(features[spec], key, value)})
+        method_block, spec_name, spec_block = copy.deepcopy(dict(block)), None, None
+        in_spec = {k: v for k, v in changed.items() if where[k] == "spec"}
+        for key, v in changed.items():
+            if where[key] == "method":
+                method_block = _with(method_block, key, v)
+        if in_spec:
+            spec_name, spec_block = _name(spec, in_spec), copy.deepcopy(dict(features[spec]))
+            for key, v in in_spec.items():
+                spec_block = _with(spec_block, key, v)
+            method_block["features"] = spec_name
+        points.append({"value": value, "method": _name(method, changed), "method_block": method_block,
+                       "spec": spec_name, "spec_block": spec_block})
     return points
 
 

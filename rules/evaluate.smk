@@ -124,7 +124,7 @@ rule sweep_table:
     conda:
         "../envs/eval.yaml"
     params:
-        key=lambda w: config["sweeps"][w.sweep]["key"],
+        key=lambda w: plan.sweep_key(w.sweep),
         points=lambda w: plan.sweep_rows(w.sweep),
     script:
         "../workflow_scripts/sweep_table.py"

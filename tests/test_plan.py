@@ -52,7 +52,8 @@ def test_benchmark_plan_lists_the_expected_jobs(tmp_path):
     """config/benchmark.yaml over config.yaml: the full table, exactly the jobs the default had before
     the main job was cut down (533), so nothing was lost, plus the two stacks' score and LDS jobs
     (issue 18 item 2, inherited from config.yaml), the three projection-seed sweeps (item 5), the
-    recommended method and the two D-TRAK sweeps' selected values (items 1 and 6): 662."""
+    recommended method, the two D-TRAK sweeps' selected values and their joint grid (items 1 and 6):
+    682 (the grid's one new point: k = 4096 with K = 20)."""
     assert plan_of("config/benchmark.yaml", {"output_dir": str(tmp_path / "out")}).job_counts() == {
         "prepare_data": 1,
         "make_subsets": 4,  # lds, select, retrain, encoded
@@ -64,20 +65,20 @@ def test_benchmark_plan_lists_the_expected_jobs(tmp_path):
         # loss, square × 5 models (full + 4 ensemble) + loss_c25/50/75, das, dtracin(_c50), retrac(_c50) ×
         # the full model, × 3 splits: trak, trak_ens, relatif, renorm_if, grad_*, tracin*, gas share loss
         # + the generated samples' trajectory features of Journey-TRAK (split "journey")
-        # + 5 sweep specs (dim 512, 1024, 4096; timesteps 5, 20) × 3 splits
-        "featurize": 97,  # + 9 seed-sweep specs (loss, square, das × seeds 43, 44, 45) × 3 splits
-        "gather_features": 97,
+        # + 6 sweep specs (dim 512, 1024, 4096; timesteps 5, 20; dim 4096 with timesteps 20) × 3 splits
+        "featurize": 100,  # + 9 seed-sweep specs (loss, square, das × seeds 43, 44, 45) × 3 splits
+        "gather_features": 100,
         "gram_partial": 2,  # the sweep's k = 512, 1024 ≤ N: primal form, one train shard each
-        "kernel": 25,  # k = 2048 > N = 1597: dual form, no partial Grams (+ 5 + 9 sweep kernels)
+        "kernel": 26,  # k = 2048 > N = 1597: dual form, no partial Grams (+ 6 + 9 sweep kernels)
         "residuals": 4,  # DAS's training-residual weight, per DAS method (its seed sweep's 3 too)
-        "select_lambda": 28,  # 6 single-model kernel methods + (trak_ens, dtrak_ens) × 4 models + 14 sweep methods
-        "oracle_lambda": 20,  # the single-model ones (6 + 14 sweeps) on the lds pool: the table's oracle diagnostic
-        "score": 93,  # 46 methods × {val, gen} + Journey-TRAK × {gen}
+        "select_lambda": 29,  # 6 single-model kernel methods + (trak_ens, dtrak_ens) × 4 models + 15 sweep methods
+        "oracle_lambda": 21,  # the single-model ones (6 + 15 sweeps) on the lds pool: the table's oracle diagnostic
+        "score": 97,  # 48 methods × {val, gen} + Journey-TRAK × {gen}
         "score_trajectory": 1,  # Journey-TRAK's per-step scores
         "trajectory_lds": 1,
-        "evaluate_lds": 47,
+        "evaluate_lds": 49,
         "retraining_curve": 2,  # empirical influence, datamodels: LDS vs number of retrained models
-        "sweep_table": 5,  # dtrak_dim, dtrak_timesteps, {trak, dtrak, das}_seeds
+        "sweep_table": 6,  # dtrak_dim, dtrak_timesteps, dtrak_grid, {trak, dtrak, das}_seeds
         "lds_table": 1,
         "counterfactual_train": 48,  # 12 generated samples × k = 320 × (das, dtrak, trak, random removal)
         "counterfactual_evaluate": 4,
@@ -87,7 +88,7 @@ def test_benchmark_plan_lists_the_expected_jobs(tmp_path):
         "plot_counterfactual": 1,
         "attribution_grids": 7,  # report.methods
         "plot_trajectory": 1,
-        "plot_sweep": 5,
+        "plot_sweep": 6,
         "plot_runtime": 1,
         "all": 1,
     }

@@ -244,3 +244,13 @@ def test_sweep_plot_writes_a_png(tmp_path):
                           "ci_high": [0.15, np.nan, 0.25, 0.15], "chosen": ""})
     sweep_plot(table, tmp_path / "s.png")
     assert (tmp_path / "s.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_grid_sweep_plot_writes_a_png(tmp_path):
+    from diffattr.plots import sweep_plot
+
+    table = pd.DataFrame({"sweep": "g", "method": ["m", "m__dim8__timesteps20"], "key": "projection.dim × timesteps",
+                          "value": ["dim=16, timesteps=10", "dim=8, timesteps=20"], "set": "val",
+                          "lds": [0.1, 0.2], "std": 0.01, "ci_low": [0.05, 0.15], "ci_high": [0.15, 0.25], "chosen": ""})
+    sweep_plot(table, tmp_path / "g.png")
+    assert (tmp_path / "g.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

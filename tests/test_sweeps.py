@@ -109,3 +109,65 @@ def test_a_projection_seed_sweep_reports_the_spread_over_seeds(tmp_path):
     assert summary.loc["val", "ci_high"] - summary.loc["val", "ci_low"] == pytest.approx(2 * vals.std(ddof=1))
     assert summary.loc["gen", "method"] == "trak" and "std over 3 seeds" in summary.loc["gen", "chosen"]
     assert "bootstrap over subsets, mean 0.030" in summary.loc["gen", "chosen"]
+
+
+def test_a_grid_sweeps_knobs_jointly_and_shares_its_points_with_one_knob_sweeps():
+    """Issue 18 item 1: a grid is the product of its lists; a point's name lists the knobs it
+    changes, so the points a one-knob sweep also has are the same blocks (no clash, no new job)."""
+    config = with_sweeps({"k": {"method": "dtrak", "key": "projection.dim", "values": [2048, 4096]},
+                          "kt": {"method": "dtrak", "grid": {"timesteps": [10, 20], "projection.dim": [2048, 4096]},
+                                 "select": True}}, ["dtrak"])
+    plans = expand_sweeps(config)
+    assert [(p["value"], p["method"]) for p in plans["kt"]] == [
+        ({"projection.dim": 2048, "timesteps": 10}, "dtrak"),
+        ({"projection.dim": 2048, "timesteps": 20}, "dtrak__timesteps20"),
+        ({"projection.dim": 4096, "timesteps": 10}, "dtrak__dim4096"),
+        ({"projection.dim": 4096, "timesteps": 20}, "dtrak__dim4096__timesteps20")]
+    assert plans["k"][1]["method"] == "dtrak__dim4096"  # the one-knob sweep's point is the grid's
+    both = copy.deepcopy(BASE["features"]["square"])
+    both["projection"]["dim"], both["timesteps"] = 4096, 20
+    assert config["features"]["square__dim4096__timesteps20"] == both
+    assert config["methods"]["dtrak__dim4096__timesteps20"] == {**BASE["methods"]["dtrak"],
+                                                               "features": "square__dim4096__timesteps20"}
+    assert config["methods"]["kt_selected"] == {"kind": "select", "methods": [
+        "dtrak", "dtrak__timesteps20", "dtrak__dim4096", "dtrak__dim4096__timesteps20"]}
+    assert config["evaluation"]["methods"] == ["dtrak", "dtrak__dim4096", "dtrak__timesteps20",
+                                               "dtrak__dim4096__timesteps20", "kt_selected"]
+
+
+def test_a_grid_over_a_method_knob_and_a_feature_knob_derives_one_spec_per_feature_value():
+    config = with_sweeps({"g": {"method": "trak", "grid": {"lambdas": [[0.1], [1.0]], "projection.dim": [512, 1024]}}})
+    spec = BASE["methods"]["trak"]["features"]
+    plans = expand_sweeps(config)
+    assert [p["method"] for p in plans["g"]] == ["trak__lambdas0_1__dim512", "trak__lambdas0_1__dim1024",
+                                                 "trak__lambdas1__dim512", "trak__lambdas1__dim1024"]
+    assert {p["spec"] for p in plans["g"]} == {f"{spec}__dim512", f"{spec}__dim1024"}
+    assert config["methods"]["trak__lambdas1__dim512"] == {**BASE["methods"]["trak"], "lambdas": [1.0],
+                                                           "features": f"{spec}__dim512"}
+
+
+@pytest.mark.parametrize("sweep,sentence", [
+    ({"method": "dtrak", "key": "timesteps", "values": [5], "grid": {"timesteps": [5]}},
+     "Config key 'sweeps.s' must set either 'key' with 'values' (one knob) or 'grid' (knob → values), not both."),
+    ({"method": "dtrak"},
+     "Config key 'sweeps.s' must set either 'key' with 'values' (one knob) or 'grid' (knob → values), not neither."),
+    ({"method": "dtrak", "grid": {"timesteps": [5], "projection.depth": [1]}},
+     "Config key 'sweeps.s.grid.projection.depth' is 'projection.depth', which neither methods.dtrak nor its "
+     "feature spec sets."),
+])
+def test_bad_grids_are_one_sentence_errors(sweep, sentence):
+    with pytest.raises(ConfigError) as err:
+        expand_sweeps(with_sweeps({"s": sweep}))
+    assert str(err.value) == sentence
+
+
+def test_a_grid_sweep_table_names_its_knobs_and_each_point(tmp_path):
+    from diffattr.sweeps import sweep_key
+
+    path = tmp_path / "m.csv"
+    pd.DataFrame({"method": "m", "set": ["val"], "lds": [0.2], "std": 0.01, "ci_low": 0.1, "ci_high": 0.3,
+                  "chosen": "λ=1"}).to_csv(path, index=False)
+    key = sweep_key("g", {"method": "dtrak", "grid": {"timesteps": [20], "projection.dim": [4096]}})
+    table = sweep_table("g", key, [({"projection.dim": 4096, "timesteps": 20}, "m")], [str(path)])
+    assert key == "projection.dim × timesteps"
+    assert table[["key", "value"]].values.tolist() == [["projection.dim × timesteps", "dim=4096, timesteps=20"]]

@@ -350,6 +350,12 @@ class Plan:
             return []
         return [s for s in self.method_sets(name) if s in self.method_sets(ref)]
 
+    def sweep_key(self, sweep: str) -> str:
+        """The knob (a grid's knobs, " × ") a sweep's table names (:func:`diffattr.sweeps.sweep_key`)."""
+        from diffattr.sweeps import sweep_key
+
+        return sweep_key(sweep, self.config["sweeps"][sweep])
+
     def sweep_rows(self, sweep: str) -> list[tuple[Any, str]]:
         """(value, method) of a sweep table's rows: its points and, for ``select: true``, the selected
         method (:func:`diffattr.sweeps.sweep_rows`)."""

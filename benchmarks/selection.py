@@ -67,13 +67,18 @@ def cases(plan: Plan):
             yield f"{method} (methods)", s, list(range(len(plan.method(method)["methods"]))), by_pool
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def study_args(description: str) -> tuple[argparse.Namespace, Plan]:
+    """The re-split studies' command line (RESULTS_DIR, --splits, --sizes) and the run's plan."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("results", nargs="?", default="results")
     parser.add_argument("--splits", type=int, default=40)
     parser.add_argument("--sizes", type=int, nargs="+", default=[4, 8, 12, 16])
     args = parser.parse_args()
-    plan = run_plan(Path(args.results))
+    return args, run_plan(Path(args.results))
+
+
+def main() -> None:
+    args, plan = study_args(__doc__.splitlines()[0])
     own, resplit = [], []
     for case, split, order, by_pool in cases(plan):
         (sel, sel_y), (lds, lds_y) = by_pool["select"], by_pool[plan.lds_pool]

@@ -8,6 +8,9 @@ select method's candidate methods.
 - :func:`resplit_rows`: the same at other select-pool sizes. The select and lds subsets are drawn
   alike (independent α-subsets, §4.2), so their union is re-split at random into m subsets that
   choose and the rest that evaluate; ``splits`` such draws per size m.
+- :func:`stack_resplit_rows`: the same re-splits for a stack (§2.19): its nnls weights fit on the m
+  subsets, judged on the rest, next to equal weights, the one component the m subsets prefer and the
+  best component on the judging subsets themselves — whether a larger select pool would raise it.
 
 Pure functions over arrays (each candidate's predictions M × n, the truth M × n).
 """
@@ -60,4 +63,30 @@ def resplit_rows(select: Sequence[np.ndarray], select_truth: np.ndarray, lds: Se
             pick, rest = perm[:m], perm[m:]
             for r in judged([p[pick] for p in preds], truth[pick], [p[rest] for p in preds], truth[rest], rules, order):
                 rows.append({"size": m, "split": split, **r})
+    return rows
+
+
+def stack_resplit_rows(preds: Sequence[np.ndarray], truth: np.ndarray, sizes: Sequence[int], splits: int,
+                       seed: int = 0) -> list[dict]:
+    """Per size m and split (the subsets of ``truth`` drawn at random, m fit, the rest judge), from the
+    stack's standardised component predictions (:mod:`diffattr.methods.stack`): the judging LDS of
+    ``nnls`` (Σ w_c·P_c, w fit on the m), ``equal`` (Σ P_c / C), ``best single`` (the component with
+    the best LDS on the m) and ``oracle single`` (the best component on the judging subsets)."""
+    from diffattr.methods.stack import fit_weights
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for m in sizes:
+        if not 2 <= m <= len(truth) - 2:
+            raise ValueError(f"a fit size of {m} leaves no 2 subsets of {len(truth)} to judge on")
+        for split in range(splits):
+            perm = rng.permutation(len(truth))
+            fit, rest = perm[:m], perm[m:]
+            w = fit_weights([p[fit] for p in preds], truth[fit], "nnls")
+            single = lds_of([p[rest] for p in preds], truth[rest])
+            rows.append({"size": m, "split": split,
+                         "nnls": float(lds_of([sum(wc * p[rest] for wc, p in zip(w, preds))], truth[rest])[0]),
+                         "equal": float(lds_of([sum(p[rest] for p in preds) / len(preds)], truth[rest])[0]),
+                         "best single": float(single[int(np.nanargmax(lds_of([p[fit] for p in preds], truth[fit])))]),
+                         "oracle single": float(np.nanmax(single))})
     return rows

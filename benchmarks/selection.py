@@ -49,7 +49,7 @@ def cases(plan: Plan):
         spec = plan.method_specs(method)[0]
         where = {"pool": pool, "subset": subset, "seed": seed}
         queries = {s: plan.features(spec, models[0], plan.query_split(method, s)) for s in plan.method_sets(method)}
-        residual = read_residual(L.residual.format(method=method, **where) if block.get("residual") else None)
+        residual = read_residual(L.residual.format(method=plan.residual_owner(method, models[0]), **where) if block.get("residual") else None)
         preds, truths, _ = lambda_predictions(L.kernel.format(spec=spec, **where), plan.features(spec, models[0], "train"),
                                               queries, pools, block["lambdas"], "cpu", block.get("normalize", "none"),
                                               residual)

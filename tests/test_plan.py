@@ -53,7 +53,8 @@ def test_benchmark_plan_lists_the_expected_jobs(tmp_path):
     the main job was cut down (533), so nothing was lost, plus the two stacks' score and LDS jobs
     (issue 18 item 2, inherited from config.yaml), the three projection-seed sweeps (item 5), the
     recommended method, the two D-TRAK sweeps' selected values and their joint grid (items 1 and 6):
-    682 (the grid's one new point: k = 4096 with K = 20)."""
+    682 (the grid's one new point: k = 4096 with K = 20), less DAS's seed sweep's 3 residual jobs, which
+    share DAS's own: 679."""
     assert plan_of("config/benchmark.yaml", {"output_dir": str(tmp_path / "out")}).job_counts() == {
         "prepare_data": 1,
         "make_subsets": 4,  # lds, select, retrain, encoded
@@ -70,7 +71,7 @@ def test_benchmark_plan_lists_the_expected_jobs(tmp_path):
         "gather_features": 100,
         "gram_partial": 2,  # the sweep's k = 512, 1024 ≤ N: primal form, one train shard each
         "kernel": 26,  # k = 2048 > N = 1597: dual form, no partial Grams (+ 6 + 9 sweep kernels)
-        "residuals": 4,  # DAS's training-residual weight, per DAS method (its seed sweep's 3 too)
+        "residuals": 1,  # DAS's training-residual weight: its seed sweep's 3 methods read DAS's own
         "select_lambda": 29,  # 6 single-model kernel methods + (trak_ens, dtrak_ens) × 4 models + 15 sweep methods
         "oracle_lambda": 21,  # the single-model ones (6 + 15 sweeps) on the lds pool: the table's oracle diagnostic
         "score": 97,  # 48 methods × {val, gen} + Journey-TRAK × {gen}
@@ -144,6 +145,23 @@ def test_an_ensemble_method_gets_one_typed_input_per_model(default):
     }
     das = default.method_inputs("das", "gen")
     assert das["residuals"] == [L.residual.format(method="das", pool="full", subset=0, seed=0)]
+
+
+def test_das_variants_share_a_residual_only_when_its_block_is_the_same(tmp_path):
+    """The residual weight depends on the residual block and the model alone: the projection-seed
+    sweep's DAS methods read DAS's own (score and λ sweep), a DAS with other residual timesteps its own."""
+    das = plan_of("config/benchmark.yaml", {"output_dir": str(tmp_path / "out")}).method("das")
+    das_t10 = das | {"residual": das["residual"] | {"timesteps": 10}}
+    plan = plan_of("config/benchmark.yaml", {"output_dir": str(tmp_path / "out"), "methods": {"das_t10": das_t10}})
+    L, full = plan.layout, {"pool": "full", "subset": 0, "seed": 0}
+    own = [L.residual.format(method="das", **full)]
+    assert plan.method_inputs("das__seed44", "val")["residuals"] == own
+    wildcards = SimpleNamespace(method="das__seed44", pool="full", subset="0", seed="0")  # as Snakemake's: str
+    sweep = plan.lambda_sweep_inputs("select")(wildcards)
+    assert sweep["residuals"] == own
+    assert plan.method_inputs("das_t10", "gen")["residuals"] == [L.residual.format(method="das_t10", **full)]
+    assert plan.residual_jobs() == {("das", ("full", 0, 0)), ("das_t10", ("full", 0, 0))}
+    assert plan.job_counts()["residuals"] == 2
 
 
 def test_journey_queries_and_sets(default):

@@ -226,6 +226,20 @@ class Plan:
         specs = self.method(name)["features"]
         return specs if isinstance(specs, list) else [specs]
 
+    def residual_owner(self, name: str, model: Model) -> str:
+        """The method whose ``residuals`` job a method's model reads: the first scored method with the
+        same residual block on the same model (DAS's weight depends on nothing else, so a projection-seed
+        sweep of DAS reuses its base's instead of recomputing it)."""
+        block, model = self.method(name).get("residual"), (model[0], int(model[1]), int(model[2]))  # wildcards: str
+        return next(m for m in self.scored_methods()
+                    if self.method(m).get("residual") == block and model in self.method_models(m))
+
+    def residual_jobs(self) -> set[tuple[str, Model]]:
+        """(owner, model) of every residuals job the scored methods read."""
+        return {(self.residual_owner(m, model), model) for m in self.scored_methods()
+                if "residuals" in method_kind(self.method(m)).stages and self.method(m).get("residual")
+                for model in self.method_models(m)}
+
     def method_models(self, name: str) -> list[Model]:
         """(pool, subset, seed) of the models a kernel method scores with (several: an ensemble)."""
         models = self.method(name)["models"]
@@ -256,7 +270,8 @@ class Plan:
             inputs["train"] = [self.features(spec, m, "train") for m in models]
             inputs["queries"] = [self.features(spec, m, self.query_split(name, set_name)) for m in models]
             inputs["lambdas"] = [] if self.attribute else [L.lambda_curve.format(method=name, **_model(m)) for m in models]
-            inputs["residuals"] = [L.residual.format(method=name, **_model(m)) for m in models] if method.get("residual") else []
+            inputs["residuals"] = ([L.residual.format(method=self.residual_owner(name, m), **_model(m)) for m in models]
+                                   if method.get("residual") else [])
         if "feature_models" in needs:
             model = ("full", 0, self.config["full_model"]["seeds"][0])
             inputs["train"] = [self.features(spec, model, "train") for spec in self.method_specs(name)]
@@ -300,7 +315,7 @@ class Plan:
         if "lambda" in method_kind(self.method(name)).stages and not self.attribute:
             for model in self.method_models(name):
                 files.append(L.benchmark("select_lambda").format(method=name, **_model(model)))
-                if self.method(name).get("residual"):
+                if self.method(name).get("residual") and self.residual_owner(name, model) == name:
                     files.append(L.benchmark("residuals").format(method=name, **_model(model)))
         return files
 
@@ -375,7 +390,8 @@ class Plan:
                 "queries": [self.features(spec, model, self.query_split(w.method, s)) for s in self.method_sets(w.method)],
                 "masks": [self.layout.subset_masks.format(pool=pool)],
                 "truths": [self.layout.ground_truth.format(pool=pool)],
-                "residuals": [self.layout.residual.format(**keys)] if self.method(w.method).get("residual") else [],
+                "residuals": ([self.layout.residual.format(**keys | {"method": self.residual_owner(w.method, model)})]
+                              if self.method(w.method).get("residual") else []),
             }
 
         return inputs
@@ -583,7 +599,7 @@ class Plan:
             "featurize": sum(len(self.shard_ranges(spec, split)) for spec, _, split in features),
             "gather_features": len(features), "kernel": len(kernels),
             "gram_partial": sum(len(self.shard_ranges(spec, "train")) for spec, _ in kernels if self.kernel_form(spec) == "primal"),
-            "residuals": sum(1 for m in self.methods if self.method(m).get("residual")),
+            "residuals": len(self.residual_jobs()),
             "score": sum(len(v) for v in sets.values()), "score_trajectory": len(self.journey_methods),
             "top_attributions": sum(len(v) for v in sets.values()),
             "attribution_grids": len(self.report_methods) if self.report_samples else 0,
@@ -632,8 +648,7 @@ class Plan:
                                      if self.kernel_form(spec) == "primal")
         counts["select_lambda"] = sum(len(self.method_models(m)) for m in kernel_methods)
         counts["oracle_lambda"] = len(self.oracle_models)
-        counts["residuals"] = sum(len(self.method_models(m)) for m in scored
-                                  if "residuals" in method_kind(self.method(m)).stages and self.method(m).get("residual"))
+        counts["residuals"] = len(self.residual_jobs())
         counts["score"] = sum(len(self.scored_sets(m)) for m in scored)
         counts["score_trajectory"] = counts["trajectory_lds"] = counts["plot_trajectory"] = len(self.journey_methods)
         counts["evaluate_lds"] = len(self.methods)

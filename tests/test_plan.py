@@ -54,7 +54,7 @@ def test_benchmark_plan_lists_the_expected_jobs(tmp_path):
     (issue 18 item 2, inherited from config.yaml), the three projection-seed sweeps (item 5), the
     recommended method, the two D-TRAK sweeps' selected values and their joint grid (items 1 and 6):
     682 (the grid's one new point: k = 4096 with K = 20), less DAS's seed sweep's 3 residual jobs, which
-    share DAS's own: 679."""
+    share DAS's own, plus the wide stack's 2 score jobs and 1 LDS job: 682."""
     assert plan_of("config/benchmark.yaml", {"output_dir": str(tmp_path / "out")}).job_counts() == {
         "prepare_data": 1,
         "make_subsets": 4,  # lds, select, retrain, encoded
@@ -74,10 +74,10 @@ def test_benchmark_plan_lists_the_expected_jobs(tmp_path):
         "residuals": 1,  # DAS's training-residual weight: its seed sweep's 3 methods read DAS's own
         "select_lambda": 29,  # 6 single-model kernel methods + (trak_ens, dtrak_ens) × 4 models + 15 sweep methods
         "oracle_lambda": 21,  # the single-model ones (6 + 15 sweeps) on the lds pool: the table's oracle diagnostic
-        "score": 97,  # 48 methods × {val, gen} + Journey-TRAK × {gen}
+        "score": 99,  # 49 methods × {val, gen} + Journey-TRAK × {gen}
         "score_trajectory": 1,  # Journey-TRAK's per-step scores
         "trajectory_lds": 1,
-        "evaluate_lds": 49,
+        "evaluate_lds": 50,
         "retraining_curve": 2,  # empirical influence, datamodels: LDS vs number of retrained models
         "sweep_table": 6,  # dtrak_dim, dtrak_timesteps, dtrak_grid, {trak, dtrak, das}_seeds
         "lds_table": 1,

@@ -45,11 +45,14 @@ def torch_blocker(tmp_path: Path) -> dict:
     return {"PYTHONPATH": str(tmp_path)}
 
 
-def test_default_dry_run_lists_the_expected_jobs_without_torch(tmp_path):
-    result = snakemake("-n", "--configfile", overlay(tmp_path, "out", {"output_dir": str(tmp_path / "out")}),
+@pytest.mark.parametrize("layers", [(), ("config/benchmark.yaml",)], ids=["main", "benchmark"])
+def test_default_dry_run_lists_the_expected_jobs_without_torch(tmp_path, layers):
+    """The main job and the benchmark: Snakemake's job table is the plan's (tests/test_plan.py)."""
+    out = {"output_dir": str(tmp_path / "out")}
+    result = snakemake("-n", "--configfile", *(str(REPO / f) for f in layers), overlay(tmp_path, "out", out),
                        env=torch_blocker(tmp_path), timeout=120)
     assert result.returncode == 0, result.stderr
-    assert job_counts(result.stdout) == plan_of({"output_dir": str(tmp_path / "out")}).job_counts()
+    assert job_counts(result.stdout) == plan_of(*layers, out).job_counts()
 
 
 def test_every_shipped_config_dry_runs_in_seconds_without_torch_or_data(tmp_path):

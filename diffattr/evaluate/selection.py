@@ -17,7 +17,7 @@ Pure functions over arrays (each candidate's predictions M × n, the truth M × 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -41,6 +41,18 @@ def judged(preds: Sequence[np.ndarray], truth: np.ndarray, eval_preds: Sequence[
     return rows
 
 
+def resplits(n: int, sizes: Sequence[int], splits: int, seed: int = 0) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
+    """(m, split, fit, rest) for ``splits`` random permutations of n subsets per size m (one generator
+    for all sizes, in order): the first m fit or choose, the other n − m judge."""
+    rng = np.random.default_rng(seed)
+    for m in sizes:
+        if not 2 <= m <= n - 2:
+            raise ValueError(f"a fit size of {m} leaves no 2 subsets of {n} to judge on")
+        for split in range(splits):
+            perm = rng.permutation(n)
+            yield m, split, perm[:m], perm[m:]
+
+
 def pool_rows(select: Sequence[np.ndarray], select_truth: np.ndarray, lds: Sequence[np.ndarray], lds_truth: np.ndarray,
               rules: dict[str, SelectSettings], order: Sequence[int]) -> list[dict]:
     """The run's own pools: chosen on the select pool, judged on the lds pool."""
@@ -53,17 +65,8 @@ def resplit_rows(select: Sequence[np.ndarray], select_truth: np.ndarray, lds: Se
     """Both pools' subsets pooled and re-split ``splits`` times per size m: m choose, the rest judge."""
     preds = [np.vstack([s, v]) for s, v in zip(select, lds)]
     truth = np.vstack([select_truth, lds_truth])
-    rng = np.random.default_rng(seed)
-    rows = []
-    for m in sizes:
-        if not 2 <= m <= len(truth) - 2:
-            raise ValueError(f"a select-pool size of {m} leaves no 2 subsets of {len(truth)} to judge on")
-        for split in range(splits):
-            perm = rng.permutation(len(truth))
-            pick, rest = perm[:m], perm[m:]
-            for r in judged([p[pick] for p in preds], truth[pick], [p[rest] for p in preds], truth[rest], rules, order):
-                rows.append({"size": m, "split": split, **r})
-    return rows
+    return [{"size": m, "split": split, **r} for m, split, pick, rest in resplits(len(truth), sizes, splits, seed)
+            for r in judged([p[pick] for p in preds], truth[pick], [p[rest] for p in preds], truth[rest], rules, order)]
 
 
 def stack_resplit_rows(preds: Sequence[np.ndarray], truth: np.ndarray, sizes: Sequence[int], splits: int,
@@ -74,19 +77,13 @@ def stack_resplit_rows(preds: Sequence[np.ndarray], truth: np.ndarray, sizes: Se
     the best LDS on the m) and ``oracle single`` (the best component on the judging subsets)."""
     from diffattr.methods.stack import fit_weights
 
-    rng = np.random.default_rng(seed)
     rows = []
-    for m in sizes:
-        if not 2 <= m <= len(truth) - 2:
-            raise ValueError(f"a fit size of {m} leaves no 2 subsets of {len(truth)} to judge on")
-        for split in range(splits):
-            perm = rng.permutation(len(truth))
-            fit, rest = perm[:m], perm[m:]
-            w = fit_weights([p[fit] for p in preds], truth[fit], "nnls")
-            single = lds_of([p[rest] for p in preds], truth[rest])
-            rows.append({"size": m, "split": split,
-                         "nnls": float(lds_of([sum(wc * p[rest] for wc, p in zip(w, preds))], truth[rest])[0]),
-                         "equal": float(lds_of([sum(p[rest] for p in preds) / len(preds)], truth[rest])[0]),
-                         "best single": float(single[int(np.nanargmax(lds_of([p[fit] for p in preds], truth[fit])))]),
-                         "oracle single": float(np.nanmax(single))})
+    for m, split, fit, rest in resplits(len(truth), sizes, splits, seed):
+        w = fit_weights([p[fit] for p in preds], truth[fit], "nnls")
+        single = lds_of([p[rest] for p in preds], truth[rest])
+        rows.append({"size": m, "split": split,
+                     "nnls": float(lds_of([sum(wc * p[rest] for wc, p in zip(w, preds))], truth[rest])[0]),
+                     "equal": float(lds_of([sum(p[rest] for p in preds) / len(preds)], truth[rest])[0]),
+                     "best single": float(single[int(np.nanargmax(lds_of([p[fit] for p in preds], truth[fit])))]),
+                     "oracle single": float(np.nanmax(single))})
     return rows

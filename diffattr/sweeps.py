@@ -69,10 +69,18 @@ def _name(base: str, changed: Mapping[str, Any]) -> str:
 def knobs(name: str, sweep: Mapping[str, Any]) -> list[tuple[str, list[Any]]]:
     """A sweep's (key, values) pairs: its one ``key`` over ``values``, or each key of its ``grid``
     (a joint sweep over the product of the lists, issue 18 item 1), in key order."""
-    one, grid = "key" in sweep or "values" in sweep, sweep.get("grid")
-    if one == bool(grid) or (one and not ("key" in sweep and "values" in sweep)):
+    has_key, has_values, grid = "key" in sweep, "values" in sweep, sweep.get("grid")
+    one = has_key or has_values
+    wrong = None
+    if one and grid:
+        wrong = "it sets both"
+    elif not (one or grid):
+        wrong = "it sets neither"
+    elif has_key != has_values:
+        wrong = f"it sets '{'key' if has_key else 'values'}' alone"
+    if wrong:
         raise ConfigError(f"Config key 'sweeps.{name}' must set either 'key' with 'values' (one knob) or 'grid' "
-                          f"(knob → values), not {'both' if one and grid else 'neither'}.")
+                          f"(knob → values); {wrong}.")
     return [(sweep["key"], list(sweep["values"]))] if one else sorted((k, list(v)) for k, v in grid.items())
 
 
@@ -118,16 +126,16 @@ def sweep_points(name: str, sweep: Mapping[str, Any], methods: Mapping[str, Any]
         if not changed:
             points.append({"value": value, "method": method, "method_block": None, "spec": None, "spec_block": None})
             continue
-        method_block, spec_name, spec_block = copy.deepcopy(dict(block)), None, None
+        method_block, spec_name, spec_block = dict(block), None, None  # _with copies before it sets
         in_spec = {k: v for k, v in changed.items() if where[k] == "spec"}
         for key, v in changed.items():
             if where[key] == "method":
                 method_block = _with(method_block, key, v)
         if in_spec:
-            spec_name, spec_block = _name(spec, in_spec), copy.deepcopy(dict(features[spec]))
+            spec_name, spec_block = _name(spec, in_spec), features[spec]
             for key, v in in_spec.items():
                 spec_block = _with(spec_block, key, v)
-            method_block["features"] = spec_name
+            method_block = {**copy.deepcopy(method_block), "features": spec_name}
         points.append({"value": value, "method": _name(method, changed), "method_block": method_block,
                        "spec": spec_name, "spec_block": spec_block})
     return points

@@ -148,9 +148,12 @@ def test_a_grid_over_a_method_knob_and_a_feature_knob_derives_one_spec_per_featu
 
 @pytest.mark.parametrize("sweep,sentence", [
     ({"method": "dtrak", "key": "timesteps", "values": [5], "grid": {"timesteps": [5]}},
-     "Config key 'sweeps.s' must set either 'key' with 'values' (one knob) or 'grid' (knob → values), not both."),
+     "Config key 'sweeps.s' must set either 'key' with 'values' (one knob) or 'grid' (knob → values); it sets both."),
     ({"method": "dtrak"},
-     "Config key 'sweeps.s' must set either 'key' with 'values' (one knob) or 'grid' (knob → values), not neither."),
+     "Config key 'sweeps.s' must set either 'key' with 'values' (one knob) or 'grid' (knob → values); it sets neither."),
+    ({"method": "dtrak", "key": "timesteps"},
+     "Config key 'sweeps.s' must set either 'key' with 'values' (one knob) or 'grid' (knob → values); it sets 'key' "
+     "alone."),
     ({"method": "dtrak", "grid": {"timesteps": [5], "projection.depth": [1]}},
      "Config key 'sweeps.s.grid.projection.depth' is 'projection.depth', which neither methods.dtrak nor its "
      "feature spec sets."),

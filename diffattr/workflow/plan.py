@@ -230,7 +230,7 @@ class Plan:
         """The method whose ``residuals`` job a method's model reads: the first scored method with the
         same residual block on the same model (DAS's weight depends on nothing else, so a projection-seed
         sweep of DAS reuses its base's instead of recomputing it)."""
-        block, model = self.method(name).get("residual"), (model[0], int(model[1]), int(model[2]))  # wildcards: str
+        block = self.method(name).get("residual")
         return next(m for m in self.scored_methods()
                     if self.method(m).get("residual") == block and model in self.method_models(m))
 
@@ -383,7 +383,7 @@ class Plan:
 
         def inputs(w: Any) -> dict[str, Any]:
             spec, keys = self.method_specs(w.method)[0], _wildcards(w)
-            model = (keys["pool"], keys["subset"], keys["seed"])
+            model = (keys["pool"], int(keys["subset"]), int(keys["seed"]))  # Snakemake's wildcards are str
             return {
                 "kernel": self.layout.kernel.format(spec=spec, **_model(model)),
                 "train": self.features(spec, model, "train"),

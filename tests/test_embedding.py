@@ -96,7 +96,7 @@ def test_clip_preprocessing_matches_hand_values_and_pil_bicubic(digits):
 def test_clip_embeddings_equal_the_model_on_independent_pixel_values(clip_dir, digits):
     cfg = EmbeddingConfig(encoder="clip", path=clip_dir, batch_size=3)
     ours = embed(digits[:7], cfg)
-    model = transformers.CLIPVisionModelWithProjection.from_pretrained(clip_dir).eval()
+    model = transformers.CLIPVisionModelWithProjection.from_pretrained(clip_dir, use_safetensors=True, local_files_only=True).eval()
     with torch.no_grad():
         direct = model(pixel_values=pil_bicubic_preprocess(digits[:7], 32)).image_embeds.double().numpy()
     assert ours.shape == (7, 16) and ours.dtype == np.float64

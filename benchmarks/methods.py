@@ -53,8 +53,8 @@ def method_table(config: dict) -> pd.DataFrame:
         if method.get("query") == "journey":
             shared.append(out / "trajectory.tsv")
         if method["kind"] == "retraining":
-            for k in range(method["models"]):
-                shared += [out / rule / "retrain" / str(k) / "seed0.tsv" for rule in ("train_model", "measure_outputs")]
+            shared += [out / "train_model" / "retrain" / str(k) / "seed0.tsv" for k in range(method["models"])]
+            shared += list((out / "measure_outputs" / "retrain").glob("part*.tsv"))  # several models per job
         if method["kind"] == "encoded":
             shared += list((out / "train_model" / "encoded").rglob("*.tsv"))
         own_s, own_rss = _read(own)

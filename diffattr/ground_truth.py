@@ -29,6 +29,10 @@ class GroundTruthConfig:
     noise_seeds: tuple[int, ...]
     timestep_strategy: str = "uniform"
     batch_size: int = 256
+    models_per_job: int = 4
+    """Models one measure_outputs job measures (:meth:`diffattr.workflow.plan.Plan.measurement_parts`):
+    fewer processes, each paying its start and imports once. A layout knob, like a feature spec's
+    ``shard_size``: it changes no number, but changing it moves (so re-measures) every measurement."""
 
     @classmethod
     def from_dict(cls, cfg: dict) -> GroundTruthConfig:
@@ -43,11 +47,12 @@ class GroundTruthConfig:
         return np.asarray([(s, int(t)) for s in self.noise_seeds for t in ts], dtype=np.int64)
 
 
-def write_measurement(path: str | os.PathLike, losses: dict[str, np.ndarray], pairs: np.ndarray) -> None:
-    """One model's measurement: ``{set}/losses`` (P, n) per attributed set, pairs in attrs."""
+def write_measurement(path: str | os.PathLike, losses: dict[str, np.ndarray], pairs: np.ndarray,
+                      attrs: dict | None = None) -> None:
+    """One model's measurement: ``{set}/losses`` (P, n) per attributed set, pairs (and ``attrs``) in attrs."""
     with atomic_path(path) as tmp:
         root = zarr.open_group(str(tmp), mode="w")
-        root.attrs["pairs"] = pairs.tolist()
+        root.attrs.update({"pairs": pairs.tolist(), **(attrs or {})})
         for name, value in losses.items():
             root.create_array(f"{name}/losses", data=value, **array_options())
         seal(root)

@@ -3,11 +3,23 @@ pair of the ground truth (docs/methods.md §4.3).
 
 ε for (noise seed, t, sample) comes from :mod:`diffattr.noise`, so every model is measured on the
 same draws and two runs give bit-identical matrices on CPU.
+
+One job measures a *part* of a pool (``ground_truth.models_per_job`` models,
+:meth:`diffattr.workflow.plan.Plan.measurement_parts`), so the process start, the imports and the
+stores' digests are paid once per part instead of once per model. Each model's store records the
+source it was measured from (SHA-256 of its checkpoint and of the attributed sets' stores, and of
+the job's params); a part that re-runs because the pool grew, or because one of its checkpoints
+changed, measures only the models whose store is missing or records another source.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -17,6 +29,8 @@ from diffattr.models.ddpm import add_noise
 from diffattr.models.family import denoise
 from diffattr.noise import gaussian_noise
 from diffattr.outputs import l_simple
+
+log = logging.getLogger(__name__)
 
 
 def ground_truth_draws(images: np.ndarray, split: str, pairs: np.ndarray, abar: torch.Tensor, batch_size: int,
@@ -57,8 +71,67 @@ def measure_losses(
     return out
 
 
-def measure_model(model_path: str, stores: dict[str, str], params: dict, out_path: str, device: str = "cpu") -> dict[str, np.ndarray]:
-    """measure_outputs: one model's per-pair losses on every attributed set (``stores``: set → image store)."""
+def content_digest(path: str | os.PathLike) -> str:
+    """SHA-256 of a file, or of a directory tree: each file's path relative to the root and its bytes,
+    in sorted order (a zarr store's identity, whatever its mtimes)."""
+    root, h = Path(path), hashlib.sha256()
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    for file in files:
+        h.update(file.relative_to(root).as_posix().encode() + b"\0")
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def measurement_source(checkpoint: str, store_digests: Mapping[str, str], params: dict) -> dict[str, object]:
+    """What a measurement is a function of: the checkpoint's bytes, the attributed sets' stores and
+    the params (model and draws); written into the measurement store's attrs."""
+    blob = json.dumps(params, sort_keys=True, default=str).encode()
+    return {"checkpoint": content_digest(checkpoint), "stores": dict(sorted(store_digests.items())),
+            "params": hashlib.sha256(blob).hexdigest()}
+
+
+def recorded_source(path: str | os.PathLike, sets: list[str]) -> dict | None:
+    """The source a finished measurement store records, if every set's losses read back intact
+    (None: absent, damaged — :mod:`diffattr.integrity`'s checks — or written without a source)."""
+    from diffattr.ground_truth import read_measurement
+    from diffattr.integrity import StoreError, open_store
+
+    if not os.path.isdir(path):
+        return None
+    try:
+        for split in sets:
+            read_measurement(path, split)
+        return dict(open_store(path).attrs).get("source")
+    except StoreError:
+        return None
+
+
+def measure_part(checkpoints: Mapping[tuple[int, int], str], outputs: Mapping[tuple[int, int], str],
+                 stores: dict[str, str], params: dict, device: str = "cpu") -> list[tuple[int, int]]:
+    """measure_outputs: the models of one part, (subset, seed) → checkpoint and → measurement store.
+    A model whose store records the same :func:`measurement_source` is kept as it is; the others are
+    measured (:func:`measure_model`) and written atomically (a damaged or missing one too: what
+    ``--forcerun measure_outputs`` after a damage sentence relies on). Returns the models measured."""
+    digests = {split: content_digest(store) for split, store in stores.items()}
+    measured = []
+    for key, checkpoint in checkpoints.items():
+        source = measurement_source(checkpoint, digests, params)
+        if recorded_source(outputs[key], list(stores)) == source:
+            continue
+        measure_model(checkpoint, stores, params, outputs[key], device, source)
+        measured.append(key)
+    kept = [key for key in checkpoints if key not in measured]
+    log.info("measured %d of %d models %s; kept %s, whose stores match their checkpoints and params",
+             len(measured), len(checkpoints), measured, kept)
+    return measured
+
+
+def measure_model(model_path: str, stores: dict[str, str], params: dict, out_path: str, device: str = "cpu",
+                  source: dict | None = None) -> dict[str, np.ndarray]:
+    """One model's per-pair losses on every attributed set (``stores``: set → image store);
+    ``source`` (:func:`measurement_source`) is recorded with them."""
     from diffattr.models.ddpm import alphas_cumprod
     from diffattr.models.family import load_model
 
@@ -70,5 +143,5 @@ def measure_model(model_path: str, stores: dict[str, str], params: dict, out_pat
     for split, store in stores.items():
         inputs, cond = model.inputs(store, split)
         losses[split] = measure_losses(model.network, inputs, split, pairs, abar, cfg.batch_size, device, cond)
-    write_measurement(out_path, losses, pairs)
+    write_measurement(out_path, losses, pairs, {"source": source} if source else None)
     return losses

@@ -54,7 +54,7 @@ rule counterfactual_evaluate:
         cfg={
             **plan.model,
             "generate": plan.generate,
-            "ground_truth": config["ground_truth"],
+            "ground_truth": plan.ground_truth,
             "embedding": plan.cf.get("embedding"),
         },
     script:

@@ -1,10 +1,10 @@
 rule measure_outputs:
     input:
-        model=lambda w: plan.checkpoint(w.pool, w.subset, w.seed),
+        models=plan.part_checkpoints,
         base=plan.base_input,
         stores=[plan.set_store(s) for s in plan.sets],
     output:
-        measurement=update(directory(L.measurement)),
+        part=update(directory(L.measurement_part)),
     log:
         L.log("measure_outputs"),
     benchmark:
@@ -20,18 +20,17 @@ rule measure_outputs:
         mem_mb=4000,
         runtime=60,
     params:
-        cfg={**plan.model, "ground_truth": config["ground_truth"]},
+        cfg={**plan.model, "ground_truth": plan.ground_truth},
         sets=plan.sets,
+        models=lambda w: plan.part_models(w.pool, w.part),
+        outputs=plan.part_measurements,
     script:
         "../workflow_scripts/measure_outputs.py"
 
 
 rule gather_ground_truth:
     input:
-        lambda w: [
-            L.measurement.format(pool=w.pool, subset=k, seed=s)
-            for k, s in plan.pool_models(w.pool)
-        ],
+        plan.pool_parts,
     output:
         truth=update(directory(L.ground_truth)),
         reliability=update(L.reliability),
@@ -47,6 +46,7 @@ rule gather_ground_truth:
         runtime=30,
     params:
         models=lambda w: plan.pool_models(w.pool),
+        measurements=plan.pool_measurements,
         sets=plan.sets,
     script:
         "../workflow_scripts/gather_ground_truth.py"

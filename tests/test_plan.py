@@ -27,7 +27,7 @@ def test_the_main_job_plans_the_headline_methods_only(tmp_path):
     assert plan.job_counts() == {
         "prepare_data": 1, "make_subsets": 2,  # lds, select
         "train_model": 26,  # 2 full-data seeds + 16 lds + 8 select
-        "generate": 1, "measure_outputs": 24, "gather_ground_truth": 2,  # lds and select pools
+        "generate": 1, "measure_outputs": 6, "gather_ground_truth": 2,  # lds and select pools, 4 models per job
         "featurize": 12, "gather_features": 12,  # loss × 2 seeds, square, das; × {train, val, gen}
         "kernel": 4, "select_lambda": 5, "oracle_lambda": 3, "residuals": 1,  # trak, dtrak, das + 2 ensemble members
         "score": 20, "evaluate_lds": 10, "lds_table": 1,  # 10 methods × {val, gen}
@@ -54,14 +54,15 @@ def test_benchmark_plan_lists_the_expected_jobs(tmp_path):
     (issue 18 item 2, inherited from config.yaml), the three projection-seed sweeps (item 5), the
     recommended method, the two D-TRAK sweeps' selected values and their joint grid (items 1 and 6):
     682 (the grid's one new point: k = 4096 with K = 20), less DAS's seed sweep's 3 residual jobs, which
-    share DAS's own, plus the wide stack's 2 score jobs and 1 LDS job: 682."""
+    share DAS's own, plus the wide stack's 2 score jobs and 1 LDS job: 682; and since measure_outputs
+    measures 4 models per job, 54 fewer: 628."""
     assert plan_of("config/benchmark.yaml", {"output_dir": str(tmp_path / "out")}).job_counts() == {
         "prepare_data": 1,
         "make_subsets": 4,  # lds, select, retrain, encoded
         "train_model": 89,  # full model + 32 lds + 8 select + 32 retrain + 16 encoded-ensemble models
         "generate": 1,
         "trajectory": 1,  # DDIM x̂₀ path of the generated samples (Journey-TRAK)
-        "measure_outputs": 72,  # lds, select and retrain pools
+        "measure_outputs": 18,  # lds, select and retrain pools (72 models), 4 per job
         "gather_ground_truth": 3,
         # loss, square × 5 models (full + 4 ensemble) + loss_c25/50/75, das, dtracin(_c50), retrac(_c50) ×
         # the full model, × 3 splits: trak, trak_ens, relatif, renorm_if, grad_*, tracin*, gas share loss
@@ -104,7 +105,7 @@ def test_text_to_image_plans_list_the_expected_jobs(tmp_path):
     assert plan_of("config/text_to_image.yaml", {"output_dir": str(tmp_path / "t2i")}).job_counts() == {
         "prepare_data": 1, "make_subsets": 2, "pretrain_base": 1,  # the base pipeline, pretrained on "base"
         "train_model": 41,  # full LoRA + 32 lds + 8 select
-        "generate": 1, "measure_outputs": 40, "gather_ground_truth": 2,
+        "generate": 1, "measure_outputs": 10, "gather_ground_truth": 2,  # 40 models, 4 per job
         "featurize": 6, "gather_features": 6,  # loss, square × {train, val, gen}, one shard each
         "kernel": 2, "select_lambda": 2, "oracle_lambda": 2,  # N = 840 < k = 2048: dual form
         "score": 14, "evaluate_lds": 7,  # 7 methods × {val, gen}
@@ -116,7 +117,7 @@ def test_text_to_image_plans_list_the_expected_jobs(tmp_path):
     assert plan_of("config/artbench2.yaml", layer).job_counts() == {
         "prepare_data": 1, "make_subsets": 2,  # no pretrain_base: the pipeline is given
         "train_model": 201,  # full LoRA + 64 lds × 3 seeds + 8 select
-        "generate": 1, "measure_outputs": 200, "gather_ground_truth": 2,
+        "generate": 1, "measure_outputs": 50, "gather_ground_truth": 2,  # 200 models, 4 per job
         "featurize": 14,  # (loss, square) × (5 train shards of 1000 + val + gen)
         "gather_features": 6, "gram_partial": 10, "kernel": 2, "select_lambda": 2,  # k = 4096 ≤ N = 5000: primal
         "oracle_lambda": 2,
@@ -184,7 +185,8 @@ def test_tracin_weights_are_the_learning_rate_of_each_checkpoint_interval(defaul
 
 def test_model_params_reach_only_the_kinds_that_run_a_model(default):
     assert "unet" in default.method_params("ekfac") and "ground_truth" not in default.method_params("ekfac")
-    assert default.method_params("encoded_ensemble")["ground_truth"] == default.config["ground_truth"]
+    truth = default.method_params("encoded_ensemble")["ground_truth"]  # the draws, not how measurements are cut
+    assert truth == {k: v for k, v in default.config["ground_truth"].items() if k != "models_per_job"} != default.config["ground_truth"]
     assert default.method_params("encoded_ensemble")["unet"] == default.config["model"]["unet"]
     assert "unet" not in default.method_params("trak") and "unet" not in default.method_params("pixel_l2")
 
@@ -208,12 +210,38 @@ def test_kernel_form_follows_k_against_n(default):
 
 @pytest.mark.parametrize("pool, more", [("lds", 8), ("select", 4)])
 def test_a_larger_pool_adds_only_its_models(default, tmp_path, pool, more):
-    """Growing a pool adds its new models' training and measurement jobs and nothing else."""
+    """Growing a pool adds its new models' training jobs and the measurement jobs of their parts (4
+    models each), and nothing else."""
     count = default.config["subsets"]["pools"][pool]["count"]
     grown = plan_of("config/benchmark.yaml",
                     {"output_dir": default.config["output_dir"], "subsets": {"pools": {pool: {"count": count + more}}}})
     before, after = default.job_counts(), grown.job_counts()
-    assert {r: after[r] - before[r] for r in after if after[r] != before[r]} == {"train_model": more, "measure_outputs": more}
+    assert {r: after[r] - before[r] for r in after if after[r] != before[r]} == {"train_model": more,
+                                                                                 "measure_outputs": more // 4}
+
+
+@pytest.mark.parametrize("per_job", [1, 3, 4, 7])
+def test_measurement_parts_keep_their_models_when_a_pool_grows(tmp_path, per_job):
+    """``ground_truth.models_per_job``: every model of a pool is in exactly one part, each part holds
+    at most that many, and growing ``count`` (here 10 → 13, two seeds) only fills the last part and
+    appends new ones: each earlier part, its models and their store paths stay as they were."""
+    def plan(count):
+        return plan_of({"output_dir": str(tmp_path / "out"), "ground_truth": {"models_per_job": per_job},
+                        "subsets": {"pools": {"lds": {"count": count, "seeds": [0, 1]}}}})
+
+    small, grown = plan(10), plan(13)
+    for p, count in ((small, 10), (grown, 13)):
+        parts = p.measurement_parts("lds")
+        assert sorted(m for part in parts for m in part) == sorted((k, s) for k in range(count) for s in (0, 1))
+        assert all(0 < len(part) <= per_job for part in parts) and len(parts) == -(-2 * count // per_job)
+        assert p.job_counts()["measure_outputs"] == len(parts) + len(p.measurement_parts("select"))
+    old, new = small.measurement_parts("lds"), grown.measurement_parts("lds")
+    full = 20 // per_job  # the parts that were full before
+    assert new[:full] == old[:full]
+    assert new[len(old) - 1][: len(old[-1])] == old[-1]
+    assert [small.measurement("lds", k, s) for k, s in small.pool_models("lds")] == \
+        [grown.measurement("lds", k, s) for k, s in small.pool_models("lds")]
+    assert "models_per_job" not in small.ground_truth and small.ground_truth["timesteps"] == small.config["ground_truth"]["timesteps"]
 
 
 def test_a_trained_timestep_spec_on_a_subset_model_is_refused(default):

@@ -116,7 +116,7 @@ def test_the_plan_feeds_a_stack_its_components_scores_and_the_select_pool(tmp_pa
         "components": [f"{out}/scores/pixel_l2/gen.zarr", f"{out}/scores/random/gen.zarr"],
         "masks": f"{out}/subsets/select.zarr", "truth": f"{out}/ground_truth/select.zarr"}
     counts = plan.job_counts()  # no kernel method: the select pool is trained for the stack alone
-    assert counts["gather_ground_truth"] == 2 and counts["measure_outputs"] == 16 + 8
+    assert counts["gather_ground_truth"] == 2 and counts["measure_outputs"] == (16 + 8) // 4
     assert counts["score"] == 6 and "featurize" not in counts
 
 

@@ -140,3 +140,49 @@ def test_split_half_reliability_uses_seeds_when_there_are_two():
     assert how == "training seeds" and value > 0.9
     value, how = split_half_reliability(losses[:1])
     assert how.startswith("(noise seed") and value > 0.9
+
+
+def test_a_measurement_part_measures_only_models_without_a_matching_measurement(digits_store, tmp_path):
+    """One measure_outputs job per part of a pool (issue 17 item 2): its first run measures every
+    model; a re-run after the pool grew measures only the new one and leaves the others' stores
+    untouched (same inode and mtime); a changed checkpoint or a damaged store is measured again; every
+    store equals a model-by-model :func:`measure_losses` (bit for bit on CPU)."""
+    import os
+    import shutil
+
+    from diffattr.ground_truth import read_measurement
+    from diffattr.measure import measure_part
+    from diffattr.models.family import fresh_model, save_model
+
+    params = {"unet": TINY_UNET, "scheduler": SCHEDULER, "ground_truth": {"timesteps": 3, "noise_seeds": [0], "batch_size": 16}}
+    ckpts = {}
+    for key in [(0, 0), (1, 0), (2, 0)]:
+        ckpts[key] = str(tmp_path / f"m{key[0]}.safetensors")
+        save_model(fresh_model(params, seed=key[0]), ckpts[key], {"step": 0})
+    outs = {key: str(tmp_path / "part0" / str(key[0]) / "seed0.zarr") for key in ckpts}
+    stores = {"val": digits_store}
+    two = [(0, 0), (1, 0)]
+    assert measure_part({k: ckpts[k] for k in two}, outs, stores, params) == two
+
+    def stamp(key):
+        st = os.stat(Path(outs[key]) / "zarr.json")
+        return st.st_ino, st.st_mtime_ns
+
+    before = {k: stamp(k) for k in two}
+    assert measure_part(ckpts, outs, stores, params) == [(2, 0)]  # the pool grew by one model
+    assert {k: stamp(k) for k in two} == before
+    assert measure_part(ckpts, outs, stores, params) == []  # nothing changed: nothing measured
+
+    x = to_model_range(read_images(digits_store, "val"))
+    abar = alphas_cumprod(SCHEDULER)
+    pairs = GroundTruthConfig(timesteps=3, noise_seeds=(0,)).pairs(1000)
+    for key, ckpt in ckpts.items():
+        direct = measure_losses(load_unet(ckpt, TINY_UNET), x, "val", pairs, abar, batch_size=16)
+        assert np.array_equal(read_measurement(outs[key], "val"), direct), key
+
+    shutil.copy(ckpts[(2, 0)], ckpts[(0, 0)])  # model 0 retrained (here: to model 2's weights)
+    chunk = next(p for p in (Path(outs[(1, 0)]) / "val" / "losses").rglob("*") if p.is_file() and p.name != "zarr.json")
+    chunk.write_bytes(chunk.read_bytes()[:-3])  # model 1's store damaged
+    assert measure_part(ckpts, outs, stores, params) == [(0, 0), (1, 0)]
+    assert np.array_equal(read_measurement(outs[(0, 0)], "val"), read_measurement(outs[(2, 0)], "val"))
+    assert measure_part(ckpts, outs, stores, {**params, "ground_truth": {**params["ground_truth"], "timesteps": 2}}) == list(ckpts)

@@ -443,18 +443,46 @@ def test_customization_steps_rerun_only_the_customization(finished, tmp_path):
 
 
 def test_more_lds_subsets_train_and_measure_only_the_new_ones(finished, tmp_path):
-    """``subsets.pools.lds.count`` 16 → 32: 16 new trainings and measurements (masks are pure functions
-    of (seed, pool, k), so subsets 0–15 keep their models), and nothing is retrained or re-featurized."""
+    """``subsets.pools.lds.count`` 16 → 32: 16 new trainings and 4 new measurement jobs, the parts of
+    4 new models each (masks are pure functions of (seed, pool, k), so subsets 0–15 keep their models
+    and parts 0–3 their stores), and nothing is retrained or re-featurized."""
     more = overlay(tmp_path, "lds64", {"subsets": {"pools": {"lds": {"count": 32}}}})
     jobs = planned_after({"lds64": (*finished["default"], more)})["lds64"]
-    new = {("lds", str(k), "0") for k in range(16, 32)}
-    for rule in ("train_model", "measure_outputs"):
-        assert {(w["pool"], w["subset"], w["seed"]) for r, w in jobs if r == rule} == new, rule
-        assert len([r for r, _ in jobs if r == rule]) == 16, rule
+    trained = [(w["pool"], w["subset"], w["seed"]) for r, w in jobs if r == "train_model"]
+    assert sorted(trained) == sorted(("lds", str(k), "0") for k in range(16, 32))
+    assert sorted((w["pool"], w["part"]) for r, w in jobs if r == "measure_outputs") == [("lds", str(p)) for p in range(4, 8)]
     retrained = {"prepare_data", "pretrain_base", "generate", "trajectory", "featurize", "gather_features",
                  "gram_partial", "kernel", "residuals", "counterfactual_train", "customize"}
     again = collections.Counter(r for r, _ in jobs if r in retrained)
     assert not again, f"a larger lds pool re-runs {dict(again)}"
+
+
+def test_a_grown_pool_measures_only_its_new_models_for_real(tmp_path):
+    """Issue 17 item 2 through Snakemake: a measure_outputs job measures a part of 4 models. An lds
+    pool of 5 (parts [0–3], [4]) grown to 6 re-runs part 1 only, which measures model 5 alone: the
+    other five stores keep their inode and mtime, and the gathered ground truth keeps their rows."""
+    from diffattr.ground_truth import read_ground_truth
+
+    out = tmp_path / "results"
+    target = str(out / "ground_truth" / "lds.zarr")
+    pool = lambda n: overlay(tmp_path, f"lds{n}", {"output_dir": str(out), "subsets": {"pools": {"lds": {"count": n}}}})  # noqa: E731
+    first = snakemake(target, "--cores", "2", "--configfile", "config/smoke.yaml", pool(5))
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert job_counts(first.stdout + first.stderr)["measure_outputs"] == 2
+    stores = sorted((out / "ground_truth" / "lds").glob("part*/*/seed0.zarr"))
+    assert [p.relative_to(out / "ground_truth" / "lds").as_posix() for p in stores] == \
+        [*(f"part0/{k}/seed0.zarr" for k in range(4)), "part1/4/seed0.zarr"]
+    stamp = lambda p: ((p / "zarr.json").stat().st_ino, (p / "zarr.json").stat().st_mtime_ns)  # noqa: E731
+    before, truth = {p: stamp(p) for p in stores}, read_ground_truth(target, "val")
+
+    second = snakemake(target, "--cores", "2", "--configfile", "config/smoke.yaml", pool(6))
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert job_counts(second.stdout + second.stderr) == {"make_subsets": 1, "train_model": 1, "measure_outputs": 1,
+                                                         "gather_ground_truth": 1}
+    assert {p: stamp(p) for p in stores} == before
+    assert "measured 1 of 2 models [(5, 0)]" in (out / "logs" / "measure_outputs" / "lds" / "part1.log").read_text()
+    grown = read_ground_truth(target, "val")
+    assert grown.shape == (6, truth.shape[1]) and np.array_equal(grown[:5], truth)
 
 
 def test_ci_runs_exactly_the_readme_test_command():

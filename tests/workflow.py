@@ -74,8 +74,8 @@ def planned_outputs(output: str) -> list[str]:
 
 def is_directory_output(path: str) -> bool:
     """Whether an output is one of the rules' ``directory()`` outputs: a zarr store or the pretrained
-    base pipeline (rules/common.smk's path templates)."""
-    return path.endswith(".zarr") or path.endswith("/models/base/pipeline")
+    base pipeline or a measurement part (diffattr/workflow/layout.py's templates)."""
+    return path.endswith(".zarr") or path.endswith("/models/base/pipeline") or re.search(r"/ground_truth/\w+/part\d+$", path) is not None
 
 
 def fake_finished_runs(runs: list[tuple[str, ...]], timeout: int = 600) -> None:

@@ -1,6 +1,12 @@
-from diffattr.measure import measure_model
 from diffattr.jobs import device, job
+from diffattr.measure import measure_part
 
 with job(snakemake):
-    stores = dict(zip(snakemake.params.sets, snakemake.input.stores))
-    measure_model(snakemake.input.model, stores, snakemake.params.cfg, snakemake.output.measurement, device())
+    models = [tuple(key) for key in snakemake.params.models]
+    measure_part(
+        dict(zip(models, snakemake.input.models)),
+        dict(zip(models, snakemake.params.outputs)),
+        dict(zip(snakemake.params.sets, snakemake.input.stores)),
+        snakemake.params.cfg,
+        device(),
+    )

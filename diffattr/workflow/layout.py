@@ -68,7 +68,8 @@ ARTIFACTS: tuple[Artifact, ...] = (
     _A("topk_table", "attribution/{method}/{set}_top.csv", "top_attributions"),
     _A("topk_parquet", "attribution/{method}/{set}_top.parquet", "top_attributions"),
     # rules/ground_truth.smk
-    _A("measurement", f"ground_truth/{MODEL_KEY}.zarr", "measure_outputs"),
+    _A("measurement_part", "ground_truth/{pool}/part{part}", "measure_outputs"),
+    _A("measurement", "ground_truth/{pool}/part{part}/{subset}/seed{seed}.zarr", "measure_outputs"),
     _A("ground_truth", "ground_truth/{pool}.zarr", "gather_ground_truth"),
     _A("reliability", "ground_truth/{pool}_reliability.csv", "gather_ground_truth"),
     # rules/features.smk
@@ -134,7 +135,7 @@ JOBS: dict[str, str] = {
     "import_checkpoint": "step{step}",
     "prepare_queries": "",
     "top_attributions": "{method}/{set}",
-    "measure_outputs": MODEL_KEY,
+    "measure_outputs": "{pool}/part{part}",
     "gather_ground_truth": "{pool}",
     "featurize": f"{SPEC_MODEL_KEY}/{{split}}/shard{{shard}}",
     "gather_features": f"{SPEC_MODEL_KEY}/{{split}}",
@@ -172,7 +173,7 @@ IMAGE_STORES = {"train": "data", "val": "data", "gen": "generated", "journey": "
 ATTRIBUTED_SETS = ("val", "gen", "query")
 """The attributed sets that score stores are written for."""
 
-NUMERIC_WILDCARDS = frozenset({"subset", "seed", "step", "shard", "sample", "k", "group"})
+NUMERIC_WILDCARDS = frozenset({"subset", "seed", "step", "shard", "sample", "k", "group", "part"})
 """Wildcards that are always integers (``\\d+``); every other wildcard is one path segment."""
 
 _BY_NAME = {artifact.name: artifact for artifact in ARTIFACTS}

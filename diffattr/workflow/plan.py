@@ -154,6 +154,50 @@ class Plan:
         spec = self.config["subsets"]["pools"][pool]
         return [(k, s) for k in range(spec["count"]) for s in spec["seeds"]]
 
+    # ---- ground truth ------------------------------------------------------------------------
+
+    @property
+    def ground_truth(self) -> dict[str, Any]:
+        """The ``ground_truth`` block as jobs' params: the draws, without ``models_per_job``, which
+        only says how measure_outputs' jobs are cut (the measurements' paths)."""
+        return {k: v for k, v in self.config["ground_truth"].items() if k != "models_per_job"}
+
+    def measurement_parts(self, pool: str) -> list[list[tuple[int, int]]]:
+        """A pool's models in measure_outputs jobs: consecutive runs of ``ground_truth.models_per_job``
+        of :meth:`pool_models` (subset-major), so a larger ``count`` fills the last part and adds new
+        ones, and a part that re-runs measures only its models without a matching measurement
+        (:func:`diffattr.measure.measure_part`)."""
+        from diffattr.ground_truth import GroundTruthConfig
+
+        size = GroundTruthConfig.from_dict(self.config["ground_truth"]).models_per_job
+        models = self.pool_models(pool)
+        return [models[i:i + size] for i in range(0, len(models), size)]
+
+    def part_models(self, pool: str, part: int | str) -> list[tuple[int, int]]:
+        """(subset, seed) of the models one measure_outputs job measures."""
+        return self.measurement_parts(pool)[int(part)]
+
+    def part_checkpoints(self, w: Any) -> list[str]:
+        """The checkpoints one measure_outputs job reads (wildcards ``pool``, ``part``)."""
+        return [self.checkpoint(w.pool, k, s) for k, s in self.part_models(w.pool, w.part)]
+
+    def part_measurements(self, w: Any) -> list[str]:
+        """The measurement stores one measure_outputs job writes, in :meth:`part_models`' order."""
+        return [self.measurement(w.pool, k, s) for k, s in self.part_models(w.pool, w.part)]
+
+    def pool_parts(self, w: Any) -> list[str]:
+        """The part directories of a pool (wildcard ``pool``): gather_ground_truth's inputs."""
+        return [self.layout.measurement_part.format(pool=w.pool, part=i) for i in range(len(self.measurement_parts(w.pool)))]
+
+    def pool_measurements(self, w: Any) -> list[str]:
+        """Every model's measurement store of a pool, in :meth:`pool_models`' order."""
+        return [self.measurement(w.pool, k, s) for k, s in self.pool_models(w.pool)]
+
+    def measurement(self, pool: str, subset: int, seed: int) -> str:
+        """One model's measurement store, inside the directory of the part that measures it."""
+        part = next(i for i, models in enumerate(self.measurement_parts(pool)) if (subset, seed) in models)
+        return self.layout.measurement.format(pool=pool, part=part, subset=subset, seed=seed)
+
     # ---- features and kernels ----------------------------------------------------------------
 
     def set_store(self, split: str) -> str:
@@ -305,7 +349,7 @@ class Plan:
         if {"full_model", "encoded_models"} & set(kind.needs):
             params |= self.model
         if "ground_truth" in kind.needs:
-            params["ground_truth"] = self.config["ground_truth"]
+            params["ground_truth"] = self.ground_truth
         return params
 
     def method_benchmarks(self, name: str) -> list[str]:
@@ -639,7 +683,7 @@ class Plan:
         counts["train_model"] = len(trained)
         counts["generate"] = int(uses_gen)
         counts["trajectory"] = int(bool(self.journey_methods))
-        counts["measure_outputs"] = sum(len(self.pool_models(p)) for p in truth_pools)
+        counts["measure_outputs"] = sum(len(self.measurement_parts(p)) for p in truth_pools)
         counts["gather_ground_truth"] = len(truth_pools)
         counts["featurize"] = sum(len(self.shard_ranges(spec, split)) for spec, _, split in features)
         counts["gather_features"] = len(features)

@@ -162,15 +162,19 @@ class Plan:
         only says how measure_outputs' jobs are cut (the measurements' paths)."""
         return {k: v for k, v in self.config["ground_truth"].items() if k != "models_per_job"}
 
+    @cached_property
+    def models_per_job(self) -> int:
+        """``ground_truth.models_per_job`` (its default: :class:`diffattr.ground_truth.GroundTruthConfig`'s)."""
+        from diffattr.ground_truth import GroundTruthConfig
+
+        return GroundTruthConfig.from_dict(self.config["ground_truth"]).models_per_job
+
     def measurement_parts(self, pool: str) -> list[list[tuple[int, int]]]:
         """A pool's models in measure_outputs jobs: consecutive runs of ``ground_truth.models_per_job``
         of :meth:`pool_models` (subset-major), so a larger ``count`` fills the last part and adds new
         ones, and a part that re-runs measures only its models without a matching measurement
         (:func:`diffattr.measure.measure_part`)."""
-        from diffattr.ground_truth import GroundTruthConfig
-
-        size = GroundTruthConfig.from_dict(self.config["ground_truth"]).models_per_job
-        models = self.pool_models(pool)
+        models, size = self.pool_models(pool), self.models_per_job
         return [models[i:i + size] for i in range(0, len(models), size)]
 
     def part_models(self, pool: str, part: int | str) -> list[tuple[int, int]]:
@@ -183,19 +187,21 @@ class Plan:
 
     def part_measurements(self, w: Any) -> list[str]:
         """The measurement stores one measure_outputs job writes, in :meth:`part_models`' order."""
-        return [self.measurement(w.pool, k, s) for k, s in self.part_models(w.pool, w.part)]
+        return [self.layout.measurement.format(pool=w.pool, part=w.part, subset=k, seed=s)
+                for k, s in self.part_models(w.pool, w.part)]
 
     def pool_parts(self, w: Any) -> list[str]:
         """The part directories of a pool (wildcard ``pool``): gather_ground_truth's inputs."""
         return [self.layout.measurement_part.format(pool=w.pool, part=i) for i in range(len(self.measurement_parts(w.pool)))]
 
     def pool_measurements(self, w: Any) -> list[str]:
-        """Every model's measurement store of a pool, in :meth:`pool_models`' order."""
-        return [self.measurement(w.pool, k, s) for k, s in self.pool_models(w.pool)]
+        """Every model's measurement store of a pool, in :meth:`pool_models`' order (parts are consecutive)."""
+        return [self.layout.measurement.format(pool=w.pool, part=i, subset=k, seed=s)
+                for i, models in enumerate(self.measurement_parts(w.pool)) for k, s in models]
 
     def measurement(self, pool: str, subset: int, seed: int) -> str:
         """One model's measurement store, inside the directory of the part that measures it."""
-        part = next(i for i, models in enumerate(self.measurement_parts(pool)) if (subset, seed) in models)
+        part = self.pool_models(pool).index((subset, seed)) // self.models_per_job
         return self.layout.measurement.format(pool=pool, part=part, subset=subset, seed=seed)
 
     # ---- features and kernels ----------------------------------------------------------------
